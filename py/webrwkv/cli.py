@@ -1,0 +1,144 @@
+"""Command line: generate, chat, batch, bench, logits, tokenize, info, convert, serve, devices.
+
+Each subcommand's arguments are declared here; its implementation lives in the
+module named in COMMANDS and is imported only when that command runs, so
+``webrwkv tokenize`` never pays for the GPU stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import WebRwkvError
+
+# command -> "module:function"; the function takes the parsed argparse.Namespace
+# and returns an exit code (or None for 0).
+COMMANDS = {
+    "generate": "webrwkv.chat:generate_main",
+    "chat": "webrwkv.chat:chat_main",
+    "batch": "webrwkv.chat:batch_main",
+    "bench": "webrwkv.benchmark:bench_main",
+    "logits": "webrwkv.convert:logits_main",
+    "info": "webrwkv.convert:info_main",
+    "convert": "webrwkv.convert:convert_main",
+    "tokenize": "webrwkv.tokenizer:tokenize_main",
+    "detokenize": "webrwkv.tokenizer:detokenize_main",
+    "serve": "webrwkv.server:serve_main",
+    "devices": "webrwkv.gpu.native:devices_main",
+}
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.85)
+    p.add_argument("--top-k", type=int, default=0, help="0 disables top-k")
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--penalty-decay", type=float, default=0.996)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def _engine_args(p: argparse.ArgumentParser, backend_default: str = "native") -> None:
+    p.add_argument("--model", default=None, help="model file or URL (default: the bundled model)")
+    p.add_argument("--vocab", default=None, help="vocabulary file (default: next to the model, else World)")
+    p.add_argument("--backend", choices=["native", "reference"], default=backend_default)
+    p.add_argument("--adapter", default=None, help="GPU adapter name or index (see `webrwkv devices`)")
+    p.add_argument("--quant", choices=["none", "int8", "nf4"], default="none")
+    p.add_argument("--lora", action="append", default=[], help="LoRA file[:alpha] merged at load")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="webrwkv", description="RWKV v4-v7 on WebGPU")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="generate text from a prompt, streamed")
+    _engine_args(p)
+    _sampling_args(p)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+
+    p = sub.add_parser("chat", help="terminal chat (User:/Assistant:)")
+    _engine_args(p)
+    _sampling_args(p)
+    p.add_argument("--prompt-file", default=None, help="JSON with user, bot, intro and example turns")
+    p.add_argument("--max-tokens", type=int, default=256)
+
+    p = sub.add_parser("batch", help="run several prompts at once through the slots")
+    _engine_args(p)
+    _sampling_args(p)
+    p.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--token-chunk-size", type=int, default=128)
+
+    p = sub.add_parser("bench", help="prefill/decode speed table")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", default=None)
+    g.add_argument("--random", default=None, help="random weights, e.g. v7:L24:C2048")
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--prefill", type=int, default=512)
+    p.add_argument("--decode", type=int, default=128)
+    p.add_argument("--quant", choices=["none", "int8", "nf4"], default="none")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("logits", help="write float32 logits to a .npy file")
+    p.add_argument("--model", required=True)
+    p.add_argument("--tokens", required=True, help="comma-separated token ids")
+    p.add_argument("--out", required=True)
+    p.add_argument("--backend", choices=["reference", "native"], default="reference")
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--all", action="store_true", help="logits for every token: [T, vocab]")
+
+    for name, helptext in (("tokenize", "print token ids as JSON"), ("detokenize", "print text for ids")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--vocab", default=None)
+        if name == "tokenize":
+            p.add_argument("text", nargs="?", default=None)
+            p.add_argument("--file", default=None)
+        else:
+            p.add_argument("ids", help="JSON list of ids")
+
+    p = sub.add_parser("info", help="describe a model")
+    p.add_argument("model", nargs="?", default=None)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("convert", help="convert .pth/.safetensors to a safetensors layout")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--layout", choices=["official", "converted"], default="converted")
+    p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
+
+    p = sub.add_parser("serve", help="serve the chat page, Pyodide, the wheel and models")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-dir", default=None, help="served at /models/<file> (default: bundled model)")
+
+    p = sub.add_parser("devices", help="list GPU adapters")
+    p.add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not args.command:
+        ap.print_help()
+        return 0
+    modname, funcname = COMMANDS[args.command].split(":")
+    try:
+        func = getattr(importlib.import_module(modname), funcname)
+        return int(func(args) or 0)
+    except WebRwkvError as e:
+        print(f"webrwkv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

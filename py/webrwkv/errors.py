@@ -1,0 +1,25 @@
+"""Project exceptions: every error a user can cause says what is wrong and what to do."""
+
+
+class WebRwkvError(Exception):
+    """Base class for all errors webrwkv raises on purpose."""
+
+
+class ModelFormatError(WebRwkvError):
+    """The model file is not a usable safetensors/RWKV checkpoint."""
+
+
+class SourceError(WebRwkvError):
+    """Reading bytes from a file or an HTTP server failed."""
+
+
+class TokenizerError(WebRwkvError):
+    """The vocabulary file is malformed or does not fit the model."""
+
+
+class GpuError(WebRwkvError):
+    """The GPU adapter is missing, too small, or was lost."""
+
+
+class DeviceLostError(GpuError):
+    """The GPU device was lost while in use."""
