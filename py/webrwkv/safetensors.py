@@ -1,0 +1,249 @@
+"""Safetensors header parsing and validation (pure Python, runs in Pyodide), plus
+numpy helpers to decode tensor bytes and to write safetensors files."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ModelFormatError
+
+# safetensors dtype name -> bytes per element (the dtypes webrwkv reads)
+DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1}
+MAX_HEADER = 100 * 1024 * 1024  # a header over 100 MB is not a model header
+PREFIX_BYTES = 64 * 1024  # first read: covers the header of most models in one request
+LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's place in the file: absolute byte offsets [start, end)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class SafetensorsHeader:
+    """The parsed header: tensor index by name, `__metadata__`, where data starts, file size."""
+
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+    data_start: int = 0
+    file_size: int = 0
+
+
+def _source_name(source: Any) -> str:
+    return str(getattr(source, "name", None) or "the model file")
+
+
+def _check_not_model(prefix: bytes, name: str) -> None:
+    """Recognise the two common "downloaded the wrong thing" cases from the first bytes."""
+    if prefix.startswith(LFS_MAGIC):
+        text = prefix[:512].decode("utf-8", "replace")
+        size = next((ln.split()[1] for ln in text.splitlines() if ln.startswith("size ") and len(ln.split()) > 1), "?")
+        raise ModelFormatError(
+            f"{name} is a Git LFS pointer file, not the model (the real file has {size} bytes): "
+            "fetch the real file, e.g. run `git lfs pull` in the repository, "
+            "or download the 'resolve' URL instead of the 'blob' one"
+        )
+    head = prefix[:1024].lstrip().lower()
+    if head.startswith(b"<") and (b"<html" in head or b"<!doctype html" in head or b"<head" in head):
+        raise ModelFormatError(
+            f"{name}: the server returned a web page, not a model (a login page, an error page or a wrong URL?): "
+            "check the URL points at the raw .safetensors file (e.g. a 'resolve' link) and that it needs no login"
+        )
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse_entry(name: str, entry: Any, data_start: int, src: str) -> TensorInfo:
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise ModelFormatError(
+            f"{src}: header entry for tensor '{name}' needs dtype, shape and data_offsets: the file is damaged; "
+            "download or convert it again"
+        )
+    dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_SIZES:
+        raise ModelFormatError(
+            f"{src}: tensor '{name}' has dtype {dtype!r}, which webrwkv cannot read "
+            f"(it reads {', '.join(DTYPE_SIZES)}): save the model as F32, F16 or BF16"
+        )
+    if not isinstance(shape, list) or not all(_int(d) and d >= 0 for d in shape):
+        raise ModelFormatError(f"{src}: tensor '{name}' has an invalid shape {shape!r}: the file is damaged")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(_int(o) for o in offs) and 0 <= offs[0] <= offs[1]):
+        raise ModelFormatError(
+            f"{src}: tensor '{name}' has out-of-range data_offsets {offs!r} "
+            "(need [begin, end] with 0 <= begin <= end): the file is damaged; download or convert it again"
+        )
+    info = TensorInfo(name, dtype, tuple(shape), data_start + offs[0], data_start + offs[1])
+    want = info.numel * DTYPE_SIZES[dtype]
+    if info.nbytes != want:
+        raise ModelFormatError(
+            f"{src}: tensor '{name}' ({dtype} {list(shape)}) needs {want} bytes but its data_offsets "
+            f"span {info.nbytes}: the file is damaged; download or convert it again"
+        )
+    return info
+
+
+def parse_header(header: bytes, file_size: int, name: str = "the model file") -> SafetensorsHeader:
+    """Validate the JSON header bytes (without the 8-byte length) of a file of `file_size` bytes."""
+    data_start = 8 + len(header)
+    try:
+        obj = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelFormatError(
+            f"{name}: the safetensors header is not valid JSON ({e}): the file is damaged or not "
+            "a safetensors file; download or convert it again"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ModelFormatError(f"{name}: the safetensors header is not a JSON object: not a safetensors file")
+    meta = obj.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"{name}: __metadata__ must be a JSON object of strings: the file is damaged")
+    tensors = {k: _parse_entry(k, v, data_start, name) for k, v in obj.items()}
+    spans = sorted((t for t in tensors.values() if t.nbytes), key=lambda t: t.start)
+    for a, b in zip(spans, spans[1:]):
+        if b.start < a.end:
+            raise ModelFormatError(
+                f"{name}: tensors '{a.name}' and '{b.name}' overlap in the file: the file is damaged; "
+                "download or convert it again"
+            )
+    if spans and spans[-1].end > file_size:
+        last = spans[-1]
+        raise ModelFormatError(
+            f"{name} is truncated: tensor '{last.name}' ends at byte {last.end} but the file has only "
+            f"{file_size} bytes (an interrupted download?): download the file again"
+        )
+    return SafetensorsHeader(tensors, {str(k): v for k, v in meta.items()}, data_start, file_size)
+
+
+def read_header(source: Any) -> SafetensorsHeader:
+    """Read and validate the header from a byte source (or a path/URL), never the tensor data."""
+    if isinstance(source, (str, os.PathLike)):
+        from .sources import open_source
+
+        with open_source(source) as src:
+            return read_header(src)
+    name, size = _source_name(source), int(source.size)
+    prefix = source.read(0, min(size, PREFIX_BYTES))
+    _check_not_model(prefix, name)
+    if size < 8:
+        raise ModelFormatError(f"{name} has only {size} bytes: it is not a safetensors file; download it again")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER:
+        raise ModelFormatError(
+            f"{name}: header length {n} is over {MAX_HEADER // 2**20} MB: this is not a safetensors file "
+            "(or it is damaged); check you have the right file"
+        )
+    if 8 + n > size:
+        raise ModelFormatError(
+            f"{name}: header length {n} goes past the end of the file ({size} bytes): the file is truncated "
+            "or not a safetensors file; download it again"
+        )
+    header = prefix[8 : 8 + n]
+    if len(header) < n:
+        header += source.read(len(prefix), 8 + n - len(prefix))
+    return parse_header(header, size, name)
+
+
+def tensor_to_numpy(info: TensorInfo, raw: bytes) -> Any:
+    """Decode a tensor's raw little-endian bytes to a float32 numpy array of its shape."""
+    import numpy as np
+
+    if len(raw) != info.nbytes:
+        raise ModelFormatError(f"tensor '{info.name}': got {len(raw)} bytes, expected {info.nbytes}")
+    if info.dtype == "BF16":
+        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+        out = bits.view(np.float32)
+    else:
+        np_dtype = {"F32": "<f4", "F16": "<f2", "I8": "i1", "U8": "u1"}[info.dtype]
+        out = np.frombuffer(raw, dtype=np_dtype).astype(np.float32)
+    return out.reshape(info.shape)
+
+
+def read_tensor(source: Any, info: TensorInfo) -> Any:
+    """Read one tensor from a byte source and decode it to float32 numpy."""
+    return tensor_to_numpy(info, source.read(info.start, info.nbytes))
+
+
+def float32_to_bf16_bits(a: Any) -> Any:
+    """Round float32 values to bfloat16 (round to nearest even), as uint16 bit patterns."""
+    import numpy as np
+
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    bits = a.view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(a), np.uint16(0x7FC0), rounded)
+
+
+_WRITE_DTYPES = {"fp32": "F32", "f32": "F32", "fp16": "F16", "f16": "F16", "bf16": "BF16"}
+
+
+def _encode(name: str, arr: Any, dtype: str | None) -> tuple[str, bytes | Any]:
+    import numpy as np
+
+    arr = np.asarray(arr)
+    if arr.dtype == np.int8 or arr.dtype == np.uint8:
+        return ("I8" if arr.dtype == np.int8 else "U8"), np.ascontiguousarray(arr)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"write_safetensors: tensor '{name}' has unsupported numpy dtype {arr.dtype}")
+    st = _WRITE_DTYPES.get((dtype or "").lower(), dtype.upper() if dtype else None)
+    if st is None:
+        st = "F16" if arr.dtype == np.float16 else "F32"
+    if st == "F32":
+        return st, np.ascontiguousarray(arr, dtype="<f4")
+    if st == "F16":
+        return st, np.ascontiguousarray(arr, dtype="<f2")
+    if st == "BF16":
+        return st, float32_to_bf16_bits(arr.astype(np.float32)).astype("<u2")
+    raise ValueError(f"write_safetensors: unknown dtype {dtype!r} (use fp32, fp16 or bf16)")
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    metadata: Mapping[str, str] | None = None,
+    dtype: str | Mapping[str, str] | None = None,
+) -> None:
+    """Write {name: array} as safetensors. Float arrays are stored as `dtype` (fp32, fp16 or bf16;
+    a str for all or a {name: dtype} map; None keeps fp16 as F16, else F32); int8/uint8 stay I8/U8."""
+    encoded = {}
+    for name in sorted(tensors):
+        d = dtype.get(name) if isinstance(dtype, Mapping) else dtype
+        encoded[name] = _encode(name, tensors[name], d)
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    pos = 0
+    for name, (st, arr) in encoded.items():
+        header[name] = {"dtype": st, "shape": list(arr.shape), "data_offsets": [pos, pos + arr.nbytes]}
+        pos += arr.nbytes
+    hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hbytes += b" " * (-(8 + len(hbytes)) % 8)
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hbytes)))
+        f.write(hbytes)
+        for _, arr in encoded.values():
+            f.write(memoryview(arr.reshape(-1)).cast("B"))
+    os.replace(tmp, path)

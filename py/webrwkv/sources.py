@@ -1,0 +1,285 @@
+"""Byte sources: read ranges of a model from memory, a local file, or an HTTP server
+through Range requests (coalesced, retried, never the whole file)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Sequence
+
+from .errors import SourceError
+
+
+class ByteSource:
+    """Random access to the bytes of one file: `size`, `identity`, `read`, `read_ranges`, `close`."""
+
+    name: str = ""
+    size: int = 0
+    identity: str = ""  # ETag, or size+mtime: changes when the file does
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Read several (offset, length) ranges; results come back in the order asked."""
+        return [self.read(o, n) for o, n in ranges]
+
+    def close(self) -> None:
+        pass
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise SourceError(
+                f"{self.name}: asked for bytes {offset}..{offset + length} but the file has {self.size} bytes: "
+                "the file is smaller than its header says (truncated?); download it again"
+            )
+
+    def __enter__(self) -> "ByteSource":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class BytesSource(ByteSource):
+    """Bytes already in memory (tests, or a file fetched whole in the browser)."""
+
+    def __init__(self, data: bytes, name: str = "<bytes>") -> None:
+        self._data = memoryview(data).cast("B")
+        self.name, self.size = name, len(self._data)
+        self.identity = f"{self.size}-{id(data):x}"
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        return bytes(self._data[offset : offset + length])
+
+
+class LocalFileSource(ByteSource):
+    """A file on disk, read with positional reads (safe to share between threads)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.name = os.fspath(path)
+        try:
+            self._f = open(path, "rb")
+        except FileNotFoundError:
+            raise SourceError(f"no such file: {self.name}: check the path (or pass an http(s):// URL)") from None
+        except IsADirectoryError:
+            raise SourceError(f"{self.name} is a directory: pass the model file inside it") from None
+        except PermissionError:
+            raise SourceError(f"cannot read {self.name}: permission denied; check the file's permissions") from None
+        st = os.fstat(self._f.fileno())
+        self.size = st.st_size
+        self.identity = f"{st.st_size}-{st.st_mtime_ns}"
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        fd, parts, got = self._f.fileno(), [], 0
+        while got < length:
+            if hasattr(os, "pread"):
+                chunk = os.pread(fd, min(length - got, 1 << 30), offset + got)
+            else:  # Windows: no pread
+                self._f.seek(offset + got)
+                chunk = self._f.read(length - got)
+            if not chunk:
+                raise SourceError(f"{self.name} got shorter while reading (changed on disk?): load it again")
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def plan_ranges(
+    ranges: Sequence[tuple[int, int]], max_gap: int, max_request: int
+) -> list[tuple[int, int, list[int]]]:
+    """Group ranges into requests: neighbours whose gap is at most `max_gap` share one request
+    while its span stays within `max_request`. Returns (start, stop, [indices]); empty ranges skipped."""
+    groups: list[tuple[int, int, list[int]]] = []
+    for i in sorted((i for i, (_, n) in enumerate(ranges) if n > 0), key=lambda i: ranges[i][0]):
+        o, n = ranges[i]
+        if groups:
+            start, stop, idx = groups[-1]
+            if o - stop <= max_gap and max(stop, o + n) - start <= max_request:
+                groups[-1] = (start, max(stop, o + n), idx + [i])
+                continue
+        groups.append((o, o + n, [i]))
+    return groups
+
+
+class _Retry(Exception):
+    """A transient failure: worth another attempt."""
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+)")
+
+
+class HttpRangeSource(ByteSource):
+    """A file on an HTTP(S) server, read with `Range` requests.
+
+    The first request asks for the first `head_bytes` (this gives the size and ETag, and the cached
+    prefix usually holds the safetensors header). Later reads fetch only the ranges asked for,
+    coalescing neighbours, retrying transient failures with exponential backoff."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_gap: int = 1 << 20,
+        max_request: int = 32 << 20,
+        head_bytes: int = 64 << 10,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.name = self.url = url
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.max_gap, self.max_request = max_gap, max_request
+        self.headers = dict(headers or {})
+        self.requests = 0  # HTTP requests sent so far
+        self._etag: str | None = None
+        self.size = -1
+        self._prefix = self._fetch(0, max(1, head_bytes), first=True)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.read_ranges([(offset, length)])[0]
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        out = [b""] * len(ranges)
+        todo = []
+        for i, (o, n) in enumerate(ranges):
+            self._check(o, n)
+            if o + n <= len(self._prefix):
+                out[i] = self._prefix[o : o + n]
+            else:
+                todo.append((o, n))
+        index = [i for i, (o, n) in enumerate(ranges) if o + n > len(self._prefix)]
+        for start, stop, idx in plan_ranges(todo, self.max_gap, self.max_request):
+            data = self._fetch_split(start, stop)
+            if len(idx) == 1 and todo[idx[0]] == (start, stop - start):
+                out[index[idx[0]]] = data
+                continue
+            view = memoryview(data)
+            for j in idx:
+                o, n = todo[j]
+                out[index[j]] = bytes(view[o - start : o - start + n])
+        return out
+
+    def close(self) -> None:
+        self._prefix = b""
+
+    def _fetch_split(self, start: int, stop: int) -> bytes:
+        parts = [self._fetch(a, min(stop, a + self.max_request)) for a in range(start, stop, self.max_request)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _fetch(self, start: int, stop: int, first: bool = False) -> bytes:
+        """Bytes [start, stop), with retries; the first call learns size and identity."""
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                return self._attempt(start, stop, first)
+            except _Retry as e:
+                last = e
+        raise SourceError(
+            f"{self.url}: reading bytes {start}-{stop - 1} failed after {self.retries + 1} attempts ({last}): "
+            "check the network and the server, then try again"
+        )
+
+    def _attempt(self, start: int, stop: int, first: bool) -> bytes:
+        hdrs = {**self.headers, "Range": f"bytes={start}-{stop - 1}", "Accept-Encoding": "identity"}
+        self.requests += 1
+        try:
+            resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=hdrs), timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            cr = e.headers.get("Content-Range", "") if e.headers else ""
+            e.close()
+            if e.code == 416 and first and cr.replace(" ", "") == "bytes*/0":
+                self.size, self.identity = 0, "0-empty"
+                return b""
+            raise self._http_error(e.code) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise _Retry(getattr(e, "reason", None) or e) from None
+        with resp:
+            return self._body(resp, start, stop, first)
+
+    def _http_error(self, code: int) -> Exception:
+        if code in (404, 410):
+            return SourceError(f"{self.url}: not found (HTTP {code}): check the URL")
+        if code in (401, 403):
+            return SourceError(
+                f"{self.url}: access denied (HTTP {code}): the file may be private or need a login or token; "
+                "check the URL and your access"
+            )
+        if code == 416:
+            return SourceError(f"{self.url}: the server says the range is past the end: the file changed; reload")
+        if code == 408 or code == 429 or code >= 500:
+            return _Retry(f"HTTP {code}")
+        return SourceError(f"{self.url}: the server answered HTTP {code}: check the URL")
+
+    def _body(self, resp: Any, start: int, stop: int, first: bool) -> bytes:
+        if resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
+            raise SourceError(f"{self.url}: the server compressed the file, so byte offsets are meaningless; "
+                              "serve it without Content-Encoding")
+        length = resp.headers.get("Content-Length")
+        if resp.status == 200:
+            # A tiny file may come whole for the first request; anything else means Range was ignored.
+            if first and length is not None and int(length) <= stop - start:
+                self.size, self._etag = int(length), resp.headers.get("ETag")
+                self.identity = self._etag or f"{self.size}-{resp.headers.get('Last-Modified', '')}"
+                return self._read_exact(resp, self.size)
+            raise SourceError(
+                f"{self.url}: the server ignored the Range header (it answered 200 with the whole file); "
+                "webrwkv reads models in ranges: serve it with `webrwkv serve` or a server that supports Range"
+            )
+        if resp.status != 206:
+            raise SourceError(f"{self.url}: unexpected HTTP {resp.status} to a range request: check the URL")
+        m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+        if not m:
+            raise SourceError(f"{self.url}: the server sent a bad Content-Range "
+                              f"{resp.headers.get('Content-Range')!r}: check the server")
+        a, b, total = map(int, m.groups())
+        etag = resp.headers.get("ETag")
+        if first:
+            self.size, self._etag = total, etag
+            self.identity = etag or f"{total}-{resp.headers.get('Last-Modified', '')}"
+        elif total != self.size or (etag and self._etag and etag != self._etag):
+            raise SourceError(
+                f"{self.url}: the file changed on the server while it was being read "
+                f"(size {self.size} -> {total}, ETag {self._etag} -> {etag}): load the model again"
+            )
+        if a != start or b != min(stop, total) - 1:
+            raise SourceError(f"{self.url}: asked for bytes {start}-{stop - 1} but got {a}-{b}: check the server")
+        return self._read_exact(resp, b - a + 1)
+
+    def _read_exact(self, resp: Any, n: int) -> bytes:
+        buf, got = bytearray(n), 0
+        view = memoryview(buf)
+        while got < n:
+            try:
+                k = resp.readinto(view[got : min(n, got + (1 << 20))])
+            except (OSError, http.client.HTTPException) as e:
+                raise _Retry(f"connection dropped after {got} of {n} bytes: {e}") from None
+            if not k:
+                raise _Retry(f"connection dropped after {got} of {n} bytes")
+            got += k
+        return bytes(buf)
+
+
+def open_source(path_or_url: Any, **http_options: Any) -> ByteSource:
+    """A byte source for a local path, a file:// URL or an http(s):// URL (or pass a source through)."""
+    if isinstance(path_or_url, ByteSource):
+        return path_or_url
+    s = os.fspath(path_or_url)
+    if s.startswith(("http://", "https://")):
+        return HttpRangeSource(s, **http_options)
+    if s.startswith("file://"):
+        s = urllib.request.url2pathname(urllib.parse.urlparse(s).path)
+    return LocalFileSource(s)
