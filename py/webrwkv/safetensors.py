@@ -14,7 +14,6 @@ from .errors import ModelFormatError
 # safetensors dtype name -> bytes per element (the dtypes webrwkv reads)
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1}
 MAX_HEADER = 100 * 1024 * 1024  # a header over 100 MB is not a model header
-PREFIX_BYTES = 64 * 1024  # first read: covers the header of most models in one request
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 
 
@@ -145,11 +144,12 @@ def read_header(source: Any) -> SafetensorsHeader:
         with open_source(source) as src:
             return read_header(src)
     name, size = _source_name(source), int(source.size)
-    prefix = source.read(0, min(size, PREFIX_BYTES))
-    _check_not_model(prefix, name)
-    if size < 8:
+    n = struct.unpack("<Q", source.read(0, 8))[0] if size >= 8 else -1
+    if n < 0 or n > MAX_HEADER or 8 + n > size:
+        # Not a plausible header: text files land here (their 8th byte makes n huge), so say what it is.
+        _check_not_model(source.read(0, min(size, 1024)), name)
+    if n < 0:
         raise ModelFormatError(f"{name} has only {size} bytes: it is not a safetensors file; download it again")
-    (n,) = struct.unpack("<Q", prefix[:8])
     if n > MAX_HEADER:
         raise ModelFormatError(
             f"{name}: header length {n} is over {MAX_HEADER // 2**20} MB: this is not a safetensors file "
@@ -160,9 +160,7 @@ def read_header(source: Any) -> SafetensorsHeader:
             f"{name}: header length {n} goes past the end of the file ({size} bytes): the file is truncated "
             "or not a safetensors file; download it again"
         )
-    header = prefix[8 : 8 + n]
-    if len(header) < n:
-        header += source.read(len(prefix), 8 + n - len(prefix))
+    header = source.read(8, n)
     return parse_header(header, size, name)
 
 

@@ -265,10 +265,16 @@ class StaticServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], roots: Mapping[str, str | os.PathLike], quiet: bool = True) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        roots: Mapping[str, str | os.PathLike],
+        quiet: bool = True,
+        handler: type[BaseHTTPRequestHandler] = Handler,
+    ) -> None:
         self.roots = {k.strip("/"): Path(v) for k, v in roots.items()}
         self.quiet = quiet
-        super().__init__(address, Handler)
+        super().__init__(address, handler)
 
     @property
     def url(self) -> str:
