@@ -1,0 +1,210 @@
+"""Map a safetensors checkpoint (official or converted layout; fp32, fp16 or bf16) to the canonical form."""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import ModelFormatError, WebRwkvError
+from ..safetensors import SafetensorsHeader, TensorInfo, read_header, tensor_to_numpy
+from . import VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names
+
+_DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
+_ATTR = re.compile(r"^(blocks\.\d+\.(?:att|ffn)\.)(.+)$")
+
+
+class _LocalFile:
+    """Minimal local byte source (used until webrwkv.sources is available)."""
+
+    def __init__(self, path: str) -> None:
+        self.name = str(path)
+        try:
+            self._f = open(path, "rb")
+        except OSError as e:
+            raise WebRwkvError(f"cannot open model file {path}: {e.strerror}; check the path") from None
+        self.size = os.fstat(self._f.fileno()).st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._f.seek(offset)
+        return self._f.read(length)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "_LocalFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@contextmanager
+def opened(source_or_path: Any) -> Iterator[Any]:
+    """Yield a byte source with .read(offset, length) and .size; open paths/URLs (and close them)."""
+    if not isinstance(source_or_path, (str, os.PathLike)):
+        yield source_or_path
+        return
+    path = os.fspath(source_or_path)
+    if path.endswith((".pth", ".pt")) and "://" not in path:
+        raise ModelFormatError(
+            f"{path} is a PyTorch checkpoint; convert it first: webrwkv convert {path} OUT.st")
+    try:
+        from ..sources import open_source
+    except ImportError:
+        open_source = _LocalFile
+    src = open_source(path)
+    try:
+        yield src
+    finally:
+        src.close()
+
+
+def _source_path(src: Any) -> str:
+    return str(getattr(src, "url", None) or getattr(src, "name", None) or getattr(src, "path", ""))
+
+
+def canonical_name(name: str, version: str) -> str:
+    """The canonical (official) name of a tensor named in either layout."""
+    m = _ATTR.match(name.lower())
+    if not m:
+        return name.lower()
+    prefix, attr = m.groups()
+    for official, converted in VERSIONS[version].RENAMES.items():
+        if attr.startswith(converted):
+            attr = official + attr[len(converted):]
+    return prefix + attr
+
+
+def layout_name(name: str, version: str, layout: str) -> str:
+    """The name a canonical tensor has in `layout` ('official' or 'converted')."""
+    m = _ATTR.match(name)
+    if layout == "official" or not m:
+        return name
+    prefix, attr = m.groups()
+    for official, converted in VERSIONS[version].RENAMES.items():
+        if attr.startswith(official):
+            attr = converted + attr[len(official):]
+    return prefix + attr
+
+
+def is_adapter(name: str, version: str) -> bool:
+    """True for tensors the official layout stores [in, out] (transposed against canonical)."""
+    m = _ATTR.match(name)
+    return bool(m) and m.group(2) in VERSIONS[version].ADAPTERS
+
+
+def _detect_layout(version: str, names: set, shapes: dict, meta: dict, C: int) -> str:
+    if version == "v5":
+        return "converted" if "blocks.0.att.time_first" in names else "official"
+    if version == "v6":
+        return "converted" if "blocks.0.att.time_mix_x" in names else "official"
+    hint = meta.get("layout", "official")
+    hint = hint if hint in ("official", "converted") else "official"
+    if version == "v7":
+        rows, cols = shapes["blocks.0.att.w1"][:2]
+        if rows == C and cols != C:
+            return "official"
+        if cols == C and rows != C:
+            return "converted"
+    return hint
+
+
+def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, dict[str, TensorRef]]:
+    """Build (ModelInfo, {canonical_name: TensorRef}) from a parsed safetensors header."""
+    names = set(header.tensors)
+    version = detect_version(names)
+    for need in ("emb.weight", "blocks.0.ffn.key.weight"):
+        if need not in names:
+            raise ModelFormatError(f"{path or 'model'}: tensor '{need}' is missing; the checkpoint is incomplete")
+    V, C = header.tensors["emb.weight"].shape[:2]
+    src_shapes = {n: t.shape for n, t in header.tensors.items()}
+    layout = _detect_layout(version, names, src_shapes, header.metadata, C)
+
+    infos: dict[str, TensorInfo] = {}
+    cshapes: dict[str, tuple] = {}
+    transposed: set[str] = set()
+    for n, t in header.tensors.items():
+        cname = canonical_name(n, version)
+        if cname in infos:
+            raise ModelFormatError(f"{path}: tensors '{infos[cname].name}' and '{n}' both map to '{cname}'")
+        infos[cname] = t
+        shape = t.shape
+        if layout == "official" and is_adapter(cname, version) and len(shape) >= 2:
+            shape = shape[:-2] + (shape[-1], shape[-2])
+            transposed.add(cname)
+        cshapes[cname] = shape
+
+    n_layer = 1 + max(int(n.split(".")[1]) for n in cshapes if n.startswith("blocks."))
+    try:
+        H, S, dims = VERSIONS[version].sizes(cshapes, C)
+    except KeyError as e:
+        raise ModelFormatError(f"{path}: tensor '{e.args[0]}' is missing; the checkpoint is incomplete") from None
+    if H <= 0 or C % H:
+        raise ModelFormatError(f"{path}: {C} channels do not split into {H} heads; the checkpoint is damaged")
+    F = cshapes["blocks.0.ffn.key.weight"][0]
+    counts: dict[str, int] = {}
+    for t in header.tensors.values():
+        counts[t.dtype] = counts.get(t.dtype, 0) + t.nbytes
+    dtype = _DTYPES.get(max(counts, key=counts.get), "fp32") if counts else "fp32"
+    nbytes = max([t.end for t in header.tensors.values()] + [header.data_start])
+    info = ModelInfo(version, n_layer, C, H, S, V, F, dims, layout, dtype, path, nbytes)
+
+    if version == "v5" and int(np.prod(cshapes.get("blocks.0.att.time_decay", (C,)))) != C:
+        raise ModelFormatError(f"{path}: this is RWKV v5.0/5.1 (per-head decay); only v5.2 is supported")
+    refs: dict[str, TensorRef] = {}
+    optional = optional_names(info)
+    for cname, want in model_shapes(info).items():
+        if cname not in infos:
+            if cname in optional:
+                continue
+            src = layout_name(cname, version, layout)
+            raise ModelFormatError(f"{path}: tensor '{src}' is missing; the checkpoint is incomplete "
+                                   f"or not RWKV {version}")
+        t, got = infos[cname], cshapes[cname]
+        if t.dtype not in _DTYPES:
+            raise ModelFormatError(f"{path}: tensor '{t.name}' is {t.dtype}; webrwkv reads F32, F16 and BF16")
+        if cname in transposed:
+            transform = "transpose"
+        elif got != want:
+            transform = "reshape"
+        else:
+            transform = "none"
+        bad = got != want if len(want) > 1 else int(np.prod(got)) != want[0]
+        if bad:
+            raise ModelFormatError(
+                f"{path}: tensor '{t.name}' has shape {list(t.shape)}; RWKV {version} ({layout} layout) "
+                f"with n_embd={C}, heads={H}, dim_ffn={F} needs {list(want)} (canonical [out, in])")
+        refs[cname] = TensorRef(t.name, t.dtype, t.shape, t.start, t.nbytes, transform, want)
+    return info, refs
+
+
+def load_index(source_or_path: Any) -> tuple[ModelInfo, dict[str, TensorRef]]:
+    """Read only the header: (ModelInfo, {canonical_name: TensorRef})."""
+    with opened(source_or_path) as src:
+        path = os.fspath(source_or_path) if isinstance(source_or_path, (str, os.PathLike)) else _source_path(src)
+        return index_header(read_header(src), path)
+
+
+def to_canonical(ref: TensorRef, raw: bytes) -> np.ndarray:
+    """Decode one tensor's stored bytes to its canonical float32 array."""
+    a = tensor_to_numpy(TensorInfo(ref.name, ref.dtype, ref.shape, ref.offset, ref.offset + ref.nbytes), raw)
+    if ref.transform == "transpose":
+        a = np.swapaxes(a, -1, -2)
+    return np.ascontiguousarray(a.reshape(ref.canonical_shape), dtype=np.float32)
+
+
+def read_tensor(source: Any, ref: TensorRef) -> np.ndarray:
+    """Read one canonical tensor from an open byte source."""
+    return to_canonical(ref, source.read(ref.offset, ref.nbytes))
+
+
+def load_weights(source_or_path: Any) -> tuple[ModelInfo, dict[str, np.ndarray]]:
+    """Read the whole model: (ModelInfo, {canonical_name: float32 array})."""
+    with opened(source_or_path) as src:
+        path = os.fspath(source_or_path) if isinstance(source_or_path, (str, os.PathLike)) else _source_path(src)
+        info, refs = index_header(read_header(src), path)
+        return info, {name: read_tensor(src, ref) for name, ref in refs.items()}
