@@ -1,0 +1,190 @@
+"""Make the golden test files: tiny random RWKV v4/v5.2/v6/v7 checkpoints and their logits
+from the official `rwkv` package (torch, CPU, fp32).
+
+Run with an environment that has torch and rwkv==0.8.32:
+    python tools/make_golden.py [--out tests/golden]
+Each version runs in its own process because v7 must be enabled before `rwkv` is imported.
+
+Writes, per version X:
+  X.st             official layout (BlinkDL names and shapes), fp32
+  X-converted.st   converted layout (lowercase, time_maa->time_mix, time_faaaa->time_first,
+                   adapters transposed to [out, in]), fp16
+  X.npz            logits for the fp32 weights; X-fp16.npz for the fp16-rounded weights
+and v6-bf16.st / v6-bf16.npz: the official layout stored as bf16.
+Each .npz holds tokens, seq_all [T, V] (one forward over the sequence), seq_last [V],
+step [T, V] (one token per call) and the final state as state:<name> in webrwkv's layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "py"))
+
+V, C, L, S = 256, 64, 2, 32  # vocab, channels, layers, head size (2 heads)
+T = 20
+DIMS = {"v6": {"maa": 16, "decay": 32}, "v7": {"w": 16, "a": 16, "v": 8, "g": 32}}
+SEEDS = {"v4": 4, "v5": 5, "v6": 6, "v7": 7}
+
+
+def make_weights(version: str) -> dict:
+    """Random weights in the official layout, scaled so the recurrence is stable and logits vary."""
+    import torch
+
+    g = torch.Generator().manual_seed(SEEDS[version])
+    H, F = C // S, (C * 7 // 2 if version == "v6" else 4 * C)
+
+    def n(*shape, std=1.0):
+        return torch.randn(*shape, generator=g) * std
+
+    def u(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*shape, generator=g)
+
+    def mat(out, inp):  # [out, in]
+        return n(out, inp, std=inp ** -0.5)
+
+    w = {"emb.weight": n(V, C), "blocks.0.ln0.weight": 1 + n(C, std=0.1), "blocks.0.ln0.bias": n(C, std=0.1)}
+    for i in range(L):
+        b, a, f = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
+        for ln in ("ln1", "ln2"):
+            w[b + ln + ".weight"], w[b + ln + ".bias"] = 1 + n(C, std=0.1), n(C, std=0.1)
+        if version in ("v4", "v5"):
+            for m in ("k", "v", "r") + (("g",) if version == "v5" else ()):
+                w[a + "time_mix_" + m] = u(0, 1, 1, 1, C)
+            shape = (C,) if version == "v4" else (H, S)
+            w[a + "time_decay"] = u(-3, 1, *shape)
+            w[a + ("time_first" if version == "v4" else "time_faaaa")] = u(-1, 1, *shape)
+        elif version == "v6":
+            D, Dw = DIMS["v6"]["maa"], DIMS["v6"]["decay"]
+            for m in "xwkvrg":
+                w[a + "time_maa_" + m] = u(0, 1, 1, 1, C)
+            w[a + "time_maa_w1"] = n(C, 5 * D, std=C ** -0.5)
+            w[a + "time_maa_w2"] = n(5, D, C, std=0.3 * D ** -0.5)
+            w[a + "time_decay"] = u(-3, 1, 1, 1, C)
+            w[a + "time_decay_w1"] = n(C, Dw, std=C ** -0.5)
+            w[a + "time_decay_w2"] = n(Dw, C, std=0.3 * Dw ** -0.5)
+            w[a + "time_faaaa"] = u(-1, 1, H, S)
+        else:
+            dims = DIMS["v7"]
+            for m in "rwkvag":
+                w[a + "x_" + m] = u(0, 1, 1, 1, C)
+            w[a + "w0"] = u(-2, 1, 1, 1, C)
+            w[a + "a0"] = u(-1, 1, 1, 1, C)
+            w[a + "v0"] = u(-1, 1, 1, 1, C)
+            for m in "wavg":
+                d = dims[m]
+                w[a + m + "1"] = n(C, d, std=C ** -0.5)
+                w[a + m + "2"] = n(d, C, std=(1.0 if m == "g" else 0.5) * d ** -0.5)
+            w[a + "k_k"] = u(0.5, 1.5, 1, 1, C)
+            w[a + "k_a"] = u(0.5, 1.5, 1, 1, C)
+            w[a + "r_k"] = n(H, S, std=0.5)
+        for m in ("key", "value", "receptance", "output") + (("gate",) if version in ("v5", "v6") else ()):
+            w[a + m + ".weight"] = mat(C, C)
+        if version != "v4":
+            w[a + "ln_x.weight"], w[a + "ln_x.bias"] = 1 + n(C, std=0.1), n(C, std=0.1)
+        if version == "v7":
+            w[f + "x_k"] = u(0, 1, 1, 1, C)
+        else:
+            mix = "time_maa_" if version == "v6" else "time_mix_"
+            w[f + mix + "k"], w[f + mix + "r"] = u(0, 1, 1, 1, C), u(0, 1, 1, 1, C)
+            w[f + "receptance.weight"] = mat(C, C)
+        w[f + "key.weight"], w[f + "value.weight"] = mat(F, C), mat(C, F)
+    w["ln_out.weight"], w["ln_out.bias"] = 1 + n(C, std=0.1), n(C, std=0.1)
+    w["head.weight"] = n(V, C, std=2 * C ** -0.5)
+    return w
+
+
+ADAPTERS = {"time_mix_w1", "time_mix_w2", "time_decay_w1", "time_decay_w2",
+            "w1", "w2", "a1", "a2", "g1", "g2", "v1", "v2"}
+
+
+def to_converted(w: dict) -> dict:
+    """The converted layout: renamed, lowercase, adapters with their last two axes swapped, fp16."""
+    out = {}
+    for name, t in w.items():
+        name = name.replace("time_faaaa", "time_first").replace("time_maa", "time_mix").lower()
+        if name.split(".")[-1] in ADAPTERS:
+            t = t.transpose(-1, -2)
+        out[name] = t.contiguous().half()
+    return out
+
+
+def run_official(w: dict, tokens: list, version: str, tmp: str) -> dict:
+    """Logits and final state from the rwkv package for weights `w` (official layout, fp32)."""
+    import torch
+    from rwkv.model import RWKV
+
+    base = os.path.join(tmp, f"{version}-model")
+    torch.save({k: v.clone() for k, v in w.items()}, base + ".pth")
+    kw = {} if version == "v7" else {"verbose": False}
+    model = RWKV(model=base, strategy="cpu fp32", **kw)
+    with torch.no_grad():
+        seq_all, _ = model.forward(list(tokens), None, full_output=True)
+        seq_last, _ = model.forward(list(tokens), None)
+        state, step = None, []
+        for tok in tokens:
+            out, state = model.forward([tok], state)
+            step.append(out.float().numpy().copy())
+    res = {"tokens": np.array(tokens, dtype=np.int64), "seq_all": seq_all.float().numpy(),
+           "seq_last": seq_last.float().numpy(), "step": np.stack(step)}
+    per = 5 if version == "v4" else 3
+    names = (["att_x", "att_aa", "att_bb", "att_pp", "ffn_x"] if version == "v4"
+             else ["att_x", "att_kv", "ffn_x"])
+    for i in range(L):
+        for j, nm in enumerate(names):
+            s = state[i * per + j].float()
+            if version == "v7" and nm == "att_kv":
+                s = s.transpose(1, 2)  # the package keeps [h, value, key]; webrwkv keeps [h, key, value]
+            res[f"state:blocks.{i}.{nm}"] = s.contiguous().numpy()
+    return res
+
+
+def one_version(version: str, out: Path) -> None:
+    import torch
+    from webrwkv.safetensors import write_safetensors
+
+    torch.set_num_threads(1)
+    w = make_weights(version)
+    rng = np.random.default_rng(100 + SEEDS[version])
+    tokens = [int(t) for t in rng.integers(0, V, size=T)]
+    np_ = lambda d: {k: v.float().numpy() for k, v in d.items()}  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        write_safetensors(out / f"{version}.st", np_(w), metadata={"format": "pt"}, dtype="fp32")
+        np.savez(out / f"{version}.npz", **run_official(w, tokens, version, tmp))
+        conv = to_converted(w)
+        write_safetensors(out / f"{version}-converted.st", {k: v.numpy() for k, v in conv.items()},
+                          metadata={"format": "pt"}, dtype="fp16")
+        w16 = {k: v.half().float() for k, v in w.items()}
+        np.savez(out / f"{version}-fp16.npz", **run_official(w16, tokens, version, tmp))
+        if version == "v6":
+            wbf = {k: v.bfloat16().float() for k, v in w.items()}
+            write_safetensors(out / "v6-bf16.st", np_(wbf), metadata={"format": "pt"}, dtype="bf16")
+            np.savez(out / "v6-bf16.npz", **run_official(wbf, tokens, version, tmp))
+    print(f"{version}: wrote {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "tests" / "golden"))
+    ap.add_argument("--version", choices=sorted(SEEDS), default=None, help="one version (internal)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.version:
+        one_version(args.version, out)
+        return
+    for version in sorted(SEEDS):
+        env = dict(os.environ, RWKV_JIT_ON="0", RWKV_CUDA_ON="0", RWKV_V7_ON="1" if version == "v7" else "0")
+        subprocess.run([sys.executable, __file__, "--out", str(out), "--version", version], env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
