@@ -1,0 +1,230 @@
+"""The generation loop: streaming, stops, chunked prefill, batch slots and chat state, on the numpy reference."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from webrwkv.errors import WebRwkvError
+from webrwkv.generation import (BatchStats, ChatSession, GenerationStats, chat_prelude, clean_message,
+                                generate_batch, generate_stream, generate_stream_async)
+from webrwkv.sampling import SamplerParams
+from webrwkv.tokenizer import Tokenizer
+
+GREEDY = SamplerParams(temperature=0.0)
+
+
+def byte_tokenizer() -> Tokenizer:
+    """One token per byte: id = byte + 1 (id 0 stays end-of-text)."""
+    return Tokenizer.from_text("\n".join(f"{b + 1} {bytes([b])!r} 1" for b in range(256)), "bytes")
+
+
+TOK = byte_tokenizer()
+
+
+def ids_of(text):
+    return TOK.encode(text)
+
+
+class ScriptedRuntime:
+    """The runtime API (push/run/state per slot, token_chunk_size) over a scripted 'model'.
+
+    Its state is the list of tokens a slot has consumed; its logits put a large value on the
+    token `script(bytes so far)` returns. Only for the loop mechanics: the numbers are tested
+    against the numpy reference below.
+    """
+
+    def __init__(self, script, max_batch=1, token_chunk_size=4, vocab=257):
+        self.script, self.chunk, self.vocab = script, token_chunk_size, vocab
+        self.queue = {s: [] for s in range(max_batch)}
+        self.seen = {s: [] for s in range(max_batch)}
+        self.runs = 0
+
+    def push(self, slot, tokens):
+        self.queue[slot].extend(int(t) for t in tokens)
+
+    def run(self, all_logits=False):
+        self.runs += 1
+        budget, out = self.chunk, {}
+        for s, q in self.queue.items():
+            if not q or budget == 0:
+                continue
+            take = min(len(q), budget)
+            self.seen[s] += q[:take]
+            del q[:take]
+            budget -= take
+            if not q:
+                logits = np.zeros(self.vocab, dtype=np.float32)
+                logits[self.script(TOK.decode_bytes([t for t in self.seen[s] if t]))] = 10.0
+                out[s] = logits
+        return out
+
+    async def run_async(self, all_logits=False):
+        return self.run(all_logits)
+
+    def get_state(self, slot):
+        return {"tokens": np.array(self.seen[slot], dtype=np.int64)}
+
+    async def get_state_async(self, slot):
+        return self.get_state(slot)
+
+    def set_state(self, slot, state):
+        self.seen[slot] = [int(t) for t in state["tokens"]]
+
+    def reset(self, slot):
+        self.seen[slot], self.queue[slot] = [], []
+
+    def text(self, slot=0):
+        """What the slot has read so far."""
+        return TOK.decode(self.seen[slot])
+
+
+def recite(after, words):
+    """A script that, after the prompt `after`, spells out `words` (then end-of-text)."""
+    after, words = after.encode(), words.encode()
+
+    def script(data):
+        done = data[data.rindex(after) + len(after):]
+        return words[len(done)] + 1 if len(done) < len(words) else 0
+    return script
+
+
+def collect(stream):
+    items = list(stream)
+    assert isinstance(items[-1], GenerationStats)
+    assert all(isinstance(i, tuple) for i in items[:-1])
+    return items[:-1], items[-1]
+
+
+def test_stream_stops_before_stop_string_and_consumes_all_but_last():
+    rt = ScriptedRuntime(recite("Q:", " one two\n\nthree"), token_chunk_size=2)
+    prompt = ids_of("Q:")
+    pieces, st = collect(generate_stream(rt, TOK, prompt, GREEDY, 50, stop=["\n\n"]))
+    assert "".join(p for _, p in pieces) == st.text == " one two"
+    assert st.ids == [t for t, _ in pieces] == ids_of(" one two\n\n")
+    assert (st.stop_reason, st.stop, st.prompt_tokens) == ("stop", "\n\n", 2)
+    assert rt.seen[0] == prompt + st.ids[:-1]
+    assert pieces[-2][1] == "" and pieces[-1][1] == ""  # the "\n" held back, then the stop
+    assert st.prefill_s > 0 and st.decode_s > 0 and st.decode_tps > 0 and st.prefill_tps > 0
+
+
+def test_max_tokens_flushes_held_text():
+    rt = ScriptedRuntime(recite(">", "ab\nUs and more"))
+    pieces, st = collect(generate_stream(rt, TOK, ids_of(">"), GREEDY, 5, stop=["\nUser:"]))
+    assert [p for _, p in pieces] == ["a", "b", "", "", "\nUs"]
+    assert (st.text, st.stop_reason, len(st.ids)) == ("ab\nUs", "max_tokens", 5)
+
+
+def test_end_of_text_stops():
+    rt = ScriptedRuntime(recite(">", "hi"))
+    _, st = collect(generate_stream(rt, TOK, ids_of(">"), GREEDY, 10))
+    assert (st.text, st.stop_reason, st.ids) == ("hi", "eos", ids_of("hi") + [0])
+
+
+def test_utf8_split_across_tokens():
+    rt = ScriptedRuntime(recite(">", "é!"))
+    pieces, st = collect(generate_stream(rt, TOK, ids_of(">"), GREEDY, 3))
+    assert [p for _, p in pieces] == ["", "é", "!"] and st.text == "é!"
+
+
+def test_chunked_prefill_run_count():
+    rt = ScriptedRuntime(recite("]", "xyz"), token_chunk_size=4)
+    prompt = ids_of("0123456789]")  # 11 tokens: 3 runs of at most 4
+    _, st = collect(generate_stream(rt, TOK, prompt, GREEDY, 3))
+    assert st.text == "xyz" and rt.runs == 3 + 2  # then one run per token but the last
+    with pytest.raises(WebRwkvError):
+        list(generate_stream(rt, TOK, [], GREEDY, 3))
+
+
+def test_async_matches_sync():
+    async def go():
+        rt = ScriptedRuntime(recite(":", " abc\n\n"))
+        return [i async for i in generate_stream_async(rt, TOK, ids_of("x:"), GREEDY, 20, ["\n\n"])]
+    items = asyncio.run(go())
+    rt = ScriptedRuntime(recite(":", " abc\n\n"))
+    sync = list(generate_stream(rt, TOK, ids_of("x:"), GREEDY, 20, ["\n\n"]))
+    assert items[:-1] == sync[:-1] and items[-1].ids == sync[-1].ids and items[-1].text == " abc"
+
+
+def test_batch_slots_equal_single_runs():
+    def script(data):  # each slot answers with its own prompt reversed
+        head, _, done = data.decode().partition("=")
+        return ids_of(head[::-1][len(done)])[0] if len(done) < len(head) else 0
+    prompts = [ids_of(p) for p in ("abcdefghijk=", "xy=", "Hello, slot two=")]
+    rt = ScriptedRuntime(script, max_batch=3, token_chunk_size=5)
+    items = list(generate_batch(rt, TOK, prompts, GREEDY, max_tokens=8))
+    stats = items[-1]
+    assert isinstance(stats, BatchStats)
+    streamed = {s: "" for s in range(3)}
+    for s, _, piece in items[:-1]:
+        streamed[s] += piece
+    for s, p in enumerate(prompts):
+        alone = ScriptedRuntime(script, token_chunk_size=5)
+        _, st = collect(generate_stream(alone, TOK, p, GREEDY, 8))
+        assert stats.slots[s].ids == st.ids and streamed[s] == st.text == stats.slots[s].text
+        assert rt.seen[s] == alone.seen[0]
+    assert stats.generated_tokens == 8 + 3 + 8 and stats.prompt_tokens == sum(map(len, prompts))
+    assert stats.tps > stats.generated_tps > 0
+
+
+def echo_bot(data):
+    """Replies ' You said <last user message>.' then a blank line."""
+    text = data.decode()
+    user = text[text.rindex("User: ") + 6: text.rindex("\n\nAssistant:")]
+    done = text[text.rindex("Assistant:") + 10:]
+    want = f" You said {user}.\n\nUser: ignored"
+    return ids_of(want[len(done)])[0]
+
+
+def test_chat_session_transcript_regenerate_reset():
+    rt = ScriptedRuntime(echo_bot, token_chunk_size=16)
+    chat = ChatSession(rt, TOK, GREEDY, intro="A chat.", turns=[("hi", "Hello.")], max_tokens=40)
+    assert chat.prelude == "A chat.\n\nUser: hi\n\nAssistant: Hello.\n\n"
+    _, st = collect(chat.reply("ping \n\n pong"))
+    assert st.text == " You said ping\npong." and chat.history == [("ping\npong", "You said ping\npong.")]
+    assert rt.text() == chat.prelude + "User: ping\npong\n\nAssistant: You said ping\npong.\n"
+    _, st2 = collect(chat.regenerate())
+    assert st2.ids == st.ids and len(chat.history) == 1
+    assert rt.text() == chat.prelude + "User: ping\npong\n\nAssistant: You said ping\npong.\n"
+    _, st3 = collect(chat.reply("again"))
+    assert st3.text == " You said again."
+    assert rt.text() == (chat.prelude + "User: ping\npong\n\nAssistant: You said ping\npong.\n\n"
+                         "User: again\n\nAssistant: You said again.\n")
+    chat.reset()
+    assert rt.text() == "" and chat.history == []
+    with pytest.raises(WebRwkvError):
+        chat.regenerate()
+    with pytest.raises(WebRwkvError):
+        chat.reply("  \n ")
+
+
+def test_chat_stop_string_replays_clean_reply():
+    # the bot runs into "\nUser:" with no blank line: the state must still read as clean turns
+    def bot(data):
+        text = data.decode()
+        done = text[text.rindex("Assistant:") + 10:]
+        want = " ok\nUser: more"
+        return ids_of(want[len(done)])[0]
+    rt = ScriptedRuntime(bot, token_chunk_size=8)
+    chat = ChatSession(rt, TOK, GREEDY, max_tokens=30)
+    _, st = collect(chat.reply("a"))
+    assert (st.text, st.stop) == (" ok", "\nUser:")
+    _, st = collect(chat.reply("b"))
+    # the replay goes back to the state after the prompt; the clean reply is read with the next turn
+    assert rt.text() == "User: a\n\nAssistant: ok\n\nUser: b\n\nAssistant:"
+
+
+def test_chat_async():
+    async def go():
+        rt = ScriptedRuntime(echo_bot, token_chunk_size=16)
+        chat = ChatSession(rt, TOK, GREEDY, max_tokens=40)
+        a = [i async for i in chat.reply_async("x")]
+        b = [i async for i in chat.regenerate_async()]
+        return a[-1], b[-1], rt
+    a, b, rt = asyncio.run(go())
+    assert a.text == b.text == " You said x." and rt.text() == "User: x\n\nAssistant: You said x.\n"
+
+
+def test_clean_message_and_prelude():
+    assert clean_message("  a \r\n\r\n b\n") == "a\nb"
+    assert chat_prelude("", [("q", "a")], "Me", "Bot") == "Me: q\n\nBot: a\n\n"
