@@ -290,7 +290,7 @@ class StaticServer(ThreadingHTTPServer):
 
     def start(self) -> threading.Thread:
         """Serve in a daemon thread (tests, notebooks); stop with `shutdown()` then `server_close()`."""
-        t = threading.Thread(target=self.serve_forever, name="webrwkv-serve", daemon=True)
+        t = threading.Thread(target=self.serve_forever, args=(0.05,), name="webrwkv-serve", daemon=True)
         t.start()
         return t
 

@@ -1,0 +1,268 @@
+"""The static server over real sockets: Range, HEAD, ETag, CORS, MIME types, listings,
+and refusal of every path that would leave its roots."""
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from webrwkv.errors import WebRwkvError
+from webrwkv.server import make_server, parse_range
+
+SECRET = b"top secret, outside the roots"
+
+
+@pytest.fixture
+def site(tmp_path):
+    web, dist, models = tmp_path / "web", tmp_path / "dist", tmp_path / "models"
+    for d in (web / "sub", web / "vendor" / "pyodide", dist, models):
+        d.mkdir(parents=True)
+    (tmp_path / "secret.txt").write_bytes(SECRET)
+    (web / "index.html").write_text("<!doctype html><title>webrwkv</title>")
+    (web / "sub" / "index.html").write_text("sub page")
+    (web / ".hidden").write_text("dotfile")
+    files = {"app.js": b"console.log(1)", "m.mjs": b"export {}", "vendor/pyodide/pyodide.asm.wasm": b"\0asm\1\0\0\0",
+             "s.css": b"body{}", "d.json": b"{}", "r.txt": b"hi", "a.zip": b"PK\3\4"}
+    for name, data in files.items():
+        (web / name).write_bytes(data)
+    (dist / "webrwkv-0.1.0-py3-none-any.whl").write_bytes(b"PK\3\4wheel")
+    model = bytes(range(256)) * 12288  # 3 MiB, every byte position distinct mod 256
+    (models / "tiny.safetensors").write_bytes(model)
+    (models / "b.st").write_bytes(b"st")
+    (models / "notes.md").write_text("not a model")
+    os.symlink(tmp_path / "secret.txt", models / "link.st")
+    os.symlink(tmp_path, web / "escape")
+    srv = make_server("127.0.0.1", 0, {"": web, "wheels": dist, "models": models})
+    srv.start()
+    yield srv, tmp_path, model
+    srv.shutdown()
+    srv.server_close()
+
+
+def request(srv, method, path, headers=None):
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request(method, path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp, body
+
+
+def raw_request(srv, path: bytes) -> tuple[int, bytes]:
+    """Send the request line byte for byte (http.client would refuse NUL and friends)."""
+    with socket.create_connection(srv.server_address[:2], timeout=10) as s:
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+def test_index_and_headers(site):
+    srv, _, _ = site
+    assert srv.url.startswith("http://127.0.0.1:")
+    resp, body = request(srv, "GET", "/")
+    assert resp.status == 200 and b"<title>webrwkv" in body
+    h = resp.headers
+    assert h["Content-Type"].startswith("text/html")
+    assert h["Content-Length"] == str(len(body))
+    assert h["Cache-Control"] == "no-cache" and h["Accept-Ranges"] == "bytes"
+    assert h["Access-Control-Allow-Origin"] == "*"
+    for name in ("Content-Range", "Content-Length", "ETag", "Accept-Ranges"):
+        assert name in h["Access-Control-Expose-Headers"]
+    assert h["ETag"].startswith('"') and "GMT" in h["Last-Modified"]
+    assert request(srv, "GET", "/sub/")[1] == b"sub page"
+    assert request(srv, "GET", "/index.html?v=3#x")[1] == body
+
+
+@pytest.mark.parametrize("path,mime", [
+    ("/app.js", "text/javascript"), ("/m.mjs", "text/javascript"), ("/s.css", "text/css"),
+    ("/d.json", "application/json"), ("/r.txt", "text/plain"), ("/a.zip", "application/zip"),
+    ("/vendor/pyodide/pyodide.asm.wasm", "application/wasm"),
+    ("/wheels/webrwkv-0.1.0-py3-none-any.whl", "application/zip"),
+    ("/models/tiny.safetensors", "application/octet-stream"), ("/models/b.st", "application/octet-stream"),
+])
+def test_mime_types(site, path, mime):
+    resp, _ = request(site[0], "HEAD", path)
+    assert resp.status == 200 and resp.headers["Content-Type"].split(";")[0] == mime
+
+
+def test_head_has_headers_and_no_body(site):
+    srv, _, model = site
+    resp, body = request(srv, "HEAD", "/models/tiny.safetensors")
+    assert resp.status == 200 and body == b""
+    assert resp.headers["Content-Length"] == str(len(model))
+    resp, body = request(srv, "HEAD", "/models/tiny.safetensors", {"Range": "bytes=5-9"})
+    assert resp.status == 206 and body == b"" and resp.headers["Content-Range"] == f"bytes 5-9/{len(model)}"
+
+
+def test_full_model_streamed(site):
+    srv, _, model = site
+    resp, body = request(srv, "GET", "/models/tiny.safetensors")
+    assert resp.status == 200 and body == model
+
+
+@pytest.mark.parametrize("rng,start,stop", [
+    ("bytes=10-19", 10, 20), ("bytes=-5", -5, None), ("bytes=3000000-", 3000000, None),
+    ("bytes=0-0", 0, 1), ("bytes=100-999999999", 100, None), ("bytes=-99999999", 0, None),
+    ("BYTES = 7 - 8", 7, 9),
+])
+def test_range_requests(site, rng, start, stop):
+    srv, _, model = site
+    resp, body = request(srv, "GET", "/models/tiny.safetensors", {"Range": rng})
+    want = model[start:stop]
+    first = start % len(model)
+    assert resp.status == 206 and body == want
+    assert resp.headers["Content-Range"] == f"bytes {first}-{first + len(want) - 1}/{len(model)}"
+    assert resp.headers["Content-Length"] == str(len(want))
+
+
+@pytest.mark.parametrize("rng", ["bytes=3145728-", "bytes=5000000-5000010", "bytes=-0"])
+def test_unsatisfiable_range_is_416(site, rng):
+    srv, _, model = site
+    resp, _ = request(srv, "GET", "/models/tiny.safetensors", {"Range": rng})
+    assert resp.status == 416 and resp.headers["Content-Range"] == f"bytes */{len(model)}"
+
+
+@pytest.mark.parametrize("rng", ["bytes=abc", "bytes=0-1,5-6", "items=0-5", "bytes=9-2", "bytes=-", "bytes 0-4"])
+def test_malformed_or_multi_range_is_ignored(site, rng):
+    srv, _, model = site
+    resp, body = request(srv, "GET", "/models/tiny.safetensors", {"Range": rng})
+    assert resp.status == 200 and body == model and "Content-Range" not in resp.headers
+
+
+def test_conditional_requests(site):
+    srv, _, model = site
+    resp, _ = request(srv, "HEAD", "/models/b.st")
+    etag = resp.headers["ETag"]
+    resp, body = request(srv, "GET", "/models/b.st", {"If-None-Match": etag})
+    assert resp.status == 304 and body == b""
+    resp, body = request(srv, "GET", "/models/b.st", {"If-None-Match": '"other"'})
+    assert resp.status == 200 and body == b"st"
+    resp, body = request(srv, "GET", "/models/b.st", {"Range": "bytes=1-", "If-Range": etag})
+    assert resp.status == 206 and body == b"t"
+    resp, body = request(srv, "GET", "/models/b.st", {"Range": "bytes=1-", "If-Range": '"stale"'})
+    assert resp.status == 200 and body == b"st"
+
+
+def test_etag_changes_with_the_file(site):
+    srv, root, _ = site
+    e1 = request(srv, "HEAD", "/models/b.st")[0].headers["ETag"]
+    (root / "models" / "b.st").write_bytes(b"longer now")
+    resp, _ = request(srv, "HEAD", "/models/b.st")
+    assert resp.headers["ETag"] != e1 and resp.headers["Content-Length"] == "10"
+
+
+def test_options_preflight_and_other_methods(site):
+    srv = site[0]
+    resp, body = request(srv, "OPTIONS", "/models/tiny.safetensors",
+                         {"Origin": "http://example.test", "Access-Control-Request-Headers": "range"})
+    assert resp.status == 204 and body == b""
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Range" in resp.headers["Access-Control-Allow-Headers"]
+    assert "GET" in resp.headers["Access-Control-Allow-Methods"]
+    for method in ("POST", "PUT", "DELETE"):
+        resp, _ = request(srv, method, "/index.html")
+        assert resp.status == 405 and "GET" in resp.headers["Allow"]
+
+
+def test_listings(site):
+    srv, _, model = site
+    resp, body = request(srv, "GET", "/models/index.json")
+    assert resp.status == 200 and resp.headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"models": [
+        {"name": "b.st", "size": 2, "url": "/models/b.st"},
+        {"name": "tiny.safetensors", "size": len(model), "url": "/models/tiny.safetensors"},
+    ]}  # the symlink out of the folder and non-model files are not listed
+    wheels = json.loads(request(srv, "GET", "/wheels/index.json")[1])["wheels"]
+    assert [w["name"] for w in wheels] == ["webrwkv-0.1.0-py3-none-any.whl"]
+
+
+def test_missing_model_dir_serves_nothing(tmp_path):
+    (tmp_path / "web").mkdir()
+    srv = make_server("127.0.0.1", 0, {"": tmp_path / "web", "models": tmp_path / "nope"})
+    srv.start()
+    try:
+        assert json.loads(request(srv, "GET", "/models/index.json")[1]) == {"models": []}
+        assert request(srv, "GET", "/models/x.st")[0].status == 404
+        assert request(srv, "GET", "/wheels/x.whl")[0].status == 404
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("path", [
+    b"/../secret.txt", b"/models/../../secret.txt", b"/models/../secret.txt", b"/%2e%2e/secret.txt",
+    b"/%2E%2E%2Fsecret.txt", b"/models/%2e%2e/%2e%2e/secret.txt", b"/models/..%2f..%2fsecret.txt",
+    b"//etc/passwd", b"/%2F%2Fetc/passwd", b"//" + os.fsencode(os.path.abspath(__file__)),
+    b"/models/..\\..\\secret.txt", b"/models/..%5c..%5csecret.txt", b"/index.html%00.txt",
+    b"/index.html\x00.txt", b"/models/link.st", b"/escape/secret.txt", b"/.hidden", b"/sub/./index.html",
+    b"/sub//index.html", b"/%ff%fe", b"secret.txt",
+])
+def test_paths_outside_the_roots_are_refused(site, path):
+    status, data = raw_request(site[0], path)
+    assert status in (400, 403, 404), data[:200]
+    assert SECRET not in data and b"dotfile" not in data and b"sub page" not in data
+
+
+def test_symlink_out_is_forbidden(site):
+    assert raw_request(site[0], b"/models/link.st")[0] == 403
+
+
+def test_client_disconnect_is_quiet_and_server_keeps_going(site, capsys):
+    srv, _, model = site
+    for _ in range(3):
+        with socket.create_connection(srv.server_address[:2], timeout=10) as s:
+            s.sendall(b"GET /models/tiny.safetensors HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # reset on close
+    resp, body = request(srv, "GET", "/models/tiny.safetensors", {"Range": "bytes=-3"})
+    assert body == model[-3:]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(site):
+    srv, _, model = site
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+    for a in (0, 1000, 2000000):
+        conn.request("GET", "/models/tiny.safetensors", headers={"Range": f"bytes={a}-{a + 99}"})
+        assert conn.getresponse().read() == model[a : a + 100]
+    conn.close()
+
+
+def test_parse_range_edges():
+    assert parse_range("bytes=0-", 0) == "unsatisfiable"
+    assert parse_range("bytes=-5", 0) == "unsatisfiable"
+    assert parse_range("bytes=2-3", 10) == (2, 4)
+    assert parse_range(None, 10) is None and parse_range("bytes=1-2, 4-5", 10) is None
+
+
+def test_port_in_use_is_a_clear_error(site):
+    with pytest.raises(WebRwkvError, match="--port"):
+        make_server("127.0.0.1", site[0].server_address[1])
+
+
+def test_serve_command_prints_url_and_serves(tmp_path):
+    (tmp_path / "m.st").write_bytes(b"12345")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "webrwkv", "serve", "--port", "0", "--model-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line
+        url = line.split()[2]
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/models/m.st", headers={"Range": "bytes=1-2"})
+        assert conn.getresponse().read() == b"23"
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    bad = subprocess.run(cmd[:-1] + [str(tmp_path / "missing")], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--model-dir" in bad.stderr
