@@ -1,0 +1,207 @@
+// Streaming model loader: safetensors header by Range requests, then tensor data
+// in <= 32 MB blocks (a few in flight) written straight into GPU buffers from JS,
+// with a Cache API copy so the next load of the same file needs no weight requests.
+
+export const BLOCK = 32 << 20;
+const IN_FLIGHT = 3;
+const PREFIX = 4096;
+const CACHE = "webrwkv-models-v1";
+
+export class LoadError extends Error {
+  constructor(kind, message) { super(message); this.name = "LoadError"; this.kind = kind; }
+}
+
+const short = (url) => { try { return new URL(url).pathname.split("/").pop() || url; } catch { return url; } };
+
+// One Range request; the server must answer 206 (a 200 means it ignored Range).
+async function rangeFetch(url, start, end, signal) {
+  let r;
+  try {
+    r = await fetch(url, { headers: { Range: `bytes=${start}-${end - 1}` }, signal, cache: "no-store" });
+  } catch (e) {
+    if (signal?.aborted) throw new LoadError("aborted", "Loading was cancelled.");
+    throw new LoadError("network", `Could not download ${short(url)} (${e.message}). Check the URL and your connection; ` +
+      "a server on another site must allow cross-origin requests (CORS).");
+  }
+  if (r.status === 200) {
+    try { await r.body?.cancel(); } catch {}
+    throw new LoadError("norange", `The server of ${short(url)} ignored the Range request (it answered 200 with the ` +
+      "whole file). webrwkv streams models with HTTP Range requests: use a server that supports them " +
+      "(for example `webrwkv serve`, Hugging Face 'resolve' URLs, most CDNs and static hosts).");
+  }
+  if (r.status === 404) throw new LoadError("http", `${short(url)} was not found on the server (404). Check the URL.`);
+  if (r.status === 401 || r.status === 403) {
+    throw new LoadError("http", `The server refused ${short(url)} (${r.status}): the file may need a login or may be private.`);
+  }
+  if (r.status !== 206) throw new LoadError("http", `Downloading ${short(url)} failed: HTTP ${r.status} ${r.statusText}.`);
+  return r;
+}
+
+async function readBody(r, into, onBytes, signal) {
+  const reader = r.body.getReader();
+  let n = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (n + value.length > into.length) throw new LoadError("badfile", "The server sent more bytes than asked for.");
+      into.set(value, n);
+      n += value.length;
+      onBytes(value.length);
+    }
+  } catch (e) {
+    if (signal?.aborted) throw new LoadError("aborted", "Loading was cancelled.");
+    if (e instanceof LoadError) throw e;
+    throw new LoadError("network", `The download broke off (${e.message}). Check your connection and load again.`);
+  }
+  if (n !== into.length) {
+    throw new LoadError("network", `The server sent ${n} of ${into.length} bytes: the download broke off or the file changed. Load again.`);
+  }
+  return into;
+}
+
+// First bytes of the file: the 8-byte header length plus the JSON header.
+// Returns {prefix (Uint8Array), size, etag}; the caller (Python) validates the header.
+export async function fetchHeader(url, signal) {
+  const r = await rangeFetch(url, 0, PREFIX, signal);
+  const cr = r.headers.get("Content-Range");
+  const etag = r.headers.get("ETag") || "";
+  let size = cr ? Number(cr.split("/").pop()) : NaN;
+  let prefix = new Uint8Array(await r.arrayBuffer());
+  if (!Number.isFinite(size)) size = -1; // hidden by CORS: Python derives it from the header
+  const lfs = new TextDecoder().decode(prefix.subarray(0, 8)) === "version ";
+  if (prefix.length >= 8 && !lfs && prefix[0] !== 0x3c) {
+    const n = Number(new DataView(prefix.buffer, prefix.byteOffset).getBigUint64(0, true));
+    const need = 8 + n;
+    if (n < 100 * 2 ** 20 && need > prefix.length && (size < 0 || need <= size)) {
+      const rest = new Uint8Array(need - prefix.length);
+      await readBody(await rangeFetch(url, prefix.length, need, signal), rest, () => {}, signal);
+      const all = new Uint8Array(need);
+      all.set(prefix);
+      all.set(rest, prefix.length);
+      prefix = all;
+    }
+  }
+  return { prefix, size, etag };
+}
+
+// ---- cache --------------------------------------------------------------------
+const keyFor = (url, what) => url + (url.includes("?") ? "&" : "?") + "webrwkv-cache=" + what;
+
+export async function identity(size, etag, prefix) {
+  const tag = new TextEncoder().encode(`${size}|${etag}|`);
+  const all = new Uint8Array(tag.length + prefix.length);
+  all.set(tag);
+  all.set(prefix, tag.length);
+  const h = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+  return Array.from(h.subarray(0, 12), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function openCache() {
+  try { return await caches.open(CACHE); } catch { return null; } // no Cache API: load without caching
+}
+
+export async function listCached() {
+  const cache = await openCache();
+  if (!cache) return [];
+  const out = [];
+  for (const req of await cache.keys()) {
+    if (!req.url.endsWith("webrwkv-cache=complete")) continue;
+    const meta = await (await cache.match(req)).json();
+    out.push({ url: meta.url, size: meta.size, time: meta.time });
+  }
+  return out;
+}
+
+export async function clearCache() {
+  try { return await caches.delete(CACHE); } catch { return false; }
+}
+
+// Drop every cached block of `url` that belongs to another version of the file.
+async function dropStale(cache, url, ident) {
+  const prefix = keyFor(url, "");
+  for (const req of await cache.keys()) {
+    if (req.url.startsWith(prefix) && !req.url.startsWith(prefix + ident)) await cache.delete(req);
+  }
+}
+
+// ---- streaming ----------------------------------------------------------------
+// writes: [[fileStart, fileEnd, gpuBuffer, dstOffset, tag], ...], all 4-byte aligned
+// (fileEnd may pass the file's end by up to 3 bytes: zero padding).
+export async function streamWrites({ url, device, size, ident, dataStart, writes, onProgress, onWriteDone, signal, useCache = true }) {
+  const r0 = dataStart - (dataStart % 4);
+  const nblocks = Math.ceil((size - r0) / BLOCK);
+  const pieces = Array.from({ length: nblocks }, () => []);
+  const left = new Map();
+  for (const [a0, a1, buf, off, tag] of writes) {
+    if (a0 % 4 || a1 % 4 || off % 4 || a0 < r0) throw new Error(`unaligned write ${a0}-${a1} -> ${off}`);
+    left.set(tag, (left.get(tag) || 0) + (a1 - a0));
+    for (let k = Math.floor((a0 - r0) / BLOCK); k < nblocks && r0 + k * BLOCK < a1; k++) {
+      const bs = r0 + k * BLOCK;
+      const s = Math.max(a0, bs), e = k === nblocks - 1 ? a1 : Math.min(a1, bs + BLOCK);
+      if (e > s) pieces[k].push([s, e, buf, off + (s - a0), tag]);
+    }
+  }
+  const needed = [];
+  for (let k = 0; k < nblocks; k++) if (pieces[k].length) needed.push(k);
+  const total = needed.reduce((t, k) => t + Math.min(BLOCK, size - (r0 + k * BLOCK)), 0);
+  const cache = useCache ? await openCache() : null;
+  let cached = false;
+  if (cache) {
+    const m = await cache.match(keyFor(url, "complete"));
+    const meta = m ? await m.json() : null;
+    cached = !!meta && meta.ident === ident;
+    if (!cached) await dropStale(cache, url, ident);
+  }
+  const t0 = performance.now();
+  let loaded = 0, fromCache = 0;
+  const report = () => {
+    const s = (performance.now() - t0) / 1000;
+    onProgress?.({ phase: "weights", loaded, total, mbps: s > 0 ? loaded / 1e6 / s : 0, fromCache: fromCache > 0 });
+  };
+  let lastReport = 0;
+  const onBytes = (n) => {
+    loaded += n;
+    const now = performance.now();
+    if (now - lastReport > 100) { lastReport = now; report(); }
+  };
+  let cacheOk = !!cache;
+  const doBlock = async (k) => {
+    const bs = r0 + k * BLOCK, be = Math.min(size, bs + BLOCK);
+    const key = keyFor(url, `${ident}&block=${k}&of=${BLOCK}`);
+    let data = null;
+    if (cache) {
+      const hit = await cache.match(key);
+      if (hit) {
+        data = new Uint8Array(await hit.arrayBuffer());
+        if (data.length !== be - bs) data = null;
+        else { fromCache += data.length; onBytes(data.length); }
+      }
+    }
+    if (!data) {
+      data = await readBody(await rangeFetch(url, bs, be, signal), new Uint8Array(be - bs), onBytes, signal);
+      if (cacheOk) {
+        try { await cache.put(key, new Response(data)); } catch (e) { cacheOk = false; console.warn("model cache disabled:", e.message); }
+      }
+    }
+    if (signal?.aborted) throw new LoadError("aborted", "Loading was cancelled.");
+    for (const [s, e, buf, off, tag] of pieces[k]) {
+      let src = data.subarray(s - bs, e - bs);
+      if (src.length < e - s) { const p = new Uint8Array(e - s); p.set(src); src = p; }
+      device.queue.writeBuffer(buf, off, src.buffer, src.byteOffset, e - s);
+      const rest = left.get(tag) - (e - s);
+      left.set(tag, rest);
+      if (rest === 0) onWriteDone?.(tag);
+    }
+  };
+  let next = 0;
+  const worker = async () => { while (next < needed.length) await doBlock(needed[next++]); };
+  await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, needed.length) }, worker));
+  report();
+  if (cache && cacheOk && !cached) {
+    // The completion marker goes in last: an interrupted load never looks complete.
+    const meta = { url, ident, size, blocks: needed.length, time: Date.now() };
+    try { await cache.put(keyFor(url, "complete"), new Response(JSON.stringify(meta))); } catch {}
+  }
+  return { total, fetched: total - fromCache, fromCache, seconds: (performance.now() - t0) / 1000 };
+}

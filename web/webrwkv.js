@@ -1,0 +1,167 @@
+// webrwkv for embedding: RWKV in a Web Worker on WebGPU, behind a small async API.
+//   const engine = await createEngine({ model: URL, onProgress });
+//   for await (const { token, text } of engine.generate("Hello", { maxTokens: 50 })) ...
+//   engine.chat.completions.create({ messages, stream: true })  // OpenAI-shaped
+export class WebRwkvError extends Error {
+  constructor(kind, message) { super(message); this.name = "WebRwkvError"; this.kind = kind; }
+}
+
+export function webgpuSupport() {
+  if (typeof navigator === "undefined" || !navigator.gpu) {
+    return { ok: false, message: "This browser does not expose WebGPU. Use Chrome or Edge 113+ (desktop or Android), " +
+      "Safari 26, or Firefox 141+ on Windows. On Linux, or if WebGPU is switched off, enable chrome://flags/#enable-unsafe-webgpu " +
+      "(and chrome://flags/#enable-vulkan) and restart the browser. The page must be served over HTTPS or from localhost." };
+  }
+  return { ok: true };
+}
+
+class Worker_ {
+  constructor(url) {
+    this.w = new Worker(url, { type: "module", name: "webrwkv" });
+    this.nextId = 1;
+    this.pending = new Map();
+    this.listeners = new Set();
+    this.w.onmessage = (ev) => this._on(ev.data);
+    this.w.onerror = (ev) => this._fail(new WebRwkvError("engine", `The engine worker failed: ${ev.message || "unknown error"}`));
+  }
+  _on(msg) {
+    if (msg.type === "lost") { for (const f of this.listeners) f(msg); return; }
+    const p = this.pending.get(msg.id);
+    if (!p) return;
+    if (msg.type === "progress") p.onProgress?.(msg);
+    else if (msg.type === "token") p.onToken?.(msg);
+    else {
+      this.pending.delete(msg.id);
+      if (msg.type === "done") p.resolve(msg.result);
+      else p.reject(new WebRwkvError(msg.error.kind, msg.error.message));
+    }
+  }
+  _fail(err) { for (const p of this.pending.values()) p.reject(err); this.pending.clear(); }
+  call(type, args = {}, hooks = {}) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, ...hooks });
+      this.w.postMessage({ id, type, ...args });
+    });
+  }
+  send(type) { this.w.postMessage({ id: 0, type }); }
+  terminate() { this._fail(new WebRwkvError("disposed", "The engine was disposed.")); this.w.terminate(); }
+}
+
+// An async iterator over tokens pushed by the worker.
+function tokenStream(start) {
+  const queue = [];
+  let wake = null, finished = false, error = null, result = null;
+  const push = (item) => { queue.push(item); wake?.(); };
+  start(push).then((r) => { result = r; finished = true; wake?.(); }, (e) => { error = e; finished = true; wake?.(); });
+  const it = {
+    async next() {
+      for (;;) {
+        if (queue.length) return { value: queue.shift(), done: false };
+        if (error) throw error;
+        if (finished) return { value: result, done: true };
+        await new Promise((r) => (wake = r));
+        wake = null;
+      }
+    },
+    [Symbol.asyncIterator]() { return it; },
+  };
+  return it;
+}
+
+const CHAT_STOP = ["\n\nUser:", "\n\n"];
+
+// RWKV chat turns: "User: ...\n\nAssistant: ...\n\n"; blank lines inside a turn collapse.
+export function formatChat(messages) {
+  const role = { system: "System", user: "User", assistant: "Assistant" };
+  const clean = (s) => String(s).trim().replace(/\r\n/g, "\n").replace(/\n\n+/g, "\n");
+  const turns = messages.map((m) => `${role[m.role] || "User"}: ${clean(m.content)}`);
+  return turns.join("\n\n") + "\n\nAssistant:";
+}
+
+export async function createEngine({ model, vocab, onProgress, workerUrl, cache = true } = {}) {
+  const support = webgpuSupport();
+  if (!support.ok) throw new WebRwkvError("nowebgpu", support.message);
+  const w = new Worker_(workerUrl || new URL("./worker.js", import.meta.url));
+  const engine = new Engine(w);
+  try {
+    engine.adapter = (await w.call("init", {}, { onProgress })).adapter;
+    if (model) await engine.load(model, { vocab, onProgress, cache });
+  } catch (e) {
+    w.terminate();
+    throw e;
+  }
+  return engine;
+}
+
+class Engine {
+  constructor(w) {
+    this._w = w;
+    this.adapter = "";
+    this.model = null;
+    this._stats = {};
+    this._busy = null;
+    this.chat = { completions: { create: (req) => this._chatCreate(req) } };
+  }
+  get stats() { return { adapter: this.adapter, ...this._stats }; }
+  onDeviceLost(f) { this._w.listeners.add(f); }
+
+  async load(url, { vocab, onProgress, cache = true } = {}) {
+    this.model = null;
+    this.model = await this._w.call("load", { url: String(url), vocab, useCache: cache }, { onProgress });
+    this._stats.load = this.model.load;
+    return this.model;
+  }
+
+  generate(prompt, opts = {}) {
+    const options = {
+      max_tokens: opts.maxTokens ?? 128, temperature: opts.temperature ?? 1.0, top_p: opts.topP ?? 0.85,
+      top_k: opts.topK ?? 0, presence_penalty: opts.presencePenalty ?? 0, frequency_penalty: opts.frequencyPenalty ?? 0,
+      stop: opts.stop ?? [], seed: opts.seed ?? null,
+    };
+    return tokenStream(async (push) => {
+      const stats = await this._w.call("generate", { prompt: String(prompt), options }, { onToken: (m) => push({ token: m.token, text: m.text }) });
+      Object.assign(this._stats, stats);
+      return stats;
+    });
+  }
+
+  stop() { this._w.send("stop"); }
+  reset() { return this._w.call("reset"); }
+  saveState(name = "default") { return this._w.call("save", { name }); }
+  restoreState(name = "default") { return this._w.call("restore", { name }); }
+  async refreshStats() { Object.assign(this._stats, await this._w.call("stats")); return this.stats; }
+  unload() { this.model = null; return this._w.call("unload"); }
+  cachedModels() { return this._w.call("cached"); }
+  clearCache() { return this._w.call("clearCache"); }
+  dispose() { this._w.terminate(); }
+
+  async _chatCreate({ messages, stream = false, temperature = 1.0, top_p = 0.3, max_tokens = 256, stop, seed,
+    presence_penalty = 0, frequency_penalty = 0 }) {
+    await this.reset();
+    const it = this.generate(formatChat(messages), {
+      maxTokens: max_tokens, temperature, topP: top_p, presencePenalty: presence_penalty,
+      frequencyPenalty: frequency_penalty, stop: stop ?? CHAT_STOP, seed,
+    });
+    const id = "chatcmpl-" + Math.random().toString(36).slice(2, 12);
+    const created = Math.floor(Date.now() / 1000);
+    const model = this.model?.name || "rwkv";
+    const chunk = (delta, finish) => ({ id, object: "chat.completion.chunk", created, model,
+      choices: [{ index: 0, delta, finish_reason: finish }] });
+    if (stream) {
+      return (async function* () {
+        yield chunk({ role: "assistant", content: "" }, null);
+        let r;
+        while (!(r = await it.next()).done) yield chunk({ content: r.value.text }, null);
+        yield chunk({}, r.value?.finish_reason || "stop");
+      })();
+    }
+    let text = "", r;
+    while (!(r = await it.next()).done) text += r.value.text;
+    const st = r.value || {};
+    return { id, object: "chat.completion", created, model,
+      choices: [{ index: 0, message: { role: "assistant", content: text.trim() }, finish_reason: st.finish_reason || "stop" }],
+      usage: { prompt_tokens: st.prompt_tokens || 0, completion_tokens: st.completion_tokens || 0,
+        total_tokens: (st.prompt_tokens || 0) + (st.completion_tokens || 0) } };
+  }
+}

@@ -1,0 +1,156 @@
+// Web Worker: boots the vendored Pyodide (same origin, no CDN), installs the
+// webrwkv wheel with micropip, and serves the engine protocol to the page:
+//   {id, type: "init" | "load" | "generate" | "stop" | "reset" | "save" | "restore" | "unload" | "stats" | "cached" | "clearCache"}
+// Replies: {id, type: "progress" | "token" | "done" | "error", ...}.
+import * as gpuHelper from "./gpu_helper.js";
+import { fetchHeader, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
+
+const base = new URL("./", import.meta.url);
+let py = null;        // the Pyodide instance
+let entry = null;     // the webrwkv.browser_entry module (a PyProxy)
+let booting = null;
+let loadAbort = null;
+
+const post = (msg) => self.postMessage(msg);
+const heapBytes = () => py?._module?.HEAPU8?.length ?? 0;
+
+async function boot(id) {
+  const progress = (text) => post({ id, type: "progress", phase: "runtime", text });
+  if (!self.navigator.gpu) {
+    throw new LoadError("nowebgpu", "This browser has no WebGPU in workers. Use Chrome or Edge 113+, Safari 26 or Firefox 141+ (Windows).");
+  }
+  progress("Starting Python (Pyodide)…");
+  const { loadPyodide } = await import(new URL("vendor/pyodide/pyodide.mjs", base).href);
+  py = await loadPyodide({ indexURL: new URL("vendor/pyodide/", base).href, fullStdLib: false });
+  progress("Loading numpy and micropip…");
+  await py.loadPackage(["numpy", "micropip"], { messageCallback: () => {}, errorCallback: (m) => console.warn(m) });
+  try {
+    py.runPython("import numpy, micropip");
+  } catch (e) {
+    throw new LoadError("setup", `numpy/micropip did not load from ${new URL("vendor/pyodide/", base).pathname} (${e.message.split("\n").pop()}). Run the project's setup to vendor Pyodide.`);
+  }
+  progress("Installing webrwkv…");
+  const wheel = await findWheel();
+  const micropip = py.pyimport("micropip");
+  await micropip.install(wheel, { deps: false });
+  micropip.destroy();
+  py.registerJsModule("webrwkv_js", { ...gpuHelper });
+  entry = py.pyimport("webrwkv.browser_entry");
+  progress("Opening the GPU…");
+  const info = await entry.open_device();
+  const out = info.toJs({ dict_converter: Object.fromEntries });
+  info.destroy();
+  return out;
+}
+
+async function findWheel() {
+  let listing;
+  try {
+    const r = await fetch(new URL("wheels/index.json", base), { cache: "no-cache" });
+    listing = await r.json();
+  } catch (e) {
+    throw new LoadError("setup", `Could not list the webrwkv wheel at /wheels/index.json (${e.message}). Serve the page with \`webrwkv serve\` after building the wheel.`);
+  }
+  const wheels = (listing.wheels || []).filter((w) => /^webrwkv-.*\.whl$/.test(w.name)).sort((a, b) => a.name < b.name ? 1 : -1);
+  if (!wheels.length) throw new LoadError("setup", "No webrwkv wheel under /wheels/. Build it (the project's setup does) and reload.");
+  return new URL(wheels[0].url, base).href;
+}
+
+async function vocabFor(url, override) {
+  const guess = override || url.replace(/\.(safetensors|st)(\?.*)?$/, ".vocab.txt$2");
+  if (guess === url) return null;
+  try {
+    const r = await fetch(guess, { cache: "no-cache" });
+    if (!r.ok) return null;
+    const text = await r.text();
+    return text.startsWith("version https://git-lfs") || text.trimStart().startsWith("<") ? null : text;
+  } catch { return null; }
+}
+
+async function load(id, { url, vocab, useCache = true }) {
+  loadAbort?.abort();
+  const ctrl = new AbortController();
+  loadAbort = ctrl;
+  const t0 = performance.now();
+  const heap0 = heapBytes();
+  entry.unload();
+  const progress = (p) => post({ id, type: "progress", ...p });
+  progress({ phase: "header", text: "Reading the model header…" });
+  const absUrl = new URL(url, base).href;
+  const { prefix, size, etag } = await fetchHeader(absUrl, ctrl.signal);
+  const vocabText = await vocabFor(absUrl, vocab);
+  const planPy = entry.plan_load(prefix, size, absUrl, vocabText);
+  const plan = planPy.toJs({ dict_converter: Object.fromEntries, create_pyproxies: false });
+  planPy.destroy();
+  const ident = await identity(plan.size, etag, prefix);
+  const done = py.ffi.create_proxy((tag) => entry.write_done(tag));
+  let stream;
+  try {
+    stream = await streamWrites({
+      url: absUrl, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
+      onProgress: progress, onWriteDone: (tag) => done(tag), signal: ctrl.signal, useCache,
+    });
+  } finally {
+    done.destroy();
+  }
+  progress({ phase: "finish", text: "Preparing the engine…" });
+  const infoPy = await entry.finish_load();
+  const info = infoPy.toJs({ dict_converter: Object.fromEntries });
+  infoPy.destroy();
+  if (loadAbort === ctrl) loadAbort = null;
+  return { ...info, url: absUrl, load: { ...stream, seconds: (performance.now() - t0) / 1000, heapGrowth: heapBytes() - heap0, heapBytes: heapBytes() } };
+}
+
+async function generate(id, { prompt, options }) {
+  const emit = (token, text) => post({ id, type: "token", token, text });
+  const statsPy = await entry.generate(prompt, py.toPy(options || {}), emit);
+  const stats = statsPy.toJs({ dict_converter: Object.fromEntries });
+  statsPy.destroy();
+  return stats;
+}
+
+const handlers = {
+  init: (id) => (booting ??= boot(id)),
+  load: (id, msg) => load(id, msg),
+  generate: (id, msg) => generate(id, msg),
+  reset: () => entry.reset(),
+  save: (id, { name }) => entry.save_state(name),
+  restore: (id, { name }) => entry.restore_state(name),
+  unload: () => { loadAbort?.abort(); entry?.unload(); },
+  stats: () => ({ ...(entry ? entry.stats().toJs({ dict_converter: Object.fromEntries }) : {}), heapBytes: heapBytes() }),
+  cached: () => listCached(),
+  clearCache: () => clearCache(),
+};
+
+function errorOf(e) {
+  if (e instanceof LoadError) return { kind: e.kind, message: e.message };
+  const text = String(e?.message || e);
+  // A Python exception arrives as a PythonError whose last line is "Type: message".
+  const m = text.trim().split("\n").pop().match(/^(?:webrwkv\.errors\.)?(\w+Error): (.*)$/s);
+  if (e?.type || m) {
+    const kind = { ModelFormatError: "badfile", SourceError: "network", DeviceLostError: "devicelost", GpuError: "gpu", TokenizerError: "badfile" }[e?.type || m?.[1]] || "engine";
+    return { kind, message: m ? m[2] : text };
+  }
+  return { kind: "engine", message: text };
+}
+
+let chain = Promise.resolve();
+self.onmessage = (ev) => {
+  const msg = ev.data;
+  const { id, type } = msg;
+  if (type === "stop") { entry?.stop(); return; }
+  if (type === "unload") loadAbort?.abort();
+  const run = async () => {
+    try {
+      if (type !== "init" && type !== "cached" && type !== "clearCache") await handlers.init(id);
+      const h = handlers[type];
+      if (!h) throw new Error(`unknown message ${type}`);
+      const result = await h(id, msg);
+      post({ id, type: "done", result: result?.toJs ? result.toJs({ dict_converter: Object.fromEntries }) : result });
+    } catch (e) {
+      if (type === "init") booting = null;
+      post({ id, type: "error", error: errorOf(e) });
+    }
+  };
+  chain = chain.then(run);
+};
