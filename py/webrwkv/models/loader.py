@@ -9,37 +9,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ModelFormatError, WebRwkvError
+from ..errors import ModelFormatError
 from ..safetensors import SafetensorsHeader, TensorInfo, read_header, tensor_to_numpy
+from ..sources import open_source
 from . import VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names
 
 _DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
 _ATTR = re.compile(r"^(blocks\.\d+\.(?:att|ffn)\.)(.+)$")
-
-
-class _LocalFile:
-    """Minimal local byte source (used until webrwkv.sources is available)."""
-
-    def __init__(self, path: str) -> None:
-        self.name = str(path)
-        try:
-            self._f = open(path, "rb")
-        except OSError as e:
-            raise WebRwkvError(f"cannot open model file {path}: {e.strerror}; check the path") from None
-        self.size = os.fstat(self._f.fileno()).st_size
-
-    def read(self, offset: int, length: int) -> bytes:
-        self._f.seek(offset)
-        return self._f.read(length)
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> "_LocalFile":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 @contextmanager
@@ -52,10 +28,6 @@ def opened(source_or_path: Any) -> Iterator[Any]:
     if path.endswith((".pth", ".pt")) and "://" not in path:
         raise ModelFormatError(
             f"{path} is a PyTorch checkpoint; convert it first: webrwkv convert {path} OUT.st")
-    try:
-        from ..sources import open_source
-    except ImportError:
-        open_source = _LocalFile
     src = open_source(path)
     try:
         yield src
@@ -207,4 +179,53 @@ def load_weights(source_or_path: Any) -> tuple[ModelInfo, dict[str, np.ndarray]]
     with opened(source_or_path) as src:
         path = os.fspath(source_or_path) if isinstance(source_or_path, (str, os.PathLike)) else _source_path(src)
         info, refs = index_header(read_header(src), path)
-        return info, {name: read_tensor(src, ref) for name, ref in refs.items()}
+        names = list(refs)
+        reader = getattr(src, "read_ranges", None)
+        if reader is not None:  # one batched request per run of tensors on HTTP sources
+            raws = reader([(refs[n].offset, refs[n].nbytes) for n in names])
+        else:
+            raws = [src.read(refs[n].offset, refs[n].nbytes) for n in names]
+        return info, {n: to_canonical(refs[n], raw) for n, raw in zip(names, raws)}
+
+
+def stored_shape(name: str, shape: tuple, info: ModelInfo, layout: str) -> tuple:
+    """The shape a canonical tensor has in a checkpoint of `layout` (official vector shapes;
+    adapters [in, out] in the official layout)."""
+    m = _ATTR.match(name)
+    if not m:
+        return tuple(shape)
+    attr, mod = m.group(2), VERSIONS[info.version]
+    kind = mod.STORED_SHAPES.get(attr) if len(shape) == 1 else None
+    if kind == "1,1,C":
+        return (1, 1, shape[0])
+    if kind == "H,S":
+        return (info.n_head, info.head_size)
+    if layout == "official" and attr in mod.ADAPTERS:
+        return tuple(shape[:-2]) + (shape[-1], shape[-2])
+    return tuple(shape)
+
+
+def to_layout(info: ModelInfo, weights: dict[str, np.ndarray], layout: str) -> dict[str, np.ndarray]:
+    """Canonical weights -> {name: array} as stored in the official or the converted layout."""
+    out = {}
+    for name, a in weights.items():
+        m = _ATTR.match(name)
+        target = stored_shape(name, a.shape, info, layout)
+        if layout == "official" and m and m.group(2) in VERSIONS[info.version].ADAPTERS:
+            a = np.swapaxes(a, -1, -2)
+        out[layout_name(name, info.version, layout)] = np.ascontiguousarray(a.reshape(target))
+    return out
+
+
+def from_arrays(arrays: dict[str, np.ndarray], metadata: dict | None = None,
+                path: str = "") -> tuple[ModelInfo, dict[str, np.ndarray]]:
+    """Canonical (info, weights) from in-memory {name: array} in either layout (e.g. a .pth state dict)."""
+    tensors, pos = {}, 0
+    for name, a in arrays.items():
+        n = int(np.prod(a.shape)) * 4
+        tensors[name] = TensorInfo(name, "F32", tuple(a.shape), pos, pos + n)
+        pos += n
+    info, refs = index_header(SafetensorsHeader(tensors, dict(metadata or {}), 0, pos), path)
+    info.dtype = "fp32"
+    return info, {c: to_canonical(r, np.ascontiguousarray(arrays[r.name], dtype="<f4").tobytes())
+                  for c, r in refs.items()}

@@ -8,6 +8,8 @@ VERSION = "v4"
 RENAMES: dict[str, str] = {}
 # attributes the official layout stores [in, out] (none in v4)
 ADAPTERS: tuple[str, ...] = ()
+# stored shapes of vectors that are not [C] in the checkpoint files (canonical: flat [C])
+STORED_SHAPES = {"time_mix_k": "1,1,C", "time_mix_v": "1,1,C", "time_mix_r": "1,1,C"}
 
 
 def detect(names: set[str]) -> bool:

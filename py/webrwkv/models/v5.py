@@ -6,6 +6,9 @@ VERSION = "v5"
 
 RENAMES = {"time_faaaa": "time_first"}
 ADAPTERS: tuple[str, ...] = ()
+# stored shapes of vectors that are not [C] in the checkpoint files (canonical: flat [C])
+STORED_SHAPES = {"time_mix_k": "1,1,C", "time_mix_v": "1,1,C", "time_mix_r": "1,1,C", "time_mix_g": "1,1,C",
+                 "time_decay": "H,S", "time_faaaa": "H,S"}
 
 
 def detect(names: set[str]) -> bool:

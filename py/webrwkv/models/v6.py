@@ -9,6 +9,8 @@ VERSION = "v6"
 RENAMES = {"time_maa_": "time_mix_", "time_faaaa": "time_first"}
 # official [in, out] (time_maa_w2 is [5, D, C]); canonical and converted are [out, in]
 ADAPTERS = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
+# stored shapes of vectors that are not [C] in the checkpoint files (canonical: flat [C])
+STORED_SHAPES = {**{f"time_maa_{m}": "1,1,C" for m in "xwkvrg"}, "time_decay": "1,1,C", "time_faaaa": "H,S"}
 
 
 def detect(names: set[str]) -> bool:

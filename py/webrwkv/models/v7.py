@@ -9,6 +9,9 @@ VERSION = "v7"
 RENAMES: dict[str, str] = {}
 # LoRA-style adapters: official [in, out], canonical and converted [out, in]
 ADAPTERS = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
+# stored shapes of vectors that are not [C] in the checkpoint files (canonical: flat [C])
+STORED_SHAPES = {**{n: "1,1,C" for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a")},
+                 "r_k": "H,S"}
 # layer 0 takes v_first = v, so its value-residual tensors may be absent (and are unused)
 OPTIONAL = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 
