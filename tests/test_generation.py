@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from webrwkv.errors import WebRwkvError
-from webrwkv.generation import (BatchStats, ChatSession, GenerationStats, chat_prelude, clean_message,
-                                generate_batch, generate_stream, generate_stream_async)
+from webrwkv.generation import (BatchStats, ChatFormat, ChatSession, GenerationStats, generate_batch,
+                                generate_stream, generate_stream_async)
 from webrwkv.sampling import SamplerParams
 from webrwkv.tokenizer import Tokenizer
 
@@ -225,6 +225,24 @@ def test_chat_async():
     assert a.text == b.text == " You said x." and rt.text() == "User: x\n\nAssistant: You said x.\n"
 
 
-def test_clean_message_and_prelude():
-    assert clean_message("  a \r\n\r\n b\n") == "a\nb"
-    assert chat_prelude("", [("q", "a")], "Me", "Bot") == "Me: q\n\nBot: a\n\n"
+def test_chat_format():
+    rwkv = ChatFormat()
+    assert rwkv.clean("  a \r\n\r\n b\n") == "a\nb"
+    assert ChatFormat("Me", "Bot").prelude("", [("q", "a")]) == "Me: q\n\nBot: a\n\n"
+    play = ChatFormat(user="  Ros", bot="  Ham", sep=". ", end="\n")
+    assert play.clean("a\n\nb") == "a b"
+    assert play.prelude("Enter Hamlet.", [("My lord?", "Sir.")]) == "Enter Hamlet.\n\n  Ros. My lord?\n  Ham. Sir.\n"
+    assert play.ask("Hi") == "  Ros. Hi\n  Ham." and play.stops() == ["\n", "\n  Ros."]
+
+
+def test_chat_single_line_format():
+    def bot(data):
+        text = data.decode()
+        done = text[text.rindex("  Ham.") + 6:]
+        return ids_of(" Aye.\n  Ros. no"[len(done)])[0]
+    rt = ScriptedRuntime(bot, token_chunk_size=8)
+    chat = ChatSession(rt, TOK, GREEDY, ChatFormat("  Ros", "  Ham", ". ", "\n"), intro="Enter.", max_tokens=30)
+    _, st = collect(chat.reply("Speak"))
+    _, st = collect(chat.reply("More"))
+    assert st.text == " Aye." and st.stop == "\n"
+    assert rt.text() == "Enter.\n\n  Ros. Speak\n  Ham. Aye.\n  Ros. More\n  Ham. Aye."

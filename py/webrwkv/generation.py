@@ -253,36 +253,54 @@ def generate_batch(runtime: Any, tokenizer: Any, prompts: Sequence[Sequence[int]
     yield BatchStats(slots={s: ts.stats for s, ts in streams.items()}, wall_s=busy if streams else 0.0)
 
 
-def chat_prelude(intro: str = "", turns: Sequence[Sequence[str]] = (), user: str = "User",
-                 bot: str = "Assistant") -> str:
-    """The text that opens a chat: the intro, then the example turns, each ending in a blank line."""
-    parts = [intro.strip() + "\n\n"] if intro.strip() else []
-    parts += [f"{user}: {clean_message(u)}\n\n{bot}: {clean_message(b)}\n\n" for u, b in turns]
-    return "".join(parts)
+@dataclass
+class ChatFormat:
+    """How turns are written: `{user}{sep}{message}{end}{bot}{sep}{reply}{end}`.
 
+    The default is RWKV's `User: hi\n\nAssistant: Hello!\n\n`; a reply ends at `end`.
+    """
 
-def clean_message(text: str) -> str:
-    """One chat message: trimmed, with no blank line inside (a blank line ends a turn)."""
-    lines = [ln.strip() for ln in text.replace("\r\n", "\n").split("\n")]
-    return "\n".join(ln for ln in lines if ln)
+    user: str = "User"
+    bot: str = "Assistant"
+    sep: str = ": "
+    end: str = "\n\n"
+
+    def clean(self, text: str) -> str:
+        """One message: trimmed, with no `end` inside (lines are joined with a newline,
+        or with a space when `end` is a single newline)."""
+        lines = [ln.strip() for ln in text.replace("\r\n", "\n").split("\n")]
+        return ("\n" if "\n\n" in self.end else " ").join(ln for ln in lines if ln)
+
+    def ask(self, message: str) -> str:
+        """A user turn and the bot's name: the text the reply follows."""
+        return f"{self.user}{self.sep}{self.clean(message)}{self.end}{self.bot}{self.sep.rstrip()}"
+
+    def prelude(self, intro: str = "", turns: Sequence[Sequence[str]] = ()) -> str:
+        """The intro (then a blank line) and the example turns."""
+        parts = [intro.strip() + "\n\n"] if intro.strip() else []
+        parts += [f"{self.ask(u)}{self.sep[len(self.sep.rstrip()):]}{self.clean(b)}{self.end}" for u, b in turns]
+        return "".join(parts)
+
+    def stops(self) -> list[str]:
+        """Where a reply ends: `end`, or the user's name starting a new line."""
+        return [self.end, f"\n{self.user}{self.sep.rstrip()}"]
 
 
 class ChatSession:
-    """RWKV chat on one slot (`User: ...` / `Assistant: ...` turns); the state is kept between turns.
+    """Chat on one slot in a ChatFormat (RWKV `User:` / `Assistant:` by default); the state is kept between turns.
 
-    reply() / regenerate() (and their *_async forms) yield what generate_stream yields;
-    the reply ends at a blank line, at "\\n<user>:" or at one of `stop`.
+    reply() / regenerate() (and their *_async forms) return what generate_stream yields.
     """
 
-    def __init__(self, runtime: Any, tokenizer: Any, params: SamplerParams | None = None, user: str = "User",
-                 bot: str = "Assistant", intro: str = "", turns: Sequence[Sequence[str]] = (),
+    def __init__(self, runtime: Any, tokenizer: Any, params: SamplerParams | None = None,
+                 fmt: ChatFormat | None = None, intro: str = "", turns: Sequence[Sequence[str]] = (),
                  max_tokens: int = 256, stop: Sequence[str] = (), slot: int = 0):
         params = params or SamplerParams()
         self.runtime, self.tokenizer, self.slot = runtime, tokenizer, slot
-        self.user, self.bot = user, bot
+        self.fmt = fmt or ChatFormat()
         self.sampler = Sampler(replace(params, banned=(*params.banned, END_OF_TEXT)))
-        self.prelude = chat_prelude(intro, turns, user, bot)
-        self.stops = ["\n\n", f"\n{user}:", *stop]
+        self.prelude = self.fmt.prelude(intro, turns)
+        self.stops = [*self.fmt.stops(), *stop]
         self.max_tokens = max(1, max_tokens)
         self.reset()
 
@@ -298,10 +316,10 @@ class ChatSession:
         self.runtime.set_state(self.slot, {k: np.array(v, copy=True) for k, v in state.items()})
 
     def _prompt(self, message: str) -> tuple[str, list[int]]:
-        msg = clean_message(message)
+        msg = self.fmt.clean(message)
         if not msg:
             raise WebRwkvError("the message is empty; type some text")
-        ids = self.tokenizer.encode(f"{self._pending}{self.user}: {msg}\n\n{self.bot}:")
+        ids = self.tokenizer.encode(self._pending + self.fmt.ask(msg))
         self._pending = ""
         return msg, ids
 
@@ -314,7 +332,7 @@ class ChatSession:
 
     def _finish(self, st: GenerationStats, msg: str, n_prompt: int, prefill_s: float) -> None:
         st.prompt_tokens, st.prefill_s = n_prompt, st.prefill_s + prefill_s
-        target = st.text + "\n\n"
+        target = st.text + self.fmt.end
         consumed = self.tokenizer.decode([t for t in st.ids[:-1] if t != END_OF_TEXT])
         if target.startswith(consumed):
             self._pending = target[len(consumed):]
