@@ -58,7 +58,7 @@ def test_read_header_hand_built_file_all_dtypes(tmp_path):
     (n,) = struct.unpack("<Q", blob[:8])
     path = tmp_path / "m.safetensors"
     path.write_bytes(blob)
-    for src in (str(path), LocalFileSource(path), BytesSource(blob)):
+    for src in (str(path), path, LocalFileSource(path), BytesSource(blob), blob):
         h = read_header(src)
         assert h.data_start == 8 + n and h.file_size == len(blob)
         assert h.metadata == {"format": "pt", "note": "hand built"}

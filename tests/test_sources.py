@@ -149,9 +149,9 @@ def test_http_fetches_only_the_asked_ranges_and_coalesces(served):
     got = src.read_ranges([(10_000, 10), (50_000, 5), (10_020, 10), (10_040, 10), (100, 10), (60_000, 0)])
     assert got == [DATA[10_000:10_010], DATA[50_000:50_005], DATA[10_020:10_030], DATA[10_040:10_050],
                    DATA[100:110], b""]
-    assert srv.log[2:] == [("GET", "bytes=10000-10049"), ("GET", "bytes=50000-50004")]
+    assert sorted(srv.log[2:]) == [("GET", "bytes=10000-10049"), ("GET", "bytes=50000-50004")]
     assert src.read(5_000, 250_000) == DATA[5_000:255_000]  # over max_request: split in three
-    assert [r for _, r in srv.log[4:]] == ["bytes=5000-104999", "bytes=105000-204999", "bytes=205000-254999"]
+    assert sorted(r for _, r in srv.log[4:]) == ["bytes=105000-204999", "bytes=205000-254999", "bytes=5000-104999"]
     assert src.read(0, 1024) == DATA[:1024] and len(srv.log) == 7 == src.requests  # prefix is cached
     with pytest.raises(SourceError, match="truncated"):
         src.read(len(DATA) - 5, 10)

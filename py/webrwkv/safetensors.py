@@ -137,7 +137,11 @@ def parse_header(header: bytes, file_size: int, name: str = "the model file") ->
 
 
 def read_header(source: Any) -> SafetensorsHeader:
-    """Read and validate the header from a byte source (or a path/URL), never the tensor data."""
+    """Read and validate the header from a byte source (or a path, URL or bytes), never the tensor data."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        from .sources import BytesSource
+
+        source = BytesSource(source)
     if isinstance(source, (str, os.PathLike)):
         from .sources import open_source
 

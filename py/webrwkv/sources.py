@@ -6,7 +6,9 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -123,8 +125,10 @@ class HttpRangeSource(ByteSource):
     """A file on an HTTP(S) server, read with `Range` requests.
 
     The first request asks for the first `head_bytes` (this gives the size and ETag, and the cached
-    prefix usually holds the safetensors header). Later reads fetch only the ranges asked for,
-    coalescing neighbours, retrying transient failures with exponential backoff."""
+    prefix usually holds the safetensors header). Later reads fetch only the ranges asked for:
+    neighbours closer than `max_gap` share a request of at most `max_request` bytes, up to `workers`
+    requests run at once, and each is retried `retries` times with exponential backoff from `backoff`
+    seconds; `timeout` bounds every socket wait, so a read never hangs."""
 
     def __init__(
         self,
@@ -136,13 +140,15 @@ class HttpRangeSource(ByteSource):
         max_gap: int = 1 << 20,
         max_request: int = 32 << 20,
         head_bytes: int = 64 << 10,
+        workers: int = 4,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.name = self.url = url
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self.max_gap, self.max_request = max_gap, max_request
+        self.max_gap, self.max_request, self.workers = max_gap, max_request, workers
         self.headers = dict(headers or {})
         self.requests = 0  # HTTP requests sent so far
+        self._lock = threading.Lock()
         self._etag: str | None = None
         self.size = -1
         self._prefix = self._fetch(0, max(1, head_bytes), first=True)
@@ -152,16 +158,21 @@ class HttpRangeSource(ByteSource):
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         out = [b""] * len(ranges)
-        todo = []
+        todo, index = [], []  # ranges not in the cached prefix, and where their results go
         for i, (o, n) in enumerate(ranges):
             self._check(o, n)
             if o + n <= len(self._prefix):
                 out[i] = self._prefix[o : o + n]
             else:
                 todo.append((o, n))
-        index = [i for i, (o, n) in enumerate(ranges) if o + n > len(self._prefix)]
-        for start, stop, idx in plan_ranges(todo, self.max_gap, self.max_request):
-            data = self._fetch_split(start, stop)
+                index.append(i)
+        groups = plan_ranges(todo, self.max_gap, self.max_request)
+        step = self.max_request
+        pieces = [(a, min(stop, a + step)) for start, stop, _ in groups for a in range(start, stop, step)]
+        fetched = dict(zip(pieces, self._fetch_all(pieces)))
+        for start, stop, idx in groups:
+            parts = [fetched[(a, min(stop, a + step))] for a in range(start, stop, step)]
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
             if len(idx) == 1 and todo[idx[0]] == (start, stop - start):
                 out[index[idx[0]]] = data
                 continue
@@ -174,9 +185,12 @@ class HttpRangeSource(ByteSource):
     def close(self) -> None:
         self._prefix = b""
 
-    def _fetch_split(self, start: int, stop: int) -> bytes:
-        parts = [self._fetch(a, min(stop, a + self.max_request)) for a in range(start, stop, self.max_request)]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+    def _fetch_all(self, pieces: list[tuple[int, int]]) -> list[bytes]:
+        """Fetch (start, stop) pieces, up to `workers` at a time."""
+        if self.workers <= 1 or len(pieces) <= 1:
+            return [self._fetch(a, b) for a, b in pieces]
+        with ThreadPoolExecutor(min(self.workers, len(pieces))) as pool:
+            return list(pool.map(lambda p: self._fetch(*p), pieces))
 
     def _fetch(self, start: int, stop: int, first: bool = False) -> bytes:
         """Bytes [start, stop), with retries; the first call learns size and identity."""
@@ -195,7 +209,8 @@ class HttpRangeSource(ByteSource):
 
     def _attempt(self, start: int, stop: int, first: bool) -> bytes:
         hdrs = {**self.headers, "Range": f"bytes={start}-{stop - 1}", "Accept-Encoding": "identity"}
-        self.requests += 1
+        with self._lock:
+            self.requests += 1
         try:
             resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=hdrs), timeout=self.timeout)
         except urllib.error.HTTPError as e:
