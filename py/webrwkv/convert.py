@@ -1,0 +1,120 @@
+"""The `logits`, `info` and `convert` commands: model inspection, reference/GPU logits and layout conversion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelFormatError, WebRwkvError
+from .models import ModelInfo, default_model_path, load_index, load_weights
+from .models.loader import from_arrays, to_layout
+
+
+def parse_tokens(text: str) -> list[int]:
+    """'1,2,3' -> [1, 2, 3]."""
+    try:
+        toks = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise WebRwkvError(f"--tokens {text!r} is not a comma-separated list of token ids, e.g. 1,2,3") from None
+    if not toks:
+        raise WebRwkvError("--tokens is empty: pass at least one token id, e.g. --tokens 1,2,3")
+    return toks
+
+
+def native_logits(model: str, tokens: list[int], all_logits: bool, adapter: Any = None) -> np.ndarray:
+    """Logits from the GPU engine (imported only when asked for)."""
+    from .engine import load_engine
+
+    engine = load_engine(model=model, backend="native", max_batch=1, adapter=adapter)
+    rt = engine.runtime
+    rt.push(0, tokens)
+    out: dict = {}
+    while 0 not in out:
+        out.update(rt.run(all_logits=all_logits))
+    return np.asarray(out[0], dtype=np.float32)
+
+
+def logits_main(args: argparse.Namespace) -> int:
+    """webrwkv logits --model PATH --tokens 1,2,3 --out FILE.npy [--backend reference|native] [--all]"""
+    tokens = parse_tokens(args.tokens)
+    if args.backend == "native":
+        logits = native_logits(args.model, tokens, args.all, getattr(args, "adapter", None))
+    else:
+        from .reference import forward
+
+        info, weights = load_weights(args.model)
+        logits, _ = forward(weights, info, tokens, all_logits=args.all)
+    try:
+        np.save(args.out, np.asarray(logits, dtype=np.float32))
+    except OSError as e:
+        raise WebRwkvError(f"cannot write {args.out}: {e.strerror}; check the folder exists") from None
+    return 0
+
+
+def describe(info: ModelInfo) -> dict:
+    """The fields `webrwkv info --json` prints."""
+    return {"version": info.version, "layers": info.n_layer, "emb": info.n_embd, "heads": info.n_head,
+            "head_size": info.head_size, "vocab": info.vocab, "dim_ffn": info.dim_ffn, "dims": info.dims,
+            "layout": info.layout, "dtype": info.dtype, "bytes": info.nbytes, "path": info.path}
+
+
+def info_main(args: argparse.Namespace) -> int:
+    """webrwkv info [--json] [MODEL]: describe a model (default: the bundled one)."""
+    info, _ = load_index(args.model or default_model_path())
+    d = describe(info)
+    if args.json:
+        print(json.dumps(d))
+    else:
+        for k, v in d.items():
+            print(f"{k:10} {v}")
+    return 0
+
+
+def read_pth(path: str) -> tuple[ModelInfo, dict[str, np.ndarray]]:
+    """Canonical weights from a PyTorch checkpoint (needs torch)."""
+    try:
+        import torch
+    except ImportError:
+        raise WebRwkvError(
+            "converting a .pth file needs PyTorch, which is not installed: "
+            "install it (pip install 'webrwkv[torch]') or convert on a machine that has it") from None
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WebRwkvError(f"no such file: {path}: check the path") from None
+    except Exception as e:  # unpickling errors come in many types
+        raise ModelFormatError(f"{path} is not a readable PyTorch checkpoint ({e}); check the file") from None
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ModelFormatError(f"{path} holds a {type(sd).__name__}, not a dict of tensors")
+    arrays = {k: v.detach().float().numpy() for k, v in sd.items() if hasattr(v, "detach")}
+    return from_arrays(arrays, path=path)
+
+
+def convert_main(args: argparse.Namespace) -> int:
+    """webrwkv convert IN OUT [--layout official|converted] [--dtype fp16|fp32]"""
+    from .safetensors import write_safetensors
+
+    src = os.fspath(args.input)
+    if src.endswith((".pth", ".pt")):
+        info, weights = read_pth(src)
+    else:
+        info, weights = load_weights(src)
+    tensors = to_layout(info, weights, args.layout)
+    if args.dtype == "fp16":
+        big = [n for n, a in tensors.items() if np.abs(a).max(initial=0) > 65504]
+        if big:
+            raise WebRwkvError(f"tensor '{big[0]}' has values beyond the fp16 range; convert with --dtype fp32")
+    if os.path.abspath(args.output) == os.path.abspath(src):
+        raise WebRwkvError("the output would overwrite the input: choose another output path")
+    try:
+        write_safetensors(args.output, tensors, metadata={"format": "pt", "layout": args.layout}, dtype=args.dtype)
+    except OSError as e:
+        raise WebRwkvError(f"cannot write {args.output}: {e.strerror}; check the folder exists") from None
+    print(f"{info.version} L{info.n_layer} C{info.n_embd} -> {args.output} ({args.layout}, {args.dtype})")
+    return 0
