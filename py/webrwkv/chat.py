@@ -1,0 +1,202 @@
+"""The generate, chat and batch commands: text streamed to the terminal, speeds to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from .errors import WebRwkvError
+from .generation import (BatchStats, ChatFormat, ChatSession, GenerationStats, generate_batch,
+                         generate_stream)
+from .sampling import SamplerParams
+
+END_OF_TEXT = 0
+HELP = "Commands: '+' regenerates the last reply, /reset starts over, /quit exits."
+
+
+def load_engine_for(args: Any, max_batch: int = 1, token_chunk_size: int = 128) -> tuple[Any, Any]:
+    """(runtime, tokenizer) for the engine options of a command."""
+    from .engine import load_engine
+
+    eng = load_engine(model=args.model, backend=args.backend, max_batch=max_batch,
+                      token_chunk_size=token_chunk_size, adapter=args.adapter, quant=args.quant,
+                      lora=tuple(args.lora))
+    if args.vocab:
+        from .tokenizer import Tokenizer
+        return eng.runtime, Tokenizer(args.vocab)
+    return eng.runtime, eng.tokenizer
+
+
+def _check_max_tokens(n: int) -> None:
+    if n < 1:
+        raise WebRwkvError(f"--max-tokens must be at least 1, got {n}")
+
+
+def _utf8(stream: TextIO) -> None:
+    """Never fail on a character the terminal cannot show."""
+    if hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="replace")
+
+
+def _speed_line(st: GenerationStats) -> str:
+    return (f"prefill: {st.prompt_tokens} tokens, {st.prefill_tps:.1f} tok/s; "
+            f"decode: {len(st.ids)} tokens, {st.decode_tps:.1f} tok/s")
+
+
+# ----------------------------------------------------------------------------- generate
+
+def generate_main(args: Any) -> int:
+    """Stream a continuation of --prompt (an empty prompt starts from end-of-text)."""
+    _check_max_tokens(args.max_tokens)
+    params = SamplerParams.from_args(args)
+    runtime, tok = load_engine_for(args)
+    prompt_ids = tok.encode(args.prompt) if args.prompt else [END_OF_TEXT]
+    out = sys.stdout
+    _utf8(out)
+    stats = GenerationStats()
+    for item in generate_stream(runtime, tok, prompt_ids, params, args.max_tokens, args.stop):
+        if isinstance(item, GenerationStats):
+            stats = item
+        elif not args.json and item[1]:
+            out.write(item[1])
+            out.flush()
+    if args.json:
+        json.dump({"prompt_ids": prompt_ids, **stats.to_dict()}, out, ensure_ascii=False)
+        out.write("\n")
+    else:
+        out.write("\n")
+        out.flush()
+        print(_speed_line(stats), file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- chat
+
+def load_prompt_file(path: str | None) -> dict[str, Any]:
+    """A chat prompt file (JSON): user, bot, separator, turn_end, intro, turns [[user, bot], ...], stop."""
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise WebRwkvError(f"cannot read the prompt file {path!r} ({e.strerror}); pass an existing JSON file") from None
+    except json.JSONDecodeError as e:
+        raise WebRwkvError(f"the prompt file {path!r} is not valid JSON ({e}); see prompts/ for examples") from None
+    known = {"user", "bot", "separator", "turn_end", "intro", "turns", "stop", "description"}
+    if not isinstance(cfg, dict) or set(cfg) - known:
+        extra = sorted(set(cfg) - known) if isinstance(cfg, dict) else "not an object"
+        raise WebRwkvError(f"the prompt file {path!r} has unknown fields {extra}; use {sorted(known)}")
+    turns = cfg.get("turns", [])
+    if not (isinstance(turns, list) and all(isinstance(t, list) and len(t) == 2 for t in turns)):
+        raise WebRwkvError(f"the prompt file {path!r}: 'turns' must be a list of [user, bot] pairs")
+    return cfg
+
+
+def make_chat(runtime: Any, tok: Any, cfg: dict[str, Any], params: SamplerParams, max_tokens: int,
+              stop: list[str]) -> ChatSession:
+    """A ChatSession configured by a prompt file's fields."""
+    fmt = ChatFormat(user=cfg.get("user", "User"), bot=cfg.get("bot", "Assistant"),
+                     sep=cfg.get("separator", ": "), end=cfg.get("turn_end", "\n\n"))
+    return ChatSession(runtime, tok, params, fmt, intro=cfg.get("intro", ""),
+                       turns=[tuple(t) for t in cfg.get("turns", [])], max_tokens=max_tokens,
+                       stop=[*cfg.get("stop", []), *stop])
+
+
+def chat_main(args: Any) -> int:
+    """Terminal chat; reads one message per line from stdin (a terminal or a pipe)."""
+    _check_max_tokens(args.max_tokens)
+    params = SamplerParams.from_args(args)
+    cfg = load_prompt_file(args.prompt_file)
+    runtime, tok = load_engine_for(args)
+    chat = make_chat(runtime, tok, cfg, params, args.max_tokens, args.stop)
+    tty = sys.stdin.isatty()
+    out = sys.stdout
+    _utf8(out)
+    print(HELP, file=sys.stderr)
+    fmt = chat.fmt
+    while True:
+        if tty:
+            out.write(f"{fmt.user.strip()}{fmt.sep}")
+            out.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        msg = line.strip()
+        if not msg:
+            continue
+        if msg in ("/quit", "/exit"):
+            break
+        if msg == "/reset":
+            chat.reset()
+            print("(the chat starts over)", file=sys.stderr)
+            continue
+        try:
+            stream = chat.regenerate() if msg == "+" else chat.reply(msg)
+        except WebRwkvError as e:
+            print(f"webrwkv: {e}", file=sys.stderr)
+            continue
+        speed = ""
+        out.write(f"{fmt.bot.strip()}{fmt.sep.rstrip()}")
+        for item in stream:
+            if isinstance(item, GenerationStats):
+                speed = _speed_line(item)
+            elif item[1]:
+                out.write(item[1])
+                out.flush()
+        out.write("\n\n")
+        out.flush()
+        print(f"[{speed}]", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- batch
+
+def read_prompts(path: str) -> list[str]:
+    """One prompt per non-empty line; the two characters \\n inside a line mean a newline."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln.rstrip("\r\n") for ln in f]
+    except OSError as e:
+        raise WebRwkvError(f"cannot read the prompts file {path!r} ({e.strerror}); pass a text file, one prompt a line") from None
+    prompts = [ln.replace("\\n", "\n") for ln in lines if ln.strip()]
+    if not prompts:
+        raise WebRwkvError(f"the prompts file {path!r} has no prompts; write one prompt per line")
+    return prompts
+
+
+def batch_main(args: Any) -> int:
+    """Run every prompt of --prompts at once, one slot each; stream lines prefixed by [slot]."""
+    _check_max_tokens(args.max_tokens)
+    if args.token_chunk_size < 1:
+        raise WebRwkvError(f"--token-chunk-size must be at least 1, got {args.token_chunk_size}")
+    params = SamplerParams.from_args(args)
+    prompts = read_prompts(args.prompts)
+    runtime, tok = load_engine_for(args, max_batch=len(prompts), token_chunk_size=args.token_chunk_size)
+    ids = [tok.encode(p) or [END_OF_TEXT] for p in prompts]
+    out = sys.stdout
+    _utf8(out)
+    lines = {s: "" for s in range(len(prompts))}  # the current, unfinished line of each slot
+    stats: BatchStats | None = None
+    for item in generate_batch(runtime, tok, ids, params, args.max_tokens, args.stop):
+        if isinstance(item, BatchStats):
+            stats = item
+            continue
+        slot, _, piece = item
+        *full, lines[slot] = (lines[slot] + piece).split("\n")
+        for ln in full:
+            out.write(f"[{slot}] {ln}\n")
+        out.flush()
+    for slot, rest in lines.items():
+        if rest:
+            out.write(f"[{slot}] {rest}\n")
+    out.flush()
+    if stats is not None:
+        for slot, st in stats.slots.items():
+            print(f"[{slot}] {st.prompt_tokens} prompt tokens, {len(st.ids)} generated ({st.stop_reason})",
+                  file=sys.stderr)
+        print(f"batch of {len(prompts)}: {stats.prompt_tokens} prompt + {stats.generated_tokens} generated tokens "
+              f"in {stats.wall_s:.2f} s: {stats.tps:.1f} tok/s overall, {stats.generated_tps:.1f} generated tok/s",
+              file=sys.stderr)
+    return 0
