@@ -45,10 +45,11 @@ def canonical_name(name: str, version: str) -> str:
     if not m:
         return name.lower()
     prefix, attr = m.groups()
-    for official, converted in VERSIONS[version].RENAMES.items():
+    mod = VERSIONS[version]
+    for official, converted in mod.RENAMES.items():
         if attr.startswith(converted):
             attr = official + attr[len(converted):]
-    return prefix + attr
+    return prefix + getattr(mod, "ALIASES", {}).get(attr, attr)
 
 
 def layout_name(name: str, version: str, layout: str) -> str:

@@ -6,6 +6,8 @@ VERSION = "v4"
 
 # official suffix -> converted suffix (v4 names are the same in both layouts)
 RENAMES: dict[str, str] = {}
+# other stored names for the same tensor -> canonical name
+ALIASES = {"time_faaaa": "time_first"}
 # attributes the official layout stores [in, out] (none in v4)
 ADAPTERS: tuple[str, ...] = ()
 # stored shapes of vectors that are not [C] in the checkpoint files (canonical: flat [C])
