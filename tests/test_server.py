@@ -172,13 +172,17 @@ def test_options_preflight_and_other_methods(site):
 
 
 def test_listings(site):
-    srv, _, model = site
+    srv, root, model = site
     resp, body = request(srv, "GET", "/models/index.json")
     assert resp.status == 200 and resp.headers["Content-Type"] == "application/json"
     assert json.loads(body) == {"models": [
         {"name": "b.st", "size": 2, "url": "/models/b.st"},
         {"name": "tiny.safetensors", "size": len(model), "url": "/models/tiny.safetensors"},
     ]}  # the symlink out of the folder and non-model files are not listed
+    (root / "models" / "my model #2.st").write_bytes(b"spaced")
+    listed = json.loads(request(srv, "GET", "/models/index.json")[1])["models"]
+    assert listed[1] == {"name": "my model #2.st", "size": 6, "url": "/models/my%20model%20%232.st"}
+    assert request(srv, "GET", listed[1]["url"])[1] == b"spaced"
     wheels = json.loads(request(srv, "GET", "/wheels/index.json")[1])["wheels"]
     assert [w["name"] for w in wheels] == ["webrwkv-0.1.0-py3-none-any.whl"]
 

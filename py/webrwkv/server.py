@@ -184,7 +184,8 @@ class Handler(BaseHTTPRequestHandler):
                 if entry.name.startswith(".") or not entry.name.endswith(exts) or not _inside(real, root_real):
                     continue
                 if os.path.isfile(real):
-                    files.append({"name": entry.name, "size": os.path.getsize(real), "url": f"/{prefix}/{entry.name}"})
+                    url = f"/{prefix}/{urllib.parse.quote(entry.name)}"
+                    files.append({"name": entry.name, "size": os.path.getsize(real), "url": url})
         return json.dumps({prefix: files}, indent=1).encode()
 
     # --- the response -----------------------------------------------------------
