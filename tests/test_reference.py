@@ -137,3 +137,15 @@ def test_v4_initial_pp_is_minus_1e38():
     info, _ = model("v4")
     s = init_state(info)
     assert np.all(s["blocks.0.att_pp"] == np.float32(-1e38)) and not np.any(s["blocks.0.att_aa"])
+
+
+def test_runtime_spends_token_chunk_size_per_run():
+    rt = ReferenceRuntime(GOLDEN / "v5.st", max_batch=2, token_chunk_size=8)
+    rt.push(0, list(range(10)))
+    rt.push(1, list(range(10)))
+    assert rt.run() == {}
+    assert (rt.pending(0), rt.pending(1)) == (6, 6)
+    rt.run()
+    out = rt.run()  # the last 2 + 2 tokens: both slots run out
+    assert sorted(out) == [0, 1] and out[0].shape == (rt.info.vocab,)
+    assert rel(out[0], forward(rt.weights, rt.info, list(range(10)))[0]) <= 1e-6

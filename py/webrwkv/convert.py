@@ -27,8 +27,11 @@ def parse_tokens(text: str) -> list[int]:
 
 def native_logits(model: str, tokens: list[int], all_logits: bool, adapter: Any = None) -> np.ndarray:
     """Logits from the GPU engine (imported only when asked for)."""
-    from .engine import load_engine
-
+    try:
+        from .engine import load_engine
+    except ImportError as e:
+        raise WebRwkvError(f"the native GPU backend is not available ({e}); install webrwkv[native] "
+                           "or use --backend reference") from None
     engine = load_engine(model=model, backend="native", max_batch=1, adapter=adapter)
     rt = engine.runtime
     rt.push(0, tokens)
