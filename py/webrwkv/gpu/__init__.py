@@ -24,6 +24,7 @@ LIMIT_KEYS = (
     "max_workgroups_per_dim",          # dispatch size limit per dimension
     "max_workgroup_storage",           # bytes of var<workgroup> memory
     "max_workgroup_invocations",       # threads per workgroup
+    "subgroup_max_size",               # largest subgroup size (0 when unknown or no subgroups)
 )
 
 # A binding entry: a whole buffer, or (buffer, offset_bytes, size_bytes).

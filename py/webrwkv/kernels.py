@@ -1,0 +1,186 @@
+"""Loads shaders/*.wgsl, fills their {{NAME}} template values, caches pipelines, and builds matmul ops.
+
+Template values are compile-time constants (sizes, offsets, tile shapes), so every tuning knob
+(workgroup sizes, tiles, rows per workgroup) is a plain Python value in `Tuning`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import GpuError
+
+_HERE = Path(__file__).resolve().parent
+SHADER_DIRS = (_HERE / "shaders", _HERE.parents[1] / "shaders")
+
+ACTS = {"none": "x", "relu2": "max(x, 0.0) * max(x, 0.0)", "sigmoid": "sigmoid(x)",
+        "tanh": "tanh(clamp(x, -15.0, 15.0))"}
+
+
+@dataclass
+class Tuning:
+    """Kernel shape knobs; change them here (or per runtime) to tune for a GPU."""
+
+    gemv_rows: int = 4          # output rows per GEMV workgroup (no subgroups)
+    gemv_tpr: int = 64          # threads per output row (no subgroups)
+    gemv_max_t: int = 1         # use GEMV when a matmul has at most this many tokens
+    gemm_tm: int = 32           # tokens per GEMM tile
+    gemm_tn: int = 64           # output rows per GEMM tile
+    gemm_tk: int = 16           # K step of the GEMM tile
+    mix_rows: int = 16          # rows per ln_mix workgroup
+    elem_wg: int = 64           # workgroup size of elementwise kernels
+
+
+def shader_source(name: str) -> str:
+    for d in SHADER_DIRS:
+        p = d / f"{name}.wgsl"
+        if p.is_file():
+            return p.read_text()
+    raise GpuError(f"kernel source {name}.wgsl not found (looked in {', '.join(map(str, SHADER_DIRS))}); "
+                   "reinstall webrwkv")
+
+
+def pow2_divisor(n: int, cap: int = 256) -> int:
+    """Largest power of two <= cap dividing n."""
+    p = 1
+    while p * 2 <= cap and n % (p * 2) == 0:
+        p *= 2
+    return p
+
+
+class Kernels:
+    """Pipeline factory and cache for one device."""
+
+    def __init__(self, device: Any, tuning: Tuning | None = None) -> None:
+        self.dev = device
+        self.tuning = tuning or Tuning()
+        self._text: dict[str, str] = {}
+        self._pipes: dict[tuple, Any] = {}
+        self.subgroups = "subgroups" in device.features
+        self.sg_max = int(device.limits.get("subgroup_max_size", 0) or 0)
+
+    def source(self, name: str, params: dict) -> str:
+        if name not in self._text:
+            text = shader_source(name)
+            text = re.sub(r"^#include (\w+)\s*$", lambda m: shader_source(m.group(1)), text, flags=re.M)
+            self._text[name] = text
+        text = self._text[name]
+        out = re.sub(r"\{\{(\w+)\}\}", lambda m: str(params[m.group(1)]) if m.group(1) in params else m.group(0), text)
+        missing = set(re.findall(r"\{\{(\w+)\}\}", out))
+        if missing:
+            raise GpuError(f"kernel {name}: template values {sorted(missing)} not given")
+        return out
+
+    def get(self, name: str, **params: Any) -> Any:
+        key = (name, tuple(sorted(params.items())))
+        pipe = self._pipes.get(key)
+        if pipe is None:
+            pipe = self._pipes[key] = self.dev.pipeline(self.source(name, params), "main")
+        return pipe
+
+
+def fp16_bytes(a: np.ndarray) -> bytes:
+    """Row-major fp16 bytes of a matrix: two halves per u32, element 2i in the low half."""
+    return np.ascontiguousarray(a, dtype=np.float16).tobytes()
+
+
+class MatMul:
+    """Y[t, col] (=, +=, += gate *) act(W . X[t, group]) for a packed fp16 W, as cached GPU ops.
+
+    W holds P groups of NR rows each (group g reads X at x_off + g*x_gs and writes columns
+    col0 + g*NR ...). W may be given as several row blocks (P == 1 only) when it exceeds the
+    binding limit. Ops for a token count come from `ops(T)`: GEMV for few tokens, tiled GEMM else.
+    """
+
+    def __init__(self, k: Kernels, meta: Any, blocks: Sequence[tuple], K: int, P: int, NR: int, x: Any, y: Any,
+                 *, x_off: int = 0, x_ts: int, x_gs: int = 0, y_off: int = 0, y_ts: int, acts: Sequence[str] = ("none",),
+                 mode: str = "store", gate: Any = None, g_off: int = 0, g_ts: int = 0, tsrc: int = 0) -> None:
+        if K % 8 or x_off % 4 or x_ts % 4 or x_gs % 4:
+            raise GpuError(f"matmul shapes must be multiples of 8 (K={K}) and 4 (offsets); pad the weights")
+        self.k, self.meta, self.blocks, self.K, self.P, self.NR = k, meta, list(blocks), K, P, NR
+        self.x, self.y, self.gate = x, y, gate
+        self.p = dict(K=K, X_OFF=x_off, X_TS=x_ts, X_GS=x_gs, TSRC=tsrc)
+        acts = list(acts) * (P if len(acts) == 1 else 1)
+        if len(set(acts)) == 1:
+            act = f"fn act(g: u32, x: f32) -> f32 {{ return {ACTS[acts[0]]}; }}"
+        else:
+            cases = " ".join(f"case {i}u: {{ return {ACTS[a]}; }}" for i, a in enumerate(acts))
+            act = f"fn act(g: u32, x: f32) -> f32 {{ switch g {{ {cases} default: {{ return x; }} }} }}"
+        yi = f"{y_off}u + t * {y_ts}u + col"
+        epi = {"store": f"y[{yi}] = v;", "add": f"y[{yi}] = y[{yi}] + v;",
+               "gate": f"y[{yi}] = y[{yi}] + gate[{g_off}u + t * {g_ts}u + col] * v;"}[mode]
+        decl = "@group(0) @binding(4) var<storage, read> gate: array<f32>;" if mode == "gate" else ""
+        self.p.update(ACT=act, EPILOGUE=epi, GATE_DECL=decl)
+        self._cache: dict[str, list] = {}
+
+    def _gemv(self) -> list:
+        tu, k = self.k.tuning, self.k
+        sub = k.subgroups and 0 < k.sg_max <= 256
+        tpr = max(32, k.sg_max) if sub else tu.gemv_tpr
+        rows = max(1, 256 // tpr) if sub else tu.gemv_rows
+        if sub:
+            reduce = ("let sgs = subgroupAdd(acc);\n  if (sg_id == 0u) { red[lid / sg_size] = sgs; }\n"
+                      "  workgroupBarrier();\n  var total = 0.0;\n"
+                      "  if (j == 0u) { let per = TPR / sg_size; for (var q = 0u; q < per; q++) "
+                      "{ total += red[nl * per + q]; } }")
+            args = ", @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_id: u32"
+        else:
+            reduce = ("red[lid] = acc;\n  workgroupBarrier();\n"
+                      "  for (var s = TPR / 2u; s > 0u; s = s >> 1u) { if (j < s) { red[lid] += red[lid + s]; } "
+                      "workgroupBarrier(); }\n  let total = red[lid];")
+            args = ""
+        out = []
+        for buf, row0, nr in self.blocks:
+            pipe = k.get("gemv", **self.p, NR=nr, COL0=row0, R=rows, TPR=tpr, WG=rows * tpr, REDUCE=reduce,
+                         SG_ARGS=args, ENABLE=k.dev.subgroup_directive if sub else "")
+            out.append((pipe, self._bind(pipe, buf), -(-nr // rows)))
+        return out
+
+    def _gemm(self) -> list:
+        tu = self.k.tuning
+        out = []
+        for buf, row0, nr in self.blocks:
+            pipe = self.k.get("gemm", **self.p, NR=nr, COL0=row0, TM=tu.gemm_tm, TN=tu.gemm_tn, TK=tu.gemm_tk,
+                              WG=(tu.gemm_tm // 4) * (tu.gemm_tn // 4))
+            out.append((pipe, self._bind(pipe, buf), -(-nr // tu.gemm_tn)))
+        return out
+
+    def _bind(self, pipe: Any, buf: Any) -> Any:
+        entries = [self.meta, buf, self.x, self.y] + ([self.gate] if self.gate is not None else [])
+        return self.k.dev.bind(pipe, entries)
+
+    def ops(self, T: int) -> list[tuple]:
+        kind = "gemv" if T <= self.k.tuning.gemv_max_t else "gemm"
+        if kind not in self._cache:
+            self._cache[kind] = self._gemv() if kind == "gemv" else self._gemm()
+        if kind == "gemv":
+            return [(p, b, (n, T, self.P)) for p, b, n in self._cache[kind]]
+        tm = self.k.tuning.gemm_tm
+        return [(p, b, (n, -(-T // tm), self.P)) for p, b, n in self._cache[kind]]
+
+
+def upload_matrix(dev: Any, w: np.ndarray, label: str, pad_k: int = 8) -> tuple[list[tuple], int]:
+    """Upload an [N, K] matrix as packed fp16 row blocks that each fit the binding limit.
+
+    Returns ([(buffer, first_row, rows)], K_padded). K is zero-padded to a multiple of `pad_k`.
+    """
+    N, K = w.shape
+    Kp = -(-K // pad_k) * pad_k
+    h = np.zeros((N, Kp), np.float16)
+    h[:, :K] = w
+    limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
+    per = max(1, limit // (Kp * 2))
+    if per < N and per >= 64:
+        per -= per % 64
+    blocks = []
+    for r0 in range(0, N, per):
+        data = fp16_bytes(h[r0:r0 + per])
+        buf = dev.buffer(len(data), label=f"{label}[{r0}]")
+        dev.write(buf, 0, data)
+        blocks.append((buf, r0, min(per, N - r0)))
+    return blocks, Kp

@@ -1,0 +1,241 @@
+"""GPU recipes of one RWKV block per version: weights to GPU buffers, and the step's op generators.
+
+Each layer becomes a list of generators `f(shape) -> [ops]` where shape = (T, nseg, nout, chunks);
+the runtime evaluates them once per shape and caches the flat op list.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .kernels import Kernels, MatMul, pow2_divisor, upload_matrix
+
+Gen = Callable[[tuple], list]
+
+# Per-layer vectors, in vecs-buffer order (after ln1.w, ln1.b, ln2.w, ln2.b), per version.
+VECS = {
+    "v4": ["att.time_mix_r", "att.time_mix_k", "att.time_mix_v", "att.time_decay", "att.time_first",
+           "ffn.time_mix_k", "ffn.time_mix_r"],
+    "v5": ["att.time_mix_r", "att.time_mix_k", "att.time_mix_v", "att.time_mix_g", "att.time_decay",
+           "att.time_faaaa", "att.ln_x.weight", "att.ln_x.bias", "ffn.time_mix_k", "ffn.time_mix_r"],
+    "v6": ["att.time_maa_x", "att.time_maa_r", "att.time_maa_k", "att.time_maa_v", "att.time_maa_g",
+           "att.time_maa_w", "att.time_decay", "att.time_faaaa", "att.ln_x.weight", "att.ln_x.bias",
+           "ffn.time_maa_k", "ffn.time_maa_r"],
+    "v7": ["att.x_w", "att.x_a", "att.x_g", "att.x_v", "att.x_r", "att.x_k", "att.w0", "att.a0", "att.v0",
+           "att.k_k", "att.k_a", "att.r_k", "att.ln_x.weight", "att.ln_x.bias", "ffn.x_k"],
+}
+HEAD_VECS = ["blocks.0.ln0.weight", "blocks.0.ln0.bias", "ln_out.weight", "ln_out.bias"]
+
+
+def pad64(n: int) -> int:
+    return -(-n // 64) * 64
+
+
+def vec_names(version: str) -> list[str]:
+    return ["ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias"] + VECS[version]
+
+
+def pack_vecs(info: Any, w: dict) -> tuple[np.ndarray, dict, int]:
+    """All per-channel vectors as one f32 array: per-layer blocks of stride VS, then the global ones."""
+    C, names = info.n_embd, vec_names(info.version)
+    vs = pad64(len(names) * C)
+    out = np.zeros(vs * info.n_layer + len(HEAD_VECS) * C, np.float32)
+    for i in range(info.n_layer):
+        for j, n in enumerate(names):
+            v = w.get(f"blocks.{i}.{n}")
+            if v is not None:
+                out[i * vs + j * C: i * vs + (j + 1) * C] = np.asarray(v, np.float32).reshape(-1)
+    base = vs * info.n_layer
+    for j, n in enumerate(HEAD_VECS):
+        out[base + j * C: base + (j + 1) * C] = np.asarray(w[n], np.float32).reshape(-1)
+    return out, {n: j * C for j, n in enumerate(names)}, vs
+
+
+def state_geometry(info: Any) -> tuple[int, dict]:
+    """Per-layer state stride (floats, 256-byte aligned) and offsets inside one layer."""
+    C = info.n_embd
+    if info.version == "v4":
+        offs = {"att_x": (0, (C,)), "ffn_x": (C, (C,)), "att_aa": (2 * C, (C,)), "att_bb": (3 * C, (C,)),
+                "att_pp": (4 * C, (C,))}
+        return pad64(5 * C), offs
+    H, S = info.n_head, info.head_size
+    offs = {"att_x": (0, (C,)), "ffn_x": (C, (C,)), "att_kv": (2 * C, (H, S, S))}
+    return pad64(2 * C + H * S * S), offs
+
+
+class LayerBuilder:
+    """Uploads one model's weights and makes the per-layer op generators; `bufs` are the activations."""
+
+    def __init__(self, k: Kernels, info: Any, w: dict, bufs: dict, vecs_buf: Any, vec_off: dict, vs: int,
+                 state: Any, ls: int, slot_stride: int, n_slots: int) -> None:
+        self.k, self.dev, self.info, self.w, self.b = k, k.dev, info, w, bufs
+        self.vecs, self.vo, self.vs = vecs_buf, vec_off, vs
+        self.state, self.ls, self.slot, self.n_slots = state, ls, slot_stride, n_slots
+        self.C = info.n_embd
+        self.wg = pow2_divisor(self.C)
+        self.weight_bytes = 0
+
+    # -- helpers ------------------------------------------------------------------------
+    def vec_bind(self, i: int) -> tuple:
+        return (self.vecs, i * self.vs * 4, self.vs * 4)
+
+    def state_bind(self, i: int) -> tuple:
+        return (self.state, i * self.ls * 4, ((self.n_slots - 1) * self.slot + self.ls) * 4)
+
+    def matmul(self, mats: list, x: Any, y: Any, label: str, pad_rows: int = 0, **kw: Any) -> list[Gen]:
+        """One grouped matmul over `mats` (equal shapes), or one per group when too big to bind."""
+        mats = [np.asarray(m, np.float32) for m in mats]
+        if pad_rows:
+            mats = [np.pad(m, ((0, pad_rows - m.shape[0]), (0, 0))) for m in mats]
+        NR = mats[0].shape[0]
+        cat = np.concatenate(mats) if len(mats) > 1 else mats[0]
+        limit = min(self.dev.limits["max_storage_binding"], self.dev.limits["max_buffer_size"])
+        Kp = -(-cat.shape[1] // 8) * 8
+        if len(mats) == 1 or cat.shape[0] * Kp * 2 <= limit:
+            blocks, Kp = upload_matrix(self.dev, cat, label)
+            self.weight_bytes += cat.shape[0] * Kp * 2
+            if len(mats) > 1:
+                blocks = [(blocks[0][0], 0, NR)]
+            mm = [MatMul(self.k, self.b["meta"], blocks, Kp, len(mats), NR, x, y, **kw)]
+        else:
+            acts = kw.pop("acts", ("none",))
+            x_off, x_gs = kw.pop("x_off", 0), kw.pop("x_gs", 0)
+            mm = []
+            for g, m in enumerate(mats):
+                blocks, Kp = upload_matrix(self.dev, m, f"{label}.{g}")
+                self.weight_bytes += m.shape[0] * Kp * 2
+                blocks = [(b, r0 + g * NR, n) for b, r0, n in blocks]
+                mm.append(MatMul(self.k, self.b["meta"], blocks, Kp, 1, NR, x, y, x_off=x_off + g * x_gs,
+                                 acts=(acts[g % len(acts)],), **kw))
+        return [lambda s, m=m: m.ops(s[0]) for m in mm]
+
+    def op(self, name: str, entries: list, dims: Callable[[tuple], tuple], **params: Any) -> Gen:
+        pipe = self.k.get(name, **params)
+        group = self.dev.bind(pipe, entries)
+        return lambda s: [(pipe, group, dims(s))]
+
+    def ln_mix(self, i: int, out: Any, nmix: int, nout: int, ln: str, mu: str, lerp_prev: bool,
+               xoff: int, extra: int = 0) -> Gen:
+        expr = "b + (a - b) * mu" if lerp_prev else "a + (b - a) * mu"
+        rpw = self.k.tuning.mix_rows
+        return self.op("mix", [self.b["meta"], self.b["x"], self.vec_bind(i), self.state_bind(i), out],
+                       lambda s: (-(-s[3] // rpw) if s[3] else 1, s[1], 1),
+                       C=self.C, WG=self.wg, NMIX=nmix, NOUT=nout, RPW=rpw, SLOT=self.slot, XOFF=xoff,
+                       LNW=self.vo[ln + ".weight"], LNB=self.vo[ln + ".bias"], MU=self.vo[mu], MIXEXPR=expr,
+                       EXTRA=extra)
+
+    # -- blocks ---------------------------------------------------------------------------
+    def ffn(self, i: int) -> list[Gen]:
+        C, F, b, v = self.C, self.info.dim_ffn, self.b, self.info.version
+        f = f"blocks.{i}.ffn."
+        kx = "ffn.x_k" if v == "v7" else ("ffn.time_maa_k" if v == "v6" else "ffn.time_mix_k")
+        nmix = 1 if v == "v7" else 2
+        gens = [self.ln_mix(i, b["mix"], nmix, nmix, "ln2", kx, v in ("v4", "v5"), C)]
+        gens += self.matmul([self.w[f + "key.weight"]], b["mix"], b["hid"], f + "key", x_ts=nmix * C,
+                            y_ts=F, acts=("relu2",))
+        if v == "v7":
+            return gens + self.matmul([self.w[f + "value.weight"]], b["hid"], b["x"], f + "value", x_ts=F,
+                                      y_ts=C, mode="add")
+        gens += self.matmul([self.w[f + "receptance.weight"]], b["mix"], b["r"], f + "receptance", x_off=C,
+                            x_ts=2 * C, y_ts=C, acts=("sigmoid",))
+        return gens + self.matmul([self.w[f + "value.weight"]], b["hid"], b["x"], f + "value", x_ts=F, y_ts=C,
+                                  mode="gate", gate=b["r"], g_ts=C)
+
+    def att(self, i: int) -> list[Gen]:
+        return getattr(self, "att_" + self.info.version)(i)
+
+    def _proj(self, i: int, names: str, src: Any, x_off: int, x_ts: int) -> list[Gen]:
+        a, C = f"blocks.{i}.att.", self.C
+        mats = [self.w[a + n + ".weight"] for n in names.split()]
+        return self.matmul(mats, src, self.b["proj"], a + "proj", x_off=x_off, x_ts=x_ts, x_gs=C,
+                           y_ts=len(mats) * C)
+
+    def _out(self, i: int) -> list[Gen]:
+        a = f"blocks.{i}.att."
+        return self.matmul([self.w[a + "output.weight"]], self.b["y"], self.b["x"], a + "output",
+                           x_ts=self.C, y_ts=self.C, mode="add")
+
+    def _wkv5(self, i: int, ddlerp: int) -> Gen:
+        info, b = self.info, self.b
+        return self.op("wkv5", [b["meta"], b["proj"], b["dd"], self.vec_bind(i), self.state_bind(i), b["y"]],
+                       lambda s: (info.n_head, s[1], 1), C=self.C, WG=info.head_size, SLOT=self.slot, KV=2 * self.C,
+                       FIRST=self.vo["att.time_faaaa"], DECAY=self.vo["att.time_decay"], DDLERP=ddlerp,
+                       LNXW=self.vo["att.ln_x.weight"], LNXB=self.vo["att.ln_x.bias"], EPS="64e-5")
+
+    def att_v4(self, i: int) -> list[Gen]:
+        C, b = self.C, self.b
+        gens = [self.ln_mix(i, b["mix"], 3, 3, "ln1", "att.time_mix_r", True, 0)]
+        gens += self._proj(i, "receptance key value", b["mix"], 0, 3 * C)
+        wg = min(64, self.wg)
+        gens.append(self.op("wkv4", [b["meta"], b["proj"], self.vec_bind(i), self.state_bind(i), b["y"]],
+                            lambda s: (C // wg, s[1], 1), C=C, WG=wg, SLOT=self.slot, AA=2 * C,
+                            DECAY=self.vo["att.time_decay"], FIRST=self.vo["att.time_first"]))
+        return gens + self._out(i)
+
+    def att_v5(self, i: int) -> list[Gen]:
+        C, b = self.C, self.b
+        gens = [self.ln_mix(i, b["mix"], 4, 4, "ln1", "att.time_mix_r", True, 0)]
+        gens += self._proj(i, "receptance key value gate", b["mix"], 0, 4 * C)
+        return gens + [self._wkv5(i, 0)] + self._out(i)
+
+    def att_v6(self, i: int) -> list[Gen]:
+        C, b, a, w = self.C, self.b, f"blocks.{i}.att.", self.w
+        D = self.info.dims["time_maa"]
+        Dp = -(-D // 8) * 8
+        gens = [self.ln_mix(i, b["mix"], 1, 3, "ln1", "att.time_maa_x", False, 0, extra=1)]
+        w1 = np.asarray(w[a + "time_maa_w1"], np.float32).reshape(5, D, C)
+        order = [3, 1, 2, 4, 0]  # official w k v r g -> r k v g w
+        gens += self.matmul([w1[j] for j in order], b["mix"], b["h"], a + "maa1", pad_rows=Dp, x_ts=3 * C,
+                            y_ts=5 * Dp, acts=("tanh",))
+        w2 = np.asarray(w[a + "time_maa_w2"], np.float32)
+        gens += self.matmul([w2[j] for j in order], b["h"], b["l2"], a + "maa2", x_ts=5 * Dp, x_gs=Dp, y_ts=5 * C)
+        wg = self.k.tuning.elem_wg
+        gens.append(self.op("mix6", [b["meta"], b["mix"], b["l2"], self.vec_bind(i), b["mix2"]],
+                            lambda s: (-(-C // wg), s[0], 1), C=C, WG=wg, MU=self.vo["att.time_maa_r"]))
+        gens += self._proj(i, "receptance key value gate", b["mix2"], 0, 5 * C)
+        Dw = self.info.dims["time_decay"]
+        Dwp = -(-Dw // 8) * 8
+        gens += self.matmul([w[a + "time_decay_w1"]], b["mix2"], b["hd"], a + "decay1", pad_rows=Dwp, x_off=4 * C,
+                            x_ts=5 * C, y_ts=Dwp, acts=("tanh",))
+        gens += self.matmul([w[a + "time_decay_w2"]], b["hd"], b["dd"], a + "decay2", x_ts=Dwp, y_ts=C)
+        return gens + [self._wkv5(i, 1)] + self._out(i)
+
+    def att_v7(self, i: int) -> list[Gen]:
+        C, b, a, w, info = self.C, self.b, f"blocks.{i}.att.", self.w, self.info
+        gens = [self.ln_mix(i, b["mix"], 6, 6, "ln1", "att.x_w", False, 0)]
+        gens += self._proj(i, "value receptance key", b["mix"], 3 * C, 6 * C)
+        names = "wag" if i == 0 else "wagv"
+        dp = self.lora_dim()
+        gens += self.matmul([w[a + n + "1"] for n in names], b["mix"], b["h"], a + "lora1", pad_rows=dp,
+                            x_ts=6 * C, x_gs=C, y_ts=len(names) * dp, acts=("tanh", "none", "sigmoid", "none"))
+        gens += self.matmul([np.pad(np.asarray(w[a + n + "2"], np.float32), ((0, 0), (0, dp - w[a + n + "2"].shape[1])))
+                             for n in names], b["h"], b["l2"], a + "lora2", x_ts=len(names) * dp, x_gs=dp,
+                            y_ts=len(names) * C)
+        gens.append(self.op("wkv7", [b["meta"], b["proj"], b["l2"], self.vec_bind(i), self.state_bind(i),
+                                     b["vfirst"], b["y"]],
+                            lambda s: (info.n_head, s[1], 1), C=C, WG=info.head_size, NL=len(names), SLOT=self.slot,
+                            KV=2 * C, W0=self.vo["att.w0"], A0=self.vo["att.a0"], V0=self.vo["att.v0"],
+                            KK=self.vo["att.k_k"], KA=self.vo["att.k_a"], RK=self.vo["att.r_k"],
+                            LAYER0=int(i == 0), LNXW=self.vo["att.ln_x.weight"], LNXB=self.vo["att.ln_x.bias"],
+                            EPS="64e-5"))
+        return gens + self._out(i)
+
+    def lora_dim(self) -> int:
+        d = max(self.info.dims.values()) if self.info.dims else 8
+        return -(-d // 8) * 8
+
+
+def activation_sizes(info: Any, rows: int) -> dict[str, int]:
+    """Float counts of each activation buffer for `rows` tokens per step."""
+    C, F, v = info.n_embd, info.dim_ffn, info.version
+    dims = info.dims or {}
+    dp = -(-max(dims.values() or [8]) // 8) * 8
+    nmix = {"v4": 3, "v5": 4, "v6": 3, "v7": 6}[v]
+    return {
+        "x": rows * C, "mix": rows * nmix * C, "proj": rows * 4 * C, "y": rows * C, "hid": rows * F,
+        "r": rows * C, "dd": rows * C if v == "v6" else 4, "mix2": rows * 5 * C if v == "v6" else 4,
+        "h": rows * 5 * dp if v in ("v6", "v7") else 4, "l2": rows * 5 * C if v in ("v6", "v7") else 4,
+        "hd": rows * dp if v == "v6" else 4, "vfirst": rows * C if v == "v7" else 4, "xo": rows * C,
+    }

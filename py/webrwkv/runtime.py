@@ -1,0 +1,259 @@
+"""Batched GPU runtime: slots with queued tokens, chunked steps of cached ops, state kept on the GPU.
+
+`run()` (native) and `run_async()` (every backend) share all logic: `_submit()` encodes one step and
+says what to read back, `_finish()` turns the bytes into logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import GpuError, WebRwkvError
+from .kernels import Kernels, MatMul, Tuning, pow2_divisor, upload_matrix
+from .models import ModelInfo, init_state, state_layout
+from .recipes import HEAD_VECS, LayerBuilder, activation_sizes, pack_vecs, state_geometry
+
+State = dict[str, np.ndarray]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+class Runtime:
+    """The runtime API of docs/ARCHITECTURE.md on a webrwkv.gpu Device.
+
+    Runtime(device, info, weights, max_batch, token_chunk_size): weights are canonical float32
+    arrays (webrwkv.models.load_weights); they are converted to packed fp16 on upload.
+    """
+
+    def __init__(self, device: Any, info: ModelInfo, weights: dict, max_batch: int = 1,
+                 token_chunk_size: int = 128, tuning: Tuning | None = None) -> None:
+        if max_batch < 1 or token_chunk_size < 1:
+            raise WebRwkvError("max_batch and token_chunk_size must be at least 1")
+        self.dev, self.info = device, info
+        self.max_batch, self.token_chunk_size = max_batch, token_chunk_size
+        self.rows = max(token_chunk_size, max_batch)
+        C, V = info.n_embd, info.vocab
+        if C % 32:
+            raise GpuError(f"n_embd {C} is not a multiple of 32; the GPU kernels need that")
+        self.ls, self.offs = state_geometry(info)
+        self.slot_floats = self.ls * info.n_layer
+        self._check_limits()
+        self.k = Kernels(device, tuning)
+        dev = device
+        # step metadata: header, segment table, tokens, output rows
+        self.tok0 = 8 + 4 * max_batch
+        self.out0 = self.tok0 + self.rows
+        self.meta = dev.buffer(4 * (self.out0 + self.rows), label="meta")
+        b = {"meta": self.meta}
+        for name, n in activation_sizes(info, self.rows).items():
+            b[name] = dev.buffer(4 * n, label=name)
+        self.logit_rows = min(self.rows, dev.limits["max_storage_binding"] // (4 * V))
+        b["logits"] = self.logits = dev.buffer(4 * self.logit_rows * V, label="logits")
+        self.state = dev.buffer(4 * self.slot_floats * max_batch, label="state")
+        self.scratch = dev.buffer(4 * self.slot_floats, label="state-scratch")
+        vecs, vec_off, vs = pack_vecs(info, weights)
+        self.vecs = dev.buffer(vecs.nbytes, label="vecs")
+        dev.write(self.vecs, 0, vecs)
+        lb = self.lb = LayerBuilder(self.k, info, weights, b, self.vecs, vec_off, vs, self.state, self.ls,
+                                    self.slot_floats, max_batch)
+        self.gens: list = []
+        emb, _ = upload_matrix(dev, weights["emb.weight"], "emb")
+        lb.weight_bytes += V * C * 2
+        head_base = 4 * vs * info.n_layer
+        gv = (self.vecs, head_base, 4 * len(HEAD_VECS) * C)
+        wg = pow2_divisor(C)
+        for buf, r0, nr in emb:
+            self.gens.append(lb.op("embed", [self.meta, buf, gv, b["x"]], lambda s: (s[0], 1, 1), C=C, WG=wg,
+                                   V0=r0, NV=nr, LNW=0, LNB=C))
+        for i in range(info.n_layer):
+            self.gens += lb.att(i) + lb.ffn(i)
+        self.gens.append(lb.op("norm", [self.meta, b["x"], gv, b["xo"]], lambda s: (s[2], 1, 1), C=C, WG=wg,
+                               LNW=2 * C, LNB=3 * C))
+        blocks, _ = upload_matrix(dev, weights["head.weight"], "head")
+        lb.weight_bytes += V * C * 2
+        head = MatMul(self.k, self.meta, blocks, C, 1, V, b["xo"], self.logits, x_ts=C, y_ts=V, tsrc=2)
+        self.gens.append(lambda s: head.ops(s[2]))
+        self.weight_bytes = lb.weight_bytes
+        self._ops: dict[tuple, list] = {}
+        self._pending: list[list[int]] = [[] for _ in range(max_batch)]
+        self._done: list[list[np.ndarray]] = [[] for _ in range(max_batch)]
+        self._init = self._pack(init_state(info))
+        for s in range(max_batch):
+            dev.write(self.state, 4 * s * self.slot_floats, self._init)
+
+    @classmethod
+    def from_path(cls, path: Any, adapter: Any = None, max_batch: int = 1, token_chunk_size: int = 128,
+                  **device_options: Any) -> "Runtime":
+        """Load a model file and open the native device in one call."""
+        from .gpu import open_device
+        from .models import load_weights
+
+        info, w = load_weights(path)
+        return cls(open_device("native", adapter, **device_options), info, w, max_batch, token_chunk_size)
+
+    # -- limits ------------------------------------------------------------------------------
+    def _check_limits(self) -> None:
+        """Refuse, before allocating anything, a model/batch the adapter's limits cannot hold."""
+        info, lim = self.info, self.dev.limits
+        binding, maxbuf = lim["max_storage_binding"], lim["max_buffer_size"]
+        C, V, F = info.n_embd, info.vocab, info.dim_ffn
+        widest = 2 * max(C, F)
+        if widest > min(binding, maxbuf):
+            raise GpuError(f"one weight row ({widest} bytes) exceeds maxStorageBufferBindingSize ({binding}); "
+                           "this adapter cannot run the model, even with quantization")
+        need = {"the state of all slots": 4 * self.slot_floats * self.max_batch,
+                "one logits row": 4 * V}
+        need.update({f"activation '{k}'": 4 * n for k, n in activation_sizes(info, self.rows).items()})
+        for what, n in need.items():
+            if n > binding or n > maxbuf:
+                lname = "maxStorageBufferBindingSize" if n > binding else "maxBufferSize"
+                raise GpuError(f"{what} needs {_mib(n)}, above the adapter's {lname} "
+                               f"({_mib(min(binding, maxbuf))}); lower max_batch / token_chunk_size, "
+                               "or use a smaller or quantized model")
+        if lim["max_storage_buffers_per_stage"] < 7:
+            raise GpuError("the adapter allows fewer than 7 storage buffers per shader stage; webrwkv needs 7")
+
+    # -- state -------------------------------------------------------------------------------
+    def _pack(self, state: State) -> np.ndarray:
+        out = np.zeros(self.slot_floats, np.float32)
+        for name, shape in state_layout(self.info):
+            if name not in state or tuple(np.shape(state[name])) != tuple(shape):
+                got = "missing" if name not in state else f"shape {list(np.shape(state[name]))}"
+                raise WebRwkvError(f"state entry '{name}' is {got}; this model needs {list(shape)}")
+            layer, key = name.split(".")[1], name.split(".")[2]
+            off = int(layer) * self.ls + self.offs[key][0]
+            out[off: off + int(np.prod(shape))] = np.asarray(state[name], np.float32).reshape(-1)
+        return out
+
+    def _unpack(self, raw: bytes) -> State:
+        a = np.frombuffer(raw, np.float32)
+        out = {}
+        for name, shape in state_layout(self.info):
+            layer, key = name.split(".")[1], name.split(".")[2]
+            off = int(layer) * self.ls + self.offs[key][0]
+            out[name] = a[off: off + int(np.prod(shape))].reshape(shape).copy()
+        return out
+
+    def _slot(self, slot: int) -> int:
+        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.max_batch:
+            raise WebRwkvError(f"slot {slot!r} does not exist: use 0..{self.max_batch - 1}")
+        return int(slot)
+
+    def get_state(self, slot: int) -> State:
+        """The slot's state as a dict of float32 arrays (docs/ARCHITECTURE.md layout)."""
+        s = self._slot(slot)
+        return self._unpack(self.dev.read(self.state, 4 * s * self.slot_floats, 4 * self.slot_floats))
+
+    async def get_state_async(self, slot: int) -> State:
+        s = self._slot(slot)
+        return self._unpack(await self.dev.read_async(self.state, 4 * s * self.slot_floats, 4 * self.slot_floats))
+
+    def set_state(self, slot: int, state: State) -> None:
+        """Overwrite the slot's state (e.g. restore one saved with get_state)."""
+        self.dev.write(self.state, 4 * self._slot(slot) * self.slot_floats, self._pack(state))
+
+    def reset(self, slot: int) -> None:
+        """Fresh state and no pending input for the slot."""
+        s = self._slot(slot)
+        self.dev.write(self.state, 4 * s * self.slot_floats, self._init)
+        self._pending[s], self._done[s] = [], []
+
+    def clone(self, src: int, dst: int) -> None:
+        """Copy src's state into dst (on the GPU)."""
+        n = 4 * self.slot_floats
+        self.dev.copy(self.state, self._slot(src) * n, self.scratch, 0, n)
+        self.dev.copy(self.scratch, 0, self.state, self._slot(dst) * n, n)
+
+    # -- input ---------------------------------------------------------------------------------
+    def push(self, slot: int, tokens: Sequence[int]) -> None:
+        """Queue tokens for a slot."""
+        toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if toks.size == 0:
+            raise WebRwkvError("no tokens to run: pass at least one token id")
+        bad = toks[(toks < 0) | (toks >= self.info.vocab)]
+        if bad.size:
+            raise WebRwkvError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.info.vocab - 1})")
+        self._pending[self._slot(slot)].extend(int(t) for t in toks)
+
+    def pending(self, slot: int) -> int:
+        """How many queued tokens the slot still has."""
+        return len(self._pending[self._slot(slot)])
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _schedule(self, all_logits: bool) -> list[tuple[int, list[int], bool]]:
+        active = [s for s in range(self.max_batch) if self._pending[s]]
+        budget = min(self.token_chunk_size, self.logit_rows) if all_logits else self.token_chunk_size
+        plan = []
+        for n, s in enumerate(active):
+            share = max(1, budget // (len(active) - n))
+            toks = self._pending[s][:share]
+            del self._pending[s][:share]
+            budget -= len(toks)
+            plan.append((s, toks, not self._pending[s]))
+        return plan
+
+    def _submit(self, all_logits: bool) -> tuple | None:
+        plan = self._schedule(all_logits)
+        if not plan:
+            return None
+        meta = np.zeros(self.out0 + self.rows, np.uint32)
+        T, outs, segs = 0, [], []
+        for i, (s, toks, last) in enumerate(plan):
+            n = len(toks)
+            meta[8 + 4 * i: 11 + 4 * i] = (T, n, s)
+            meta[self.tok0 + T: self.tok0 + T + n] = toks
+            rows = list(range(T, T + n)) if all_logits else ([T + n - 1] if last else [])
+            segs.append((s, len(outs), len(rows), last))
+            outs += rows
+            T += n
+        nout = len(outs)
+        meta[:5] = (T, len(plan), nout, self.tok0, self.out0)
+        meta[self.out0: self.out0 + nout] = outs
+        self.dev.write(self.meta, 0, meta[: self.out0 + nout] if nout else meta[: self.out0])
+        key = (T, len(plan), nout, max(len(t) for _, t, _ in plan))
+        ops = self._ops.get(key)
+        if ops is None:
+            if len(self._ops) > 256:
+                self._ops.clear()
+            ops = self._ops[key] = [op for g in self.gens for op in g(key)]
+            if not nout:  # nothing to read: skip the output LayerNorm and head
+                ops = self._ops[key] = ops[: self._n_body(key)]
+        self.dev.encode(ops)
+        return segs, nout
+
+    def _n_body(self, key: tuple) -> int:
+        return sum(len(g(key)) for g in self.gens[:-2])
+
+    def _finish(self, segs: list, nout: int, raw: bytes | None, all_logits: bool) -> dict[int, np.ndarray]:
+        V = self.info.vocab
+        logits = np.frombuffer(raw, np.float32).reshape(nout, V) if nout else None
+        out = {}
+        for s, o0, n, last in segs:
+            if n:
+                self._done[s].append(logits[o0: o0 + n])
+            if last:
+                got = self._done[s]
+                out[s] = (np.concatenate(got) if all_logits else got[-1][-1]).copy()
+                self._done[s] = []
+        return out
+
+    def run(self, all_logits: bool = False) -> dict[int, np.ndarray]:
+        """Spend up to token_chunk_size queued tokens; logits of the slots whose input ran out."""
+        sub = self._submit(all_logits)
+        if sub is None:
+            return {}
+        segs, nout = sub
+        raw = self.dev.read(self.logits, 0, 4 * nout * self.info.vocab) if nout else None
+        return self._finish(segs, nout, raw, all_logits)
+
+    async def run_async(self, all_logits: bool = False) -> dict[int, np.ndarray]:
+        sub = self._submit(all_logits)
+        if sub is None:
+            return {}
+        segs, nout = sub
+        raw = await self.dev.read_async(self.logits, 0, 4 * nout * self.info.vocab) if nout else None
+        return self._finish(segs, nout, raw, all_logits)

@@ -1,0 +1,46 @@
+// fp16 matrix x f32 vector for single tokens: y[t, col] (=, +=, += gate*) act(W[g*NR + n] . x[t, g]).
+// Workgroup (row block of R rows, token t, group g); TPR threads per row, each reading vec4<u32>
+// (8 halves) at a time. SUBGROUPS=1 reduces with subgroupAdd (needs subgroup size <= TPR).
+{{ENABLE}}
+#include common
+
+@group(0) @binding(0) var<storage, read> info: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // [P*NR, K/8]
+@group(0) @binding(2) var<storage, read> xv: array<vec4<f32>>;     // activations, as vec4
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+{{GATE_DECL}}
+
+const K8: u32 = {{K}}u / 8u;
+const NR: u32 = {{NR}}u;
+const R: u32 = {{R}}u;
+const TPR: u32 = {{TPR}}u;
+
+{{ACT}}
+
+@compute @workgroup_size({{WG}})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32
+        {{SG_ARGS}}) {
+  let t = wid.y;
+  if (t >= info[{{TSRC}}u]) { return; }
+  let g = wid.z;
+  let nl = lid / TPR;
+  let j = lid % TPR;
+  let n = wid.x * R + nl;
+  var acc = 0.0;
+  if (n < NR) {
+    let wb = (g * NR + n) * K8;
+    let xb = ({{X_OFF}}u + t * {{X_TS}}u + g * {{X_GS}}u) / 4u;
+    for (var k = j; k < K8; k += TPR) {
+      let q = w[wb + k];
+      let a = xv[xb + 2u * k];
+      let b = xv[xb + 2u * k + 1u];
+      acc += dot(vec4<f32>(h2(q.x), h2(q.y)), a) + dot(vec4<f32>(h2(q.z), h2(q.w)), b);
+    }
+  }
+  {{REDUCE}}
+  if (j == 0u && n < NR) {
+    let col = {{COL0}}u + g * NR + n;
+    let v = act(g, total);
+    {{EPILOGUE}}
+  }
+}
