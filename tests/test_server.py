@@ -77,6 +77,8 @@ def test_index_and_headers(site):
         assert name in h["Access-Control-Expose-Headers"]
     assert h["ETag"].startswith('"') and "GMT" in h["Last-Modified"]
     assert request(srv, "GET", "/sub/")[1] == b"sub page"
+    resp, _ = request(srv, "GET", "/sub?x=1")
+    assert resp.status == 301 and resp.headers["Location"] == "/sub/?x=1"
     assert request(srv, "GET", "/index.html?v=3#x")[1] == body
 
 

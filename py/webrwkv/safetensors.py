@@ -1,5 +1,5 @@
 """Safetensors header parsing and validation (pure Python, runs in Pyodide), plus
-numpy helpers to decode tensor bytes and to write safetensors files."""
+numpy functions to decode tensor bytes and to write safetensors files."""
 
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.quiet:
             super().log_message(format, *args)
 
-    # --- helpers --------------------------------------------------------------
+    # --- building blocks--------------------------------------------------------
     def _cors(self) -> None:
         for k, v in CORS.items():
             self.send_header(k, v)
@@ -165,6 +165,8 @@ class Handler(BaseHTTPRequestHandler):
         root_real = os.path.realpath(root)
         target = os.path.join(root_real, *[p for p in rel if p])
         if os.path.isdir(target):
+            if not raw.endswith("/"):  # so the page's relative links resolve inside the folder
+                return None, None, HTTPStatus.MOVED_PERMANENTLY
             target = os.path.join(target, "index.html")
         real = os.path.realpath(target)
         if not _inside(real, root_real):
@@ -201,6 +203,10 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if body:
                 self.wfile.write(data)
+            return
+        if status == HTTPStatus.MOVED_PERMANENTLY:
+            query = self.path[len(self.path.split("?", 1)[0]):]
+            self._error(status, "moved", {"Location": self.path.split("?", 1)[0] + "/" + query})
             return
         if path is None:
             self._error(status, "not found" if status == HTTPStatus.NOT_FOUND else "forbidden")
