@@ -10,6 +10,7 @@ import codecs
 import functools
 import json
 import os
+import re
 import sys
 from typing import Iterable
 
@@ -19,6 +20,7 @@ WORLD_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "
 END_OF_TEXT = 0  # id 0 ends a text in every RWKV model; vocabulary files do not list it
 _FORMAT = "each line must be '<id> <python str or bytes literal> <byte length>'"
 _TERMINAL = -1  # key under which a trie node stores the id of the token ending there
+_CACHE_CHUNK, _CACHE_SIZE = 32, 1 << 15  # memoize chunks up to 32 bytes, at most 32768 of them
 
 
 def parse_vocab(data: bytes | str, name: str = "<vocab>") -> dict[int, bytes]:
@@ -80,6 +82,33 @@ def _parse_literal(lit: str, name: str, lineno: int) -> bytes:
     raise TokenizerError(f"{name}:{lineno}: the token is a {type(value).__name__}, not a str or bytes literal; {_FORMAT}")
 
 
+def _chunk_pattern(tokens: list[bytes]) -> re.Pattern:
+    """A regex cutting bytes into chunks, each starting where every segmentation must start a token.
+
+    A token starts at byte p whenever no vocabulary token holds the pair (data[p-1], data[p]): a
+    token starting earlier would contain that pair. Two cases are cheap to find with a regex:
+    bytes that occur only at the start of tokens (`lead`), and a space whose previous byte never
+    precedes a space inside a token (in the World vocabulary only whitespace does).
+    """
+    inner = set(b"".join(t[1:] for t in tokens))
+    lead = bytes(b for b in range(256) if b not in inner)
+    before_space = {t[k - 1] for t in tokens if b" " in t[1:] for k in range(1, len(t)) if t[k] == 32}
+
+    def cls(bs) -> bytes:
+        return b"".join(b"\\x%02x" % b for b in sorted(bs))
+
+    if 32 in inner:
+        spaces = b" *" if 32 in before_space else b" ?"
+        run = b"[^ " + cls(lead) + b"]*"
+        glue = b" +" if 32 in before_space else b" "
+        others = before_space - {32}
+        tail = b"(?:(?<=[" + cls(others) + b"])" + glue + run + b")*" if others else b""
+        start = b"(?:[" + cls(lead) + b"]|" + spaces + b")" if lead else spaces
+        return re.compile(start + run + tail)
+    run = b"[^" + cls(lead) + b"]*"  # every space starts a token; it is one of the lead bytes
+    return re.compile(b"(?:[" + cls(lead) + b"]|)" + run)
+
+
 class Tokenizer:
     """World tokenizer: `encode` picks, at each position, the longest vocabulary token that matches."""
 
@@ -113,8 +142,8 @@ class Tokenizer:
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size})"
 
-    def _trie(self) -> dict:
-        # Nested dicts keyed by byte value; a node that ends a token holds its id under _TERMINAL.
+    def _prepare(self) -> None:
+        # Trie: nested dicts keyed by byte value; a node that ends a token holds its id under _TERMINAL.
         root: dict = {}
         for tok, idx in self._tok2id.items():
             node = root
@@ -124,14 +153,13 @@ class Tokenizer:
                     child = node[byte] = {}
                 node = child
             node[_TERMINAL] = idx
+        self._chunks = _chunk_pattern(list(self._tok2id)).findall
+        self._cache: dict[bytes, list[int]] = {}
         self._root = root
-        return root
 
-    def encode_bytes(self, data: bytes | bytearray | memoryview) -> list[int]:
-        """Token ids for raw bytes: the longest vocabulary match at each position, left to right."""
-        data = bytes(data)
-        root = self._root if self._root is not None else self._trie()
-        maxlen, n, i = self._maxlen, len(data), 0
+    def _walk(self, data: bytes) -> list[int]:
+        """Greedy longest match by walking the trie from each token start."""
+        root, maxlen, n, i = self._root, self._maxlen, len(data), 0
         out: list[int] = []
         append = out.append
         while i < n:
@@ -148,6 +176,24 @@ class Tokenizer:
                                      f"(at byte {i}); the vocabulary must hold every single byte it may meet")
             append(best)
             i = end
+        return out
+
+    def encode_bytes(self, data: bytes | bytearray | memoryview) -> list[int]:
+        """Token ids for raw bytes: the longest vocabulary match at each position, left to right."""
+        if self._root is None:
+            self._prepare()
+        cache, walk = self._cache, self._walk
+        out: list[int] = []
+        # Chunks start where a token must start, so each is encoded on its own; short ones are memoized.
+        for chunk in self._chunks(bytes(data)):
+            ids = cache.get(chunk)
+            if ids is None:
+                ids = walk(chunk)
+                if len(chunk) <= _CACHE_CHUNK:
+                    if len(cache) >= _CACHE_SIZE:
+                        cache.clear()
+                    cache[chunk] = ids
+            out += ids
         return out
 
     def encode(self, text: str) -> list[int]:
