@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -151,6 +152,34 @@ def test_custom_small_vocab(tmp_path, newline):
         assert tok.encode(text) == brute_force_encode(parse_vocab("".join(
             f"{i} {lit} {n}\n" for i, lit, n in SMALL)), text.encode("utf-8"))
         assert tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.parametrize("alphabet", [b"ab \t\n\xe4", b"ab c", b"a b", b" xy\x00"])
+def test_random_vocabularies_match_brute_force(alphabet):
+    # encode cuts the text into chunks and memoizes them; any vocabulary must still give the plain greedy ids
+    rnd = random.Random(alphabet)
+    for trial in range(30):
+        tokens = {bytes([b]) for b in alphabet}
+        while len(tokens) < 40:
+            tokens.add(bytes(rnd.choice(alphabet) for _ in range(rnd.randint(2, 6))))
+        if alphabet == b"ab c":  # space only at the start of tokens
+            tokens = {t for t in tokens if b" " not in t[1:]}
+        if alphabet == b"a b":  # space inside tokens, never after a space
+            tokens = {t for t in tokens if b"  " not in t}
+        vocab = dict(enumerate(sorted(tokens), 1))
+        tok = Tokenizer.from_text("".join(f"{i} {t!r} {len(t)}\n" for i, t in vocab.items()))
+        for _ in range(5):
+            data = bytes(rnd.choice(alphabet) for _ in range(rnd.randint(0, 200)))
+            assert tok.encode_bytes(data) == brute_force_encode(vocab, data), (vocab, data)
+
+
+def test_world_vocab_matches_brute_force_on_random_text(tok):
+    vocab = parse_vocab(open(WORLD_VOCAB, "rb").read())
+    rnd = random.Random(5)
+    pieces = [" ", "  ", "\t", "\n", "\r\n", "the", " the", "a", ".", "中", "文", "🙂", "é", "\x00", "1", "==", "-"]
+    for _ in range(40):
+        data = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 80))).encode("utf-8")
+        assert tok.encode_bytes(data) == brute_force_encode(vocab, data)
 
 
 def test_missing_byte_in_vocab_is_a_clear_error(tmp_path):
