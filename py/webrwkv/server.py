@@ -124,7 +124,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.quiet:
             super().log_message(format, *args)
 
-    # --- building blocks--------------------------------------------------------
+    # --- building blocks -------------------------------------------------------
     def _cors(self) -> None:
         for k, v in CORS.items():
             self.send_header(k, v)
