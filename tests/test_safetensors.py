@@ -158,6 +158,7 @@ HTML = b"\n<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Log i
 BAD_FILES = {
     "lfs_pointer": (LFS, ["git lfs pull", "LFS pointer", "191141048"]),
     "html_page": (HTML, ["web page", "URL"]),
+    "text_error": (b'{"error": "Repository not found or gated"}\n', ["text file", "Repository not found"]),
     "too_small": (b"\x01\x00", ["only 2 bytes"]),
     "header_over_100mb": (struct.pack("<Q", 200 * 2**20) + b"{}" * 10, ["over 100 MB"]),
     "header_past_end": (struct.pack("<Q", 1000) + b'{"t":1}', ["past the end"]),

@@ -69,6 +69,13 @@ def _check_not_model(prefix: bytes, name: str) -> None:
             f"{name}: the server returned a web page, not a model (a login page, an error page or a wrong URL?): "
             "check the URL points at the raw .safetensors file (e.g. a 'resolve' link) and that it needs no login"
         )
+    start = prefix[:64]
+    if len(start) >= 8 and all(32 <= c < 127 or c in b"\t\r\n" for c in start):
+        snippet = start[:40].decode("ascii")
+        raise ModelFormatError(
+            f"{name} is a text file, not a safetensors model (it starts with {snippet!r}; an error message "
+            "from the server?): check the path or URL"
+        )
 
 
 def _int(v: Any) -> bool:
