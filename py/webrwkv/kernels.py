@@ -60,7 +60,10 @@ class Kernels:
         self.dev = device
         self.tuning = tuning or Tuning()
         self._text: dict[str, str] = {}
-        self._pipes: dict[tuple, Any] = {}
+        # pipelines depend only on their source, so runtimes on one device share them
+        if not hasattr(device, "_webrwkv_pipelines"):
+            device._webrwkv_pipelines = {}
+        self._pipes: dict[tuple, Any] = device._webrwkv_pipelines
         self.subgroups = "subgroups" in device.features
         self.sg_max = int(device.limits.get("subgroup_max_size", 0) or 0)
 

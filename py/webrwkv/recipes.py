@@ -76,6 +76,7 @@ class LayerBuilder:
         self.C = info.n_embd
         self.wg = pow2_divisor(self.C)
         self.weight_bytes = 0
+        self.split_matrices = 0  # matrices uploaded as several row blocks / groups (binding limit)
 
     # -- helpers ------------------------------------------------------------------------
     def vec_bind(self, i: int) -> tuple:
@@ -96,6 +97,7 @@ class LayerBuilder:
         if len(mats) == 1 or cat.shape[0] * Kp * 2 <= limit:
             blocks, Kp = upload_matrix(self.dev, cat, label)
             self.weight_bytes += cat.shape[0] * Kp * 2
+            self.split_matrices += len(blocks) > 1
             if len(mats) > 1:
                 blocks = [(blocks[0][0], 0, NR)]
             mm = [MatMul(self.k, self.b["meta"], blocks, Kp, len(mats), NR, x, y, **kw)]
@@ -103,6 +105,7 @@ class LayerBuilder:
             acts = kw.pop("acts", ("none",))
             x_off, x_gs = kw.pop("x_off", 0), kw.pop("x_gs", 0)
             mm = []
+            self.split_matrices += 1
             for g, m in enumerate(mats):
                 blocks, Kp = upload_matrix(self.dev, m, f"{label}.{g}")
                 self.weight_bytes += m.shape[0] * Kp * 2

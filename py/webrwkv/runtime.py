@@ -27,6 +27,7 @@ class Runtime:
 
     Runtime(device, info, weights, max_batch, token_chunk_size): weights are canonical float32
     arrays (webrwkv.models.load_weights); they are converted to packed fp16 on upload.
+    `token_chunk_size` may be lowered later (buffers are sized for the value given here).
     """
 
     def __init__(self, device: Any, info: ModelInfo, weights: dict, max_batch: int = 1,
@@ -63,6 +64,7 @@ class Runtime:
         self.gens: list = []
         emb, _ = upload_matrix(dev, weights["emb.weight"], "emb")
         lb.weight_bytes += V * C * 2
+        lb.split_matrices += len(emb) > 1
         head_base = 4 * vs * info.n_layer
         gv = (self.vecs, head_base, 4 * len(HEAD_VECS) * C)
         wg = pow2_divisor(C)
@@ -75,9 +77,10 @@ class Runtime:
                                LNW=2 * C, LNB=3 * C))
         blocks, _ = upload_matrix(dev, weights["head.weight"], "head")
         lb.weight_bytes += V * C * 2
+        lb.split_matrices += len(blocks) > 1
         head = MatMul(self.k, self.meta, blocks, C, 1, V, b["xo"], self.logits, x_ts=C, y_ts=V, tsrc=2)
         self.gens.append(lambda s: head.ops(s[2]))
-        self.weight_bytes = lb.weight_bytes
+        self.weight_bytes, self.split_matrices = lb.weight_bytes, lb.split_matrices
         self._ops: dict[tuple, list] = {}
         self._pending: list[list[int]] = [[] for _ in range(max_batch)]
         self._done: list[list[np.ndarray]] = [[] for _ in range(max_batch)]
@@ -186,7 +189,9 @@ class Runtime:
     # -- steps ---------------------------------------------------------------------------------
     def _schedule(self, all_logits: bool) -> list[tuple[int, list[int], bool]]:
         active = [s for s in range(self.max_batch) if self._pending[s]]
-        budget = min(self.token_chunk_size, self.logit_rows) if all_logits else self.token_chunk_size
+        budget = min(self.token_chunk_size, self.rows)
+        if all_logits:
+            budget = min(budget, self.logit_rows)
         plan = []
         for n, s in enumerate(active):
             share = max(1, budget // (len(active) - n))

@@ -1,0 +1,86 @@
+"""Engine entry point: load a model onto the GPU (or the numpy reference) with its tokenizer."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Sequence
+
+from .errors import TokenizerError, WebRwkvError
+from .models import ModelInfo, default_model_path, load_weights
+
+
+class Engine:
+    """A loaded model: `.runtime` (Runtime or ReferenceRuntime), `.tokenizer`, `.info`, `.device`.
+
+    The tokenizer loads on first use; a tokenizer with more ids than the model's vocabulary
+    raises TokenizerError there (the runtime stays usable with raw token ids).
+    """
+
+    def __init__(self, runtime: Any, info: ModelInfo, model_path: Any, backend: str, device: Any = None) -> None:
+        self.runtime, self.info, self.model_path, self.backend, self.device = runtime, info, model_path, backend, device
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from .tokenizer import load_tokenizer_for_model
+
+            path = self.model_path if isinstance(self.model_path, (str, bytes)) or hasattr(self.model_path, "__fspath__") else None
+            tok = load_tokenizer_for_model(path)
+            if tok.vocab_size > self.info.vocab:
+                raise TokenizerError(
+                    f"the tokenizer has {tok.vocab_size} ids but the model's vocabulary is {self.info.vocab}; "
+                    "put the model's own vocabulary next to it as <model>.vocab.txt or pass --vocab")
+            self._tokenizer = tok
+        return self._tokenizer
+
+    @property
+    def vocab_mismatch(self) -> str:
+        """'' when tokenizer and model agree, else a one-line description."""
+        try:
+            tok = self.tokenizer
+        except TokenizerError as e:
+            return str(e)
+        if tok.vocab_size < self.info.vocab:
+            return f"tokenizer uses {tok.vocab_size} of the model's {self.info.vocab} ids"
+        return ""
+
+
+def _apply_optional(module: str, func: str, what: str, *args: Any) -> Any:
+    try:
+        mod = importlib.import_module(f"webrwkv.{module}")
+    except ImportError:
+        raise WebRwkvError(f"{what} is not available in this build of webrwkv; run without it") from None
+    return getattr(mod, func)(*args)
+
+
+def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, token_chunk_size: int = 128,
+                adapter: Any = None, quant: str = "none", lora: Sequence[str] = (), *,
+                device: Any = None, **device_options: Any) -> Engine:
+    """Load `model` (path/URL/byte source; None = the bundled model) for `backend` ("native" | "reference").
+
+    `adapter` picks a GPU (name substring or index); `device` passes an already open webrwkv.gpu
+    Device; `device_options` go to the native device (e.g. max_binding_override).
+    """
+    if backend not in ("native", "reference"):
+        raise WebRwkvError(f"unknown backend {backend!r}; use 'native' or 'reference'")
+    if quant not in ("none", "int8", "nf4"):
+        raise WebRwkvError(f"unknown quantization {quant!r}; use none, int8 or nf4")
+    path = model if model is not None else default_model_path()
+    info, weights = load_weights(path)
+    for spec in lora:
+        weights = _apply_optional("lora", "merge_lora", "LoRA merging", info, weights, spec)
+    if backend == "reference":
+        if quant != "none":
+            raise WebRwkvError("quantization applies to the GPU backend only; drop --quant or use --backend native")
+        from .reference import ReferenceRuntime
+
+        return Engine(ReferenceRuntime((info, weights), max_batch, token_chunk_size), info, path, backend)
+    if quant != "none":
+        raise WebRwkvError(f"--quant {quant} is not supported by the GPU runtime yet; use --quant none")
+    from .gpu import open_device
+    from .runtime import Runtime
+
+    dev = device if device is not None else open_device("native", adapter, **device_options)
+    rt = Runtime(dev, info, weights, max_batch=max_batch, token_chunk_size=token_chunk_size)
+    return Engine(rt, info, path, backend, dev)

@@ -1,0 +1,117 @@
+"""GPU runtime against the numpy reference and the official golden files, for every version."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from gpu_util import GOLDEN, VERSIONS, device, drain, fp16_model, rel, state_rel
+
+from webrwkv import reference as ref
+
+
+@functools.lru_cache(maxsize=None)
+def runtime(version: str, max_batch: int = 1):
+    from webrwkv.runtime import Runtime
+
+    info, w = fp16_model(version)
+    return Runtime(device(), info, w, max_batch=max_batch, token_chunk_size=128)
+
+
+def prompt(n: int, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).integers(0, 256, n).tolist()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_long_prompt_every_chunk_size(version):
+    info, w = fp16_model(version)
+    toks = prompt(150)
+    want, want_state = ref.forward(w, info, toks, all_logits=True)
+    rt = runtime(version)
+    for chunk in (1, 7, 32, 128):
+        rt.reset(0)
+        rt.token_chunk_size = chunk
+        rt.push(0, toks)
+        got = drain(rt, 0, all_logits=True)
+        assert got.shape == want.shape
+        assert rel(got, want) <= 1e-3, (chunk, rel(got, want))
+        assert state_rel(rt.get_state(0), want_state) <= 1e-3, chunk
+    rt.token_chunk_size = 128
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_token_by_token(version):
+    info, w = fp16_model(version)
+    toks = prompt(40, seed=1)
+    want, _ = ref.forward(w, info, toks, all_logits=True)
+    rt = runtime(version)
+    rt.reset(0)
+    got = []
+    for t in toks:
+        rt.push(0, [t])
+        got.append(drain(rt, 0))
+    assert rel(np.stack(got), want) <= 1e-3
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_batched_matches_solo(version):
+    rt = runtime(version, 4)
+    prompts = [prompt(n, seed=n) for n in (1, 7, 33, 100)]
+    rt.token_chunk_size = 32
+    solo = []
+    for p in prompts:
+        rt.reset(0)
+        rt.push(0, p)
+        solo.append((drain(rt, 0), rt.get_state(0)))
+    for s in range(4):
+        rt.reset(s)
+        rt.push(s, prompts[s])
+    out = {}
+    while len(out) < 4:
+        out.update(rt.run())
+    for s in range(4):
+        assert rel(out[s], solo[s][0]) <= 1e-4, s
+        assert state_rel(rt.get_state(s), solo[s][1]) <= 1e-4, s
+    rt.token_chunk_size = 128
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_state_round_trip(version):
+    rt = runtime(version, 2)
+    a, b = prompt(20, seed=2), prompt(9, seed=3)
+    rt.reset(0)
+    rt.push(0, a + b)
+    whole = drain(rt, 0)
+    rt.reset(0)
+    rt.push(0, a)
+    drain(rt, 0)
+    saved = rt.get_state(0)
+    rt.reset(0)
+    rt.push(0, [5, 6, 7])
+    drain(rt, 0)  # scribble over the slot
+    rt.set_state(0, saved)
+    rt.clone(0, 1)
+    rt.push(0, b)
+    rt.push(1, b)
+    out = {}
+    while len(out) < 2:
+        out.update(rt.run())
+    assert rel(out[0], whole) <= 1e-5
+    assert rel(out[1], whole) <= 1e-5
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_official_golden_logits(version):
+    """fp16 checkpoints against the official package's logits (sequence and step mode) and state."""
+    from webrwkv.models import load_weights
+    from webrwkv.runtime import Runtime
+
+    info, w = load_weights(GOLDEN / f"{version}-converted.st")
+    gold = np.load(GOLDEN / f"{version}-fp16.npz")
+    rt = Runtime(device(), info, w, max_batch=1, token_chunk_size=16)
+    rt.push(0, gold["tokens"].tolist())
+    assert rel(drain(rt, 0, all_logits=True), gold["seq_all"]) <= 2e-3
+    state = rt.get_state(0)
+    for k in state:
+        assert rel(state[k], gold["state:" + k]) <= 2e-3, k
