@@ -38,40 +38,53 @@ def parse_vocab(data: bytes | str, name: str = "<vocab>") -> dict[int, bytes]:
         text = text[1:]
     vocab: dict[int, bytes] = {}
     for lineno, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip()
-        if not line:
-            continue
         a, b = line.find(" "), line.rfind(" ")
-        if a <= 0 or b <= a:
-            raise TokenizerError(f"{name}:{lineno}: expected three fields in {line[:60]!r}; {_FORMAT}")
-        try:
-            idx, length = int(line[:a]), int(line[b + 1:])
-        except ValueError:
-            raise TokenizerError(f"{name}:{lineno}: the id and the byte length must be integers; {_FORMAT}") from None
-        if idx < 0:
-            raise TokenizerError(f"{name}:{lineno}: token id {idx} is negative; ids must be >= 0")
-        if idx in vocab:
-            raise TokenizerError(f"{name}:{lineno}: token id {idx} appears twice; each id must appear once")
-        vocab[idx] = tok = _parse_literal(line[a + 1:b].strip(), name, lineno)
-        if len(tok) != length:
-            raise TokenizerError(
-                f"{name}:{lineno}: the token is {len(tok)} bytes long but the line says {length}; "
-                "fix the literal or the byte length")
+        lit = line[a + 1:b]
+        q = lit[:1]
+        # Fast path: '<id> <quoted str without escapes> <length>', all but ~1% of the World vocabulary.
+        if 0 < a < b and (q == "'" or q == '"') and lit[-1] == q and "\\" not in lit and q not in lit[1:-1]:
+            tok = lit[1:-1].encode("utf-8")
+            try:
+                idx, length = int(line[:a]), int(line[b + 1:])
+            except ValueError:
+                idx = length = -1
+            if idx < 0 or idx in vocab or len(tok) != length or len(lit) < 2:
+                idx, tok = _check_line(line, vocab, name, lineno)  # full checks; raises a precise error
+            vocab[idx] = tok
+        elif line.strip():
+            idx, tok = _check_line(line, vocab, name, lineno)
+            vocab[idx] = tok
     if not vocab:
         raise TokenizerError(f"{name}: the vocabulary is empty; {_FORMAT}")
     return vocab
 
 
+def _check_line(line: str, vocab: dict[int, bytes], name: str, lineno: int) -> tuple[int, bytes]:
+    """Parse one line with full checks, raising a TokenizerError that names the line."""
+    line = line.rstrip()
+    a, b = line.find(" "), line.rfind(" ")
+    if a <= 0 or b <= a:
+        raise TokenizerError(f"{name}:{lineno}: expected three fields in {line[:60]!r}; {_FORMAT}")
+    try:
+        idx, length = int(line[:a]), int(line[b + 1:])
+    except ValueError:
+        raise TokenizerError(f"{name}:{lineno}: the id and the byte length must be integers; {_FORMAT}") from None
+    if idx < 0:
+        raise TokenizerError(f"{name}:{lineno}: token id {idx} is negative; ids must be >= 0")
+    if idx in vocab:
+        raise TokenizerError(f"{name}:{lineno}: token id {idx} appears twice; each id must appear once")
+    tok = _parse_literal(line[a + 1:b].strip(), name, lineno)
+    if len(tok) != length:
+        raise TokenizerError(f"{name}:{lineno}: the token is {len(tok)} bytes long but the line says {length}; "
+                             "fix the literal or the byte length")
+    return idx, tok
+
+
 def _parse_literal(lit: str, name: str, lineno: int) -> bytes:
-    q = lit[:1]
-    # Fast path: a plain quoted string with no escapes (all but ~1% of the World vocabulary).
-    if (q == "'" or q == '"') and len(lit) >= 2 and lit[-1] == q and "\\" not in lit and q not in lit[1:-1]:
-        value: object = lit[1:-1]
-    else:
-        try:
-            value = ast.literal_eval(lit)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            raise TokenizerError(f"{name}:{lineno}: {lit[:60]!r} is not a python str or bytes literal; {_FORMAT}") from None
+    try:
+        value = ast.literal_eval(lit)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise TokenizerError(f"{name}:{lineno}: {lit[:60]!r} is not a python str or bytes literal; {_FORMAT}") from None
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
