@@ -51,7 +51,8 @@ class BrowserDevice(Device):
     """A GPUDevice from navigator.gpu. Create it with `await BrowserDevice.open()`."""
 
     def __init__(self, device: Any = None, adapter: Union[str, int, None] = None, adapter_name: str = "",
-                 max_binding_override: int | None = None, features: Iterable[str] = ()) -> None:
+                 max_binding_override: int | None = None, features: Iterable[str] = (),
+                 subgroup_max_size: int = 0) -> None:
         if js is None or device is None:
             raise GpuError("the browser backend runs only inside Pyodide; open it with `await BrowserDevice.open()`")
         self._dev, self._queue, self._h = device, device.queue, _helper()
@@ -70,6 +71,7 @@ class BrowserDevice(Device):
             "max_workgroups_per_dim": int(lim.maxComputeWorkgroupsPerDimension),
             "max_workgroup_storage": int(lim.maxComputeWorkgroupStorageSize),
             "max_workgroup_invocations": int(lim.maxComputeInvocationsPerWorkgroup),
+            "subgroup_max_size": int(subgroup_max_size) if "subgroups" in self.features else 0,
         }
         U = js.GPUBufferUsage
         self._usage = {STORAGE: U.STORAGE | U.COPY_SRC | U.COPY_DST, UNIFORM: U.UNIFORM | U.COPY_DST}
@@ -105,8 +107,9 @@ class BrowserDevice(Device):
                                               "label": "webrwkv"}))
         except Exception as e:  # noqa: BLE001
             raise GpuError(f"could not open the GPU device ({e}); close other GPU-heavy tabs and reload") from e
+        sg = int(getattr(a.info, "subgroupMaxSize", 0) or 0)
         return cls(dev, adapter_name=adapter_description(a), max_binding_override=max_binding_override,
-                   features=feats)
+                   features=feats, subgroup_max_size=sg)
 
     # -- events --------------------------------------------------------------------
     def _on_lost(self, info: Any) -> None:

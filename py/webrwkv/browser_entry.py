@@ -1,0 +1,197 @@
+"""Python side of the browser worker (web/worker.js): GPU device, streamed model load, generation.
+
+The worker calls these functions; weight bytes stay in JS (fetch -> GPU buffer), Python only
+decides where each byte range goes and which GPU conversions run afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .errors import WebRwkvError
+from .generation import GenerationStats, generate_stream_async
+from .sampling import SamplerParams
+
+_dev: Any = None        # BrowserDevice
+_load: Any = None       # browser_loader.StreamingLoad in progress
+_eng: dict = {}         # runtime, tokenizer, info, name
+_saved: dict = {}       # name -> (state, pending ids, tail text)
+_stop = False
+_pending: list[int] = []  # sampled but not yet run: the model reads it first next time
+_tail = ""              # the last characters of what the model has read (to separate chat turns)
+_stats: dict = {}
+
+
+def _device():
+    from .gpu.browser import BrowserDevice
+
+    return BrowserDevice
+
+
+async def open_device() -> dict:
+    """Open (or reopen after a loss) the GPU device; returns {adapter, features, limits}."""
+    global _dev
+    if _dev is None or _dev.lost is not None:
+        _dev = await _device().open()
+    return {"adapter": _dev.adapter_name, "features": sorted(_dev.features), "limits": dict(_dev.limits)}
+
+
+def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None) -> dict:
+    """Parse the header bytes, allocate the model's GPU buffers and say where each file range goes.
+
+    Returns {device, size, dataStart, writes: [[file_start, file_end, buffer, offset, tag], ...]}.
+    """
+    global _load
+    from .browser_loader import StreamingLoad
+
+    if _dev is None or _dev.lost is not None:
+        raise WebRwkvError("the GPU device is not open (it was lost?); load the model again")
+    unload()
+    data = prefix.to_bytes() if hasattr(prefix, "to_bytes") else bytes(prefix)
+    _load = StreamingLoad(_dev, data, int(size), url, vocab_text)
+    return {"device": _dev._dev, "size": _load.size, "dataStart": _load.data_start, "writes": _load.writes}
+
+
+def write_done(tag: int) -> None:
+    """Every byte of write `tag` is in its GPU buffer: run its conversion now (frees staging early)."""
+    if _load is not None:
+        _load.write_done(int(tag))
+
+
+async def finish_load() -> dict:
+    """Run the remaining conversions, build the runtime and return the model's description."""
+    global _load
+    if _load is None:
+        raise WebRwkvError("no model load is in progress; call load again")
+    ld, _load = _load, None
+    runtime, tokenizer, info = await ld.finish()
+    _eng.update(runtime=runtime, tokenizer=tokenizer, info=info, name=ld.name)
+    reset()
+    return {"name": ld.name, **info.to_dict(), "adapter": _dev.adapter_name}
+
+
+def unload() -> None:
+    """Free the model's GPU memory (the device stays open)."""
+    global _load
+    if _load is not None:
+        _load.cancel()
+        _load = None
+    rt = _eng.pop("runtime", None)
+    if rt is not None and hasattr(rt, "close"):
+        rt.close()
+    _eng.clear()
+    _saved.clear()
+
+
+def _need() -> tuple[Any, Any]:
+    if "runtime" not in _eng:
+        raise WebRwkvError("no model is loaded; load one first")
+    return _eng["runtime"], _eng["tokenizer"]
+
+
+def stop() -> None:
+    """Ask the running generation to end after the current token."""
+    global _stop
+    _stop = True
+
+
+def reset() -> None:
+    """Start over from an empty state."""
+    global _pending, _tail
+    rt, _ = _need()
+    rt.reset(0)
+    _pending, _tail = [], ""
+
+
+async def save_state(name: str) -> None:
+    """Remember the current state (and what the model has yet to read) under `name`."""
+    rt, _ = _need()
+    state = await rt.get_state_async(0)
+    _saved[str(name)] = ({k: np.array(v, copy=True) for k, v in state.items()}, list(_pending), _tail)
+
+
+def restore_state(name: str) -> None:
+    """Go back to a state saved with save_state."""
+    global _pending, _tail
+    rt, _ = _need()
+    if str(name) not in _saved:
+        raise WebRwkvError(f"no saved state named {name!r}; save one first")
+    state, pending, tail = _saved[str(name)]
+    rt.set_state(0, {k: np.array(v, copy=True) for k, v in state.items()})
+    _pending, _tail = list(pending), tail
+
+
+def _params(o: dict) -> tuple[SamplerParams, int, list[str]]:
+    seed = o.get("seed")
+    p = SamplerParams(temperature=float(o.get("temperature", 1.0)), top_p=float(o.get("top_p", 0.85)),
+                      top_k=int(o.get("top_k", 0)), presence_penalty=float(o.get("presence_penalty", 0.0)),
+                      frequency_penalty=float(o.get("frequency_penalty", 0.0)),
+                      seed=None if seed is None else int(seed))
+    stops = o.get("stop") or []
+    return p.validate(), int(o.get("max_tokens", 128)), [str(s) for s in ([stops] if isinstance(stops, str) else stops)]
+
+
+async def generate(prompt: str, options: Any, emit: Any) -> dict:
+    """Stream tokens of a continuation of the current state; emit(token, text) per token.
+
+    With options["chat"], a blank line is inserted first when the previous text did not end in one.
+    """
+    global _stop, _pending, _tail
+    rt, tok = _need()
+    o = options.to_py() if hasattr(options, "to_py") else dict(options or {})
+    params, max_tokens, stops = _params(o)
+    text = str(prompt)
+    if o.get("chat") and _tail and not _tail.endswith("\n\n"):
+        text = ("\n" if _tail.endswith("\n") else "\n\n") + text
+    ids = _pending + tok.encode(text)
+    if not ids:
+        raise WebRwkvError("the prompt is empty; type some text")
+    _stop = False
+    _pending = []
+    dev = _dev
+    t0 = time.perf_counter()
+    t_first = wait_first = None
+    out_ids: list[int] = []
+    stats: GenerationStats | None = None
+    reason = ""
+    async for item in generate_stream_async(rt, tok, ids, params, max_tokens, stops):
+        if isinstance(item, GenerationStats):
+            stats = item
+            break
+        token, piece = item
+        if t_first is None:
+            t_first, wait_first = time.perf_counter(), dev.wait_s
+        out_ids.append(token)
+        emit(token, piece)
+        if _stop:
+            reason = "stopped"
+            break
+    t_end = time.perf_counter()
+    _pending = out_ids[-1:]  # the last sampled token has not been run
+    read = text + tok.decode(out_ids)
+    _tail = (_tail + read)[-16:]
+    steps = max(len(out_ids) - 1, 0)
+    decode_s = (t_end - t_first) if t_first is not None else 0.0
+    py_s = max(decode_s - (dev.wait_s - wait_first), 0.0) if t_first is not None else 0.0
+    prefill_s = (t_first or t_end) - t0
+    _stats.update({
+        "prompt_tokens": len(ids), "completion_tokens": len(out_ids),
+        "prefill_s": prefill_s, "decode_s": decode_s,
+        "prefill_tps": len(ids) / prefill_s if prefill_s > 0 else 0.0,
+        "decode_tps": steps / decode_s if decode_s > 0 and steps else 0.0,
+        "py_step_s": py_s / steps if steps else 0.0,
+        "py_share": py_s / decode_s if decode_s > 0 and steps else 0.0,
+        "encode_calls": dev.encode_calls,
+        "stop_reason": reason or (stats.stop_reason if stats else "max_tokens"),
+        "finish_reason": "length" if (not reason and stats and stats.stop_reason == "max_tokens") else "stop",
+        "ids": out_ids,
+    })
+    return dict(_stats)
+
+
+def stats() -> dict:
+    """The last generation's numbers, plus the adapter."""
+    return {**_stats, "adapter": _dev.adapter_name if _dev else ""}

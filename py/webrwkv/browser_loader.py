@@ -1,0 +1,241 @@
+"""Streamed model load for the browser: raw tensor bytes go from JS fetches straight into GPU
+buffers; the GPU then converts them (dtype, transpose, padding) into the runtime's packed layout.
+
+Python sees only the header and the small per-channel vectors (read back from the GPU); every
+matrix is handled as a symbolic view (`GpuMatrix`) that the runtime's recipes concatenate, pad and
+slice exactly as they would a numpy array, and whose upload becomes GPU conversion dispatches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import kernels as kmod
+from . import recipes, runtime as rtmod
+from .errors import ModelFormatError
+from .gpu import UNIFORM
+from .models import TensorRef
+from .models.loader import index_header
+from .safetensors import read_header, tensor_to_numpy, TensorInfo
+from .sources import ByteSource
+from .tokenizer import Tokenizer, default_tokenizer
+
+SRC_CODE = {"F32": 0, "F16": 1, "BF16": 2}
+ESIZE = {"F32": 4, "F16": 2, "BF16": 2}
+
+
+class PrefixSource(ByteSource):
+    """The first bytes of a remote file (what JS fetched): enough for read_header."""
+
+    def __init__(self, prefix: bytes, size: int, name: str) -> None:
+        self._p, self.name = prefix, name
+        if size < 0 and len(prefix) >= 8:  # size hidden by CORS: the header says where the data ends
+            size = len(prefix)
+            with contextlib.suppress(Exception):
+                n = int.from_bytes(prefix[:8], "little")
+                hdr = json.loads(prefix[8:8 + n])
+                size = 8 + n + max([v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__"] + [0])
+        self.size = max(size, 0)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._p[offset: offset + length]
+
+
+class Raw:
+    """One tensor's bytes on the GPU: `buf` holds file bytes [a0, a1), the tensor starts `shift` elements in."""
+
+    def __init__(self, ref: TensorRef, buf: Any, a0: int) -> None:
+        self.ref, self.buf = ref, buf
+        self.shift = (ref.offset - a0) // ESIZE[ref.dtype]
+        shape = tuple(ref.canonical_shape)
+        self.k = shape[-1]
+        self.r = shape[-2] if len(shape) >= 2 else 1
+        self.rows = int(np.prod(shape[:-1])) if len(shape) >= 2 else 1
+
+
+class GpuMatrix:
+    """A matrix assembled from rows of streamed tensors: segments (raw, flat src row, rows, dst row)."""
+
+    def __init__(self, shape: tuple, segs: list) -> None:
+        self.shape, self.segs = tuple(shape), segs
+
+    @classmethod
+    def of(cls, raw: Raw) -> "GpuMatrix":
+        return cls(tuple(raw.ref.canonical_shape), [(raw, 0, raw.rows, 0)])
+
+    def reshape(self, *shape: Any) -> "GpuMatrix":
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], tuple) else tuple(shape)
+        if shape[-1] != self.shape[-1] or int(np.prod(shape)) != int(np.prod(self.shape)):
+            raise ModelFormatError(f"cannot view a {self.shape} matrix as {shape} on the GPU")
+        return GpuMatrix(shape, self.segs)
+
+    def __getitem__(self, j: int) -> "GpuMatrix":
+        if len(self.shape) != 3 or not isinstance(j, (int, np.integer)):
+            raise ModelFormatError("GPU matrices support only [batch] indexing")
+        per = self.shape[1]
+        return GpuMatrix(self.shape[1:], _rows(self.segs, int(j) * per, per))
+
+
+def _rows(segs: list, start: int, n: int) -> list:
+    """Rows [start, start + n) of a segment list, renumbered from 0."""
+    out = []
+    for raw, s0, cnt, d0 in segs:
+        lo, hi = max(d0, start), min(d0 + cnt, start + n)
+        if hi > lo:
+            out.append((raw, s0 + lo - d0, hi - lo, lo - start))
+    return out
+
+
+class _Numpy:
+    """numpy for the recipes module, with asarray/pad/concatenate understood on GpuMatrix."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    def asarray(self, a: Any, *args: Any, **kw: Any) -> Any:
+        return a if isinstance(a, GpuMatrix) else np.asarray(a, *args, **kw)
+
+    def pad(self, a: Any, widths: Any, *args: Any, **kw: Any) -> Any:
+        if not isinstance(a, GpuMatrix):
+            return np.pad(a, widths, *args, **kw)
+        (r0, r1), (c0, c1) = widths
+        if r0 or c0:
+            raise ModelFormatError("GPU matrices pad only at the end")
+        return GpuMatrix((a.shape[0] + r1, a.shape[1] + c1), a.segs)
+
+    def concatenate(self, mats: Any, *args: Any, **kw: Any) -> Any:
+        if not any(isinstance(m, GpuMatrix) for m in mats):
+            return np.concatenate(mats, *args, **kw)
+        segs, row = [], 0
+        for m in mats:
+            segs += [(raw, s0, n, d0 + row) for raw, s0, n, d0 in m.segs]
+            row += m.shape[0]
+        return GpuMatrix((row, max(m.shape[1] for m in mats)), segs)
+
+
+class StreamingLoad:
+    """One model load: the write plan for JS, then the GPU conversions and the runtime."""
+
+    def __init__(self, dev: Any, prefix: bytes, size: int, url: str, vocab_text: str | None) -> None:
+        self.dev, self.url = dev, url
+        self.name = url.split("?")[0].rstrip("/").split("/")[-1] or url
+        src = PrefixSource(prefix, size, self.name)
+        header = read_header(src)
+        self.size, self.data_start = src.size, header.data_start
+        self.info, self.refs = index_header(header, self.name)
+        self.tokenizer = Tokenizer.from_text(vocab_text, self.name + ".vocab.txt") if vocab_text else default_tokenizer()
+        self.writes: list = []
+        self.raws: dict[str, Raw] = {}
+        self.vec_names = [n for n, r in self.refs.items() if len(r.canonical_shape) == 1]
+        vec_bytes = 0
+        spans = {}
+        for n in self.vec_names:
+            r = self.refs[n]
+            a0, a1 = r.offset & ~3, (r.offset + r.nbytes + 3) & ~3
+            spans[n] = (vec_bytes, a0, a1)
+            vec_bytes += a1 - a0
+        self.vec_buf = dev.buffer(max(vec_bytes, 4), label="vectors (raw)")
+        self.vec_spans = spans
+        for tag, (n, r) in enumerate(self.refs.items()):
+            a0, a1 = r.offset & ~3, (r.offset + r.nbytes + 3) & ~3
+            if n in spans:
+                self.writes.append([a0, a1, self.vec_buf, spans[n][0], tag])
+            else:
+                buf = dev.buffer(a1 - a0, label=f"{n} (raw)")
+                self.raws[n] = Raw(r, buf, a0)
+                self.writes.append([a0, a1, buf, 0, tag])
+        self._pipes: dict = {}
+        self._cancelled = False
+
+    def write_done(self, tag: int) -> None:
+        """A tensor's bytes have all been queued (conversions run in finish, in runtime order)."""
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        for raw in self.raws.values():
+            self.dev.destroy(raw.buf)
+        self.dev.destroy(self.vec_buf)
+
+    async def _vectors(self) -> dict[str, np.ndarray]:
+        raw = await self.dev.read_async(self.vec_buf, 0, max(sum(a1 - a0 for _, a0, a1 in self.vec_spans.values()), 4))
+        out = {}
+        for n, (p, a0, _) in self.vec_spans.items():
+            r = self.refs[n]
+            start = p + r.offset - a0
+            t = TensorInfo(r.name, r.dtype, tuple(r.shape), 0, r.nbytes)
+            out[n] = tensor_to_numpy(t, raw[start: start + r.nbytes]).reshape(r.canonical_shape).astype(np.float32)
+        return out
+
+    def _pipe(self, dtype: str, transpose: bool) -> Any:
+        key = (dtype, transpose)
+        if key not in self._pipes:
+            k = kmod.Kernels(self.dev)
+            self._pipes[key] = k.get("convert", SRC=SRC_CODE[dtype], TRANSPOSE=int(transpose))
+        return self._pipes[key]
+
+    def _convert(self, raw: Raw, s0: int, n: int, dst: Any, d0: int, kp: int) -> None:
+        ref = raw.ref
+        transpose = ref.transform == "transpose"
+        if ref.dtype == "F16" and not transpose and kp == raw.k and raw.shift == 0:
+            self.dev.copy(raw.buf, s0 * raw.k * 2, dst, d0 * kp * 2, n * kp * 2)  # already packed fp16
+            return
+        words = n * kp // 2
+        params = np.array([raw.shift, raw.r, raw.k, s0, n, d0, kp, words], np.uint32)
+        ubuf = self.dev.buffer(params.nbytes, UNIFORM, "convert params")
+        self.dev.write(ubuf, 0, params)
+        pipe = self._pipe(ref.dtype, transpose)
+        group = self.dev.bind(pipe, [raw.buf, dst, ubuf])
+        wgs = -(-words // 256)
+        x = min(wgs, 65535)
+        self.dev.encode([(pipe, group, (x, -(-wgs // x), 1))])
+        self._uniforms.append(ubuf)
+
+    def upload_matrix(self, dev: Any, w: Any, label: str, pad_k: int = 8) -> tuple[list[tuple], int]:
+        """kernels.upload_matrix for GpuMatrix: the same row blocks, filled by GPU conversions."""
+        if not isinstance(w, GpuMatrix):
+            return kmod.upload_matrix(dev, w, label, pad_k)
+        N, K = w.shape
+        Kp = -(-K // pad_k) * pad_k
+        limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
+        per = max(1, limit // (Kp * 2))
+        if per < N and per >= 64:
+            per -= per % 64
+        blocks = []
+        for r0 in range(0, N, per):
+            nr = min(per, N - r0)
+            buf = dev.buffer(nr * Kp * 2, label=f"{label}[{r0}]")
+            for raw, s0, n, d0 in _rows(w.segs, r0, nr):
+                self._convert(raw, s0, n, buf, d0, Kp)
+            blocks.append((buf, r0, nr))
+        return blocks, Kp
+
+    async def finish(self, max_batch: int = 1, token_chunk_size: int = 128) -> tuple[Any, Any, Any]:
+        """Build the runtime over the streamed bytes; frees the raw buffers."""
+        weights: dict[str, Any] = await self._vectors()
+        weights.update({n: GpuMatrix.of(raw) for n, raw in self.raws.items()})
+        self._uniforms: list = []
+        with _patched(recipes, "np", _Numpy()), _patched(recipes, "upload_matrix", self.upload_matrix), \
+                _patched(rtmod, "upload_matrix", self.upload_matrix):
+            rt = rtmod.Runtime(self.dev, self.info, weights, max_batch, token_chunk_size)
+        if hasattr(self.dev, "sync_async"):  # natively, destroy() after submit is already safe
+            await self.dev.sync_async()
+        for b in [r.buf for r in self.raws.values()] + self._uniforms + [self.vec_buf]:
+            self.dev.destroy(b)
+        self.raws.clear()
+        if hasattr(self.dev, "raise_errors"):
+            self.dev.raise_errors("loading the model")
+        return rt, self.tokenizer, self.info
+
+
+@contextlib.contextmanager
+def _patched(mod: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(mod, name)
+    setattr(mod, name, value)
+    try:
+        yield
+    finally:
+        setattr(mod, name, old)
