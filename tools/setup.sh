@@ -30,8 +30,8 @@ system_packages() {
     python_ok || missing+=(python3 python3-venv)
     node_ok || missing+=(nodejs npm)
     [ -x "$CHROMIUM_PATH" ] || missing+=(chromium)
-    ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' || missing+=(libvulkan1)
-    ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+    compgen -G '/usr/lib/*-linux-gnu/libvulkan.so.1' >/dev/null || missing+=(libvulkan1)
+    compgen -G '/usr/share/vulkan/icd.d/lvp_icd*.json' >/dev/null || missing+=(mesa-vulkan-drivers)
     [ ${#missing[@]} -eq 0 ] && return 0
 
     if [ "${WEBRWKV_SKIP_APT:-0}" = 1 ] || ! command -v apt-get >/dev/null; then
@@ -77,7 +77,7 @@ npm_packages() {
     k=$(key package-lock.json; node --version)
     fresh "$stamp" "$k" && return 0
     log "installing npm packages (npm ci)"
-    npm ci --no-audit --no-fund --loglevel=error
+    npm ci --no-audit --no-fund --no-update-notifier --loglevel=error
     echo "$k" > "$stamp"
 }
 
@@ -102,7 +102,8 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 want = [f"webrwkv/shaders/{p.name}" for p in pathlib.Path("shaders").glob("*.wgsl")]
 want += [f"webrwkv/data/{p.name}" for p in pathlib.Path("py/webrwkv/data").glob("*") if p.is_file()]
 missing = [n for n in want if n not in names]
-print("\n".join(f"missing from wheel: {n}" for n in missing), file=sys.stderr)
+for n in missing:
+    print(f"missing from wheel: {n}", file=sys.stderr)
 sys.exit(bool(missing))
 EOF
     echo "$k" > "$stamp"
