@@ -257,6 +257,15 @@ def test_stream_decoder_feeds_lists_and_flushes(tok):
     assert dec.feed(tok.encode("é")) == "é"  # the decoder starts afresh after flush
 
 
+def test_numpy_ids_are_accepted(tok):
+    np = pytest.importorskip("numpy")
+    ids = tok.encode(CORPUS[90])
+    arr = np.array(ids, dtype=np.int64)
+    assert tok.decode(arr) == CORPUS[90]
+    dec = StreamDecoder(tok)
+    assert "".join(dec.feed(i) for i in arr) + dec.flush() == CORPUS[90]
+
+
 # ---- loading ---------------------------------------------------------------------------------
 
 def test_default_tokenizer_is_cached():

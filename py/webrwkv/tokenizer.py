@@ -1,7 +1,5 @@
 """RWKV World tokenizer: greedy longest match over UTF-8 bytes, and a decoder that is safe to stream.
-
-Pure Python (no C extensions, no numpy), so the same code runs in CPython and in Pyodide.
-"""
+Pure Python (no C extensions, no numpy), so the same code runs in CPython and in Pyodide."""
 
 from __future__ import annotations
 
@@ -226,7 +224,7 @@ class Tokenizer:
             return b"".join(map(self._id2tok.__getitem__, ids))
         except (KeyError, TypeError):
             pass
-        bad = next(i for i in ids if not _known(self._id2tok, i))
+        bad = next((i for i in ids if not _known(self._id2tok, i)), None)
         if bad == END_OF_TEXT:
             raise TokenizerError("id 0 is end-of-text and has no text; stop before decoding it")
         raise TokenizerError(f"token id {bad!r} is not in the vocabulary {self.name!r} (vocab_size {self.vocab_size}); "
@@ -261,7 +259,7 @@ class StreamDecoder:
 
     def feed(self, ids: int | Iterable[int]) -> str:
         """Text completed by these ids (possibly empty while a character is still split)."""
-        if isinstance(ids, int):
+        if not hasattr(ids, "__iter__"):  # one id (int or numpy integer)
             ids = (ids,)
         return self._utf8.decode(self.tokenizer.decode_bytes(ids))
 
