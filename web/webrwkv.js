@@ -117,10 +117,11 @@ class Engine {
     const options = {
       max_tokens: opts.maxTokens ?? 128, temperature: opts.temperature ?? 1.0, top_p: opts.topP ?? 0.85,
       top_k: opts.topK ?? 0, presence_penalty: opts.presencePenalty ?? 0, frequency_penalty: opts.frequencyPenalty ?? 0,
-      stop: opts.stop ?? [], seed: opts.seed ?? null,
+      stop: opts.stop ?? [], seed: opts.seed ?? null, chat: !!opts.chat,
     };
     return tokenStream(async (push) => {
-      const stats = await this._w.call("generate", { prompt: String(prompt), options }, { onToken: (m) => push({ token: m.token, text: m.text }) });
+      const p = Array.isArray(prompt) ? prompt.map(Number) : String(prompt); // text, or token ids
+      const stats = await this._w.call("generate", { prompt: p, options }, { onToken: (m) => push({ token: m.token, text: m.text }) });
       Object.assign(this._stats, stats);
       return stats;
     });

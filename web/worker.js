@@ -83,16 +83,10 @@ async function load(id, { url, vocab, useCache = true }) {
   const plan = planPy.toJs({ dict_converter: Object.fromEntries, create_pyproxies: false });
   planPy.destroy();
   const ident = await identity(plan.size, etag, prefix);
-  const done = py.ffi.create_proxy((tag) => entry.write_done(tag));
-  let stream;
-  try {
-    stream = await streamWrites({
-      url: absUrl, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
-      onProgress: progress, onWriteDone: (tag) => done(tag), signal: ctrl.signal, useCache,
-    });
-  } finally {
-    done.destroy();
-  }
+  const stream = await streamWrites({
+    url: absUrl, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
+    onProgress: progress, onWriteDone: (tag) => entry.write_done(tag), signal: ctrl.signal, useCache,
+  });
   progress({ phase: "finish", text: "Preparing the engine…" });
   const infoPy = await entry.finish_load();
   const info = infoPy.toJs({ dict_converter: Object.fromEntries });
@@ -103,7 +97,7 @@ async function load(id, { url, vocab, useCache = true }) {
 
 async function generate(id, { prompt, options }) {
   const emit = (token, text) => post({ id, type: "token", token, text });
-  const statsPy = await entry.generate(prompt, py.toPy(options || {}), emit);
+  const statsPy = await entry.generate(typeof prompt === "string" ? prompt : py.toPy(prompt), py.toPy(options || {}), emit);
   const stats = statsPy.toJs({ dict_converter: Object.fromEntries });
   statsPy.destroy();
   return stats;

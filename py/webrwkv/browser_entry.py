@@ -143,10 +143,15 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
     rt, tok = _need()
     o = options.to_py() if hasattr(options, "to_py") else dict(options or {})
     params, max_tokens, stops = _params(o)
-    text = str(prompt)
-    if o.get("chat") and _tail and not _tail.endswith("\n\n"):
-        text = ("\n" if _tail.endswith("\n") else "\n\n") + text
-    ids = _pending + tok.encode(text)
+    if not isinstance(prompt, str):  # token ids
+        given = [int(t) for t in (prompt.to_py() if hasattr(prompt, "to_py") else prompt)]
+        text = tok.decode(given)
+    else:
+        text = prompt
+        if o.get("chat") and _tail and not _tail.endswith("\n\n"):
+            text = ("\n" if _tail.endswith("\n") else "\n\n") + text
+        given = tok.encode(text)
+    ids = _pending + given
     if not ids:
         raise WebRwkvError("the prompt is empty; type some text")
     _stop = False
