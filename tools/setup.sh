@@ -109,6 +109,11 @@ EOF
     echo "$k" > "$stamp"
 }
 
+# One setup at a time (e.g. start.sh and test.sh started together).
+mkdir -p build
+exec 9>build/.setup.lock
+command -v flock >/dev/null && flock 9
+
 system_packages
 python_env
 if npm_packages; then pyodide; fi
