@@ -182,6 +182,12 @@ def test_world_vocab_matches_brute_force_on_random_text(tok):
         assert tok.encode_bytes(data) == brute_force_encode(vocab, data)
 
 
+def test_same_bytes_under_two_ids_encode_to_the_later_line(tmp_path):
+    tok = Tokenizer(write_vocab(tmp_path / "dup.txt", SMALL + [(30, "'ab'", 2), (31, "'\\x61'", 1)]))
+    assert tok.encode("abab a") == [30, 30, 9, 31]
+    assert tok.decode([5, 30, 1, 31]) == "ababaa"
+
+
 def test_missing_byte_in_vocab_is_a_clear_error(tmp_path):
     tok = Tokenizer(write_vocab(tmp_path / "small.txt", SMALL))
     with pytest.raises(TokenizerError, match="byte 0x7a"):
@@ -304,6 +310,15 @@ def test_cli_tokenize_and_detokenize(tmp_path):
     assert json.loads(res.stdout) == GOLDEN["whole_corpus"]
     res = run_cli("detokenize", json.dumps(GOLDEN["lines"][n]))
     assert res.returncode == 0 and res.stdout.decode("utf-8") == CORPUS[n] + "\n"
+
+
+def test_cli_custom_vocab_and_stdin(tmp_path):
+    vocab = write_vocab(tmp_path / "small.txt", SMALL)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "py"))
+    res = subprocess.run([sys.executable, "-m", "webrwkv", "tokenize", "--vocab", vocab, "--file", "-"],
+                         input="it's abcd\n".encode("utf-8"), capture_output=True, env=env, cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == [20, 9, 6, 4, 12]
 
 
 def test_cli_errors():
