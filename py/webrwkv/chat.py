@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import time
 from typing import Any, TextIO
 
 from .errors import WebRwkvError
@@ -166,8 +168,34 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
+class _LiveView:
+    """On a terminal: one line per slot showing the end of its text, redrawn as tokens come."""
+
+    def __init__(self, out: TextIO, n: int):
+        self.out, self.n, self.drawn, self.last = out, n, False, 0.0
+
+    def draw(self, texts: dict[int, str], force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 0.05:
+            return
+        width = max(shutil.get_terminal_size().columns - 1, 20)
+        buf = [f"\x1b[{self.n}F"] if self.drawn else []
+        for s, text in texts.items():
+            tail = text.replace("\n", " | ")[-(width - len(str(s)) - 3):]
+            buf.append(f"\x1b[2K[{s}] {tail}\n")
+        self.out.write("".join(buf))
+        self.out.flush()
+        self.drawn, self.last = True, now
+
+    def clear(self) -> None:
+        if self.drawn:
+            self.out.write(f"\x1b[{self.n}F\x1b[J")
+
+
 def batch_main(args: Any) -> int:
-    """Run every prompt of --prompts at once, one slot each; stream lines prefixed by [slot]."""
+    """Run every prompt of --prompts at once, one slot each; print lines prefixed by [slot].
+
+    On a terminal each slot's line is redrawn as it grows; through a pipe, lines come as completed."""
     _check_max_tokens(args.max_tokens)
     if args.token_chunk_size < 1:
         raise WebRwkvError(f"--token-chunk-size must be at least 1, got {args.token_chunk_size}")
@@ -177,6 +205,8 @@ def batch_main(args: Any) -> int:
     ids = [tok.encode(p) or [END_OF_TEXT] for p in prompts]
     out = sys.stdout
     _utf8(out)
+    view = _LiveView(out, len(prompts)) if out.isatty() else None
+    texts = {s: "" for s in range(len(prompts))}
     lines = {s: "" for s in range(len(prompts))}  # the current, unfinished line of each slot
     stats: BatchStats | None = None
     for item in generate_batch(runtime, tok, ids, params, args.max_tokens, args.stop):
@@ -184,13 +214,20 @@ def batch_main(args: Any) -> int:
             stats = item
             continue
         slot, _, piece = item
+        texts[slot] += piece
+        if view:
+            view.draw(texts)
+            continue
         *full, lines[slot] = (lines[slot] + piece).split("\n")
         for ln in full:
             out.write(f"[{slot}] {ln}\n")
         out.flush()
+    if view:
+        view.clear()
+        lines = {s: t for s, t in texts.items()}
     for slot, rest in lines.items():
-        if rest:
-            out.write(f"[{slot}] {rest}\n")
+        for ln in rest.split("\n") if rest else ():
+            out.write(f"[{slot}] {ln}\n")
     out.flush()
     if stats is not None:
         for slot, st in stats.slots.items():
