@@ -1,9 +1,4 @@
-"""The streaming generation loop shared by the CLI and the browser worker: one slot, many slots, chat.
-
-Every loop continues from the slot's current state (reset the slot first for a fresh start).
-After a stream ends, the slot has consumed `prompt_ids + ids[:-1]`: the last sampled token is
-never run, since its logits are not needed.
-"""
+"""The streaming generation loop shared by the CLI and the browser worker: one slot, many slots, chat."""
 
 from __future__ import annotations
 
@@ -73,8 +68,7 @@ class TokenStream:
         """Sample the next token from its logits; returns (token, text it completes)."""
         logits = np.asarray(logits).reshape(-1)
         if self.vocab and logits.shape[0] > self.vocab:  # ids with no text are never drawn
-            logits = logits.astype(np.float64)
-            logits[self.vocab:] = -np.inf
+            logits = logits[: self.vocab]
         token = self.sampler.sample(logits)
         self.sampler.accept(token)
         st = self.stats
@@ -131,9 +125,12 @@ def generate_stream(runtime: Any, tokenizer: Any, prompt_ids: Sequence[int],
                     eos_id: int | None = END_OF_TEXT) -> Iterator[StreamItem]:
     """Yield (token_id, text_piece) per generated token, then a GenerationStats.
 
-    Pieces never show a partial stop string or a split UTF-8 character; their
-    concatenation is the text before the first stop string. Pass `logits` (and no
-    prompt) to continue from logits already computed for this slot's state.
+    The stream continues from the slot's current state (reset the slot for a fresh start).
+    When it ends, the slot has read `prompt_ids + ids[:-1]`: the last sampled token is not
+    run, since its logits are not needed (push it first to continue). Pieces never show a
+    partial stop string or a split UTF-8 character; their concatenation is the text before
+    the first stop string. Pass `logits` (and no prompt) to continue from logits already
+    computed for this slot's state. A sampled end-of-text (`eos_id`) ends the stream.
     """
     ts = TokenStream(tokenizer, sampler_params, max_tokens, stop, len(prompt_ids), eos_id)
     t0 = perf_counter()
