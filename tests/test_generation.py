@@ -200,6 +200,17 @@ def test_chat_session_transcript_regenerate_reset():
         chat.reply("  \n ")
 
 
+def test_chat_closed_early_keeps_shown_text():
+    rt = ScriptedRuntime(echo_bot, token_chunk_size=16)
+    chat = ChatSession(rt, TOK, GREEDY, max_tokens=40)
+    stream = chat.reply("ping")
+    shown = "".join(next(stream)[1] for _ in range(4))
+    stream.close()
+    assert shown == " You" and chat.history == [("ping", "You")]
+    _, st = collect(chat.reply("again"))
+    assert rt.text() == "User: ping\n\nAssistant: You\n\nUser: again\n\nAssistant: You said again.\n"
+
+
 def test_chat_stop_string_replays_clean_reply():
     # the bot runs into "\nUser:" with no blank line: the state must still read as clean turns
     def bot(data):

@@ -14,7 +14,7 @@ from .generation import (BatchStats, ChatFormat, ChatSession, GenerationStats, g
 from .sampling import SamplerParams
 
 END_OF_TEXT = 0
-HELP = "Commands: '+' regenerates the last reply, /reset starts over, /quit exits."
+HELP = "Commands: '+' regenerates the last reply, /reset starts over, /quit exits; Ctrl-C stops a reply."
 
 
 def load_engine_for(args: Any, max_batch: int = 1, token_chunk_size: int = 128) -> tuple[Any, Any]:
@@ -141,12 +141,16 @@ def chat_main(args: Any) -> int:
             continue
         speed = ""
         out.write(f"{fmt.bot.strip()}{fmt.sep.rstrip()}")
-        for item in stream:
-            if isinstance(item, GenerationStats):
-                speed = _speed_line(item)
-            elif item[1]:
-                out.write(item[1])
-                out.flush()
+        try:
+            for item in stream:
+                if isinstance(item, GenerationStats):
+                    speed = _speed_line(item)
+                elif item[1]:
+                    out.write(item[1])
+                    out.flush()
+        except KeyboardInterrupt:  # Ctrl-C ends the reply, not the chat
+            stream.close()
+            speed = "stopped"
         out.write("\n\n")
         out.flush()
         print(f"[{speed}]", file=sys.stderr)

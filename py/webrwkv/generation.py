@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field, replace
 from time import perf_counter
 from typing import Any, AsyncIterator, Iterator, Sequence, Union
@@ -287,6 +288,7 @@ class ChatSession:
     """Chat on one slot in a ChatFormat (RWKV `User:` / `Assistant:` by default); the state is kept between turns.
 
     reply() / regenerate() (and their *_async forms) return what generate_stream yields.
+    Closing a reply stream early keeps the text shown so far as the reply.
     """
 
     def __init__(self, runtime: Any, tokenizer: Any, params: SamplerParams | None = None,
@@ -307,6 +309,7 @@ class ChatSession:
         self.history: list[tuple[str, str]] = []
         self._pending = self.prelude  # text the model has yet to read before the next user turn
         self._saved: tuple[Any, np.ndarray, int, float] | None = None  # state and logits after the prompt
+        self._turn: tuple[str, int, float] | None = None  # the reply being streamed
 
     def _restore(self) -> None:
         state = self._saved[0]
@@ -327,24 +330,43 @@ class ChatSession:
         self._pending = ""
         return self._saved
 
-    def _finish(self, st: GenerationStats, msg: str, n_prompt: int, prefill_s: float) -> None:
+    def _finish(self, st: GenerationStats, msg: str, n_prompt: int, prefill_s: float, replay: bool = False) -> None:
         st.prompt_tokens, st.prefill_s = n_prompt, st.prefill_s + prefill_s
         target = st.text + self.fmt.end
         consumed = self.tokenizer.decode([t for t in st.ids[:-1] if t != END_OF_TEXT])
-        if target.startswith(consumed):
+        if not replay and target.startswith(consumed):
             self._pending = target[len(consumed):]
-        else:  # the stop string left other text in the state: replay the reply from the saved state
+        else:  # the state holds other text (a stop string, an interrupted step): replay the reply
+            self.runtime.reset(self.slot)
             self._restore()
             self._pending = target
         self.history.append((msg, st.text.strip()))
 
+    def _take(self, item: StreamItem, seen: list[tuple[int, str]]) -> None:
+        if isinstance(item, GenerationStats):
+            self._finish(item, *self._turn)
+            self._turn = None
+        else:
+            seen.append(item)
+
+    def _stopped(self, seen: list[tuple[int, str]]) -> None:
+        """The consumer stopped early: what it was shown becomes the reply."""
+        if self._turn is not None:
+            st = GenerationStats(ids=[t for t, _ in seen], text="".join(p for _, p in seen), stop_reason="stopped")
+            self._finish(st, *self._turn, replay=True)
+            self._turn = None
+
     def _stream(self, msg: str, logits: np.ndarray, n_prompt: int, prefill_s: float) -> Iterator[StreamItem]:
         self.sampler.reset()
-        for item in generate_stream(self.runtime, self.tokenizer, [], self.sampler, self.max_tokens,
-                                    self.stops, self.slot, logits=logits):
-            if isinstance(item, GenerationStats):
-                self._finish(item, msg, n_prompt, prefill_s)
-            yield item
+        self._turn, seen = (msg, n_prompt, prefill_s), []
+        try:
+            for item in generate_stream(self.runtime, self.tokenizer, [], self.sampler, self.max_tokens,
+                                        self.stops, self.slot, logits=logits):
+                self._take(item, seen)
+                yield item
+        except (GeneratorExit, KeyboardInterrupt):
+            self._stopped(seen)
+            raise
 
     def reply(self, message: str) -> Iterator[StreamItem]:
         """Stream the assistant's answer to `message`."""
@@ -363,11 +385,15 @@ class ChatSession:
     async def _stream_async(self, msg: str, logits: np.ndarray, n_prompt: int,
                             prefill_s: float) -> AsyncIterator[StreamItem]:
         self.sampler.reset()
-        async for item in generate_stream_async(self.runtime, self.tokenizer, [], self.sampler,
-                                                self.max_tokens, self.stops, self.slot, logits=logits):
-            if isinstance(item, GenerationStats):
-                self._finish(item, msg, n_prompt, prefill_s)
-            yield item
+        self._turn, seen = (msg, n_prompt, prefill_s), []
+        try:
+            async for item in generate_stream_async(self.runtime, self.tokenizer, [], self.sampler,
+                                                    self.max_tokens, self.stops, self.slot, logits=logits):
+                self._take(item, seen)
+                yield item
+        except (GeneratorExit, KeyboardInterrupt, asyncio.CancelledError):
+            self._stopped(seen)
+            raise
 
     async def reply_async(self, message: str) -> AsyncIterator[StreamItem]:
         """reply() for the browser (run_async, get_state_async)."""
