@@ -127,6 +127,13 @@ def test_generate_user_errors(vocab, args, words):
     assert code == 2 and words in err and "Traceback" not in err
 
 
+def test_vocabulary_must_fit_the_model(vocab):
+    world = str(ROOT / "py" / "webrwkv" / "data" / "rwkv_vocab_v20230424.txt")
+    for extra in (("--vocab", world), ()):  # given, or the default World vocabulary
+        code, _, err = cli("generate", "--prompt", "x", *extra, ok=False)
+        assert code == 2 and "vocabulary" in err and "Traceback" not in err
+
+
 def chat_reply(transcript, tok, max_tokens=40, stops=("\n\n", "\nUser:")):
     ids = greedy(tok.encode(transcript), max_tokens, stops, ban_eos=True, tok=tok)
     return text_before_stop(tok.decode(ids), stops)

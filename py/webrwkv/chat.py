@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .errors import WebRwkvError
+from .errors import TokenizerError, WebRwkvError
 from .generation import (BatchStats, ChatFormat, ChatSession, GenerationStats, generate_batch,
                          generate_stream)
 from .sampling import SamplerParams
@@ -24,10 +24,15 @@ def load_engine_for(args: Any, max_batch: int = 1, token_chunk_size: int = 128) 
     eng = load_engine(model=args.model, backend=args.backend, max_batch=max_batch,
                       token_chunk_size=token_chunk_size, adapter=args.adapter, quant=args.quant,
                       lora=tuple(args.lora))
-    if args.vocab:
-        from .tokenizer import Tokenizer
-        return eng.runtime, Tokenizer(args.vocab)
-    return eng.runtime, eng.tokenizer
+    if not args.vocab:
+        return eng.runtime, eng.tokenizer
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer(args.vocab)
+    if tok.vocab_size > eng.info.vocab:
+        raise TokenizerError(f"the vocabulary {args.vocab!r} has {tok.vocab_size} ids but the model has "
+                             f"{eng.info.vocab}; pass the model's own vocabulary file")
+    return eng.runtime, tok
 
 
 def _check_max_tokens(n: int) -> None:
