@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import TokenizerError, WebRwkvError
@@ -101,6 +103,14 @@ def load_prompt_file(path: str | None) -> dict[str, Any]:
     return cfg
 
 
+def default_prompt_file(model: str | None) -> str | None:
+    """prompts/shakespeare.json for the bundled model (when the checkout has it); none otherwise."""
+    if model is not None or os.environ.get("WEBRWKV_MODEL"):
+        return None
+    path = Path(__file__).resolve().parents[2] / "prompts" / "shakespeare.json"
+    return str(path) if path.is_file() else None
+
+
 def make_chat(runtime: Any, tok: Any, cfg: dict[str, Any], params: SamplerParams, max_tokens: int,
               stop: list[str]) -> ChatSession:
     """A ChatSession configured by a prompt file's fields."""
@@ -115,7 +125,7 @@ def chat_main(args: Any) -> int:
     """Terminal chat; reads one message per line from stdin (a terminal or a pipe)."""
     _check_max_tokens(args.max_tokens)
     params = SamplerParams.from_args(args)
-    cfg = load_prompt_file(args.prompt_file)
+    cfg = load_prompt_file(args.prompt_file or default_prompt_file(args.model))
     runtime, tok = load_engine_for(args)
     chat = make_chat(runtime, tok, cfg, params, args.max_tokens, args.stop)
     tty = sys.stdin.isatty()
