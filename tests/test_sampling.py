@@ -156,8 +156,15 @@ def test_banned_tokens(logits):
     assert s.sample(logits) == int(np.argsort(-logits)[1])
     counts = draw_counts(SamplerParams(top_p=1.0, banned=(top, 0), seed=9), logits, n=2000)
     assert counts[top] == 0 and counts[0] == 0
-    with pytest.raises(SamplingError):
-        Sampler(SamplerParams(banned=(0, 1, 2))).sample(np.zeros(3))
+    with pytest.raises(SamplingError, match="banned"):
+        Sampler(SamplerParams(banned=(0, 1, 2, 7))).sample(np.zeros(3))
+    assert Sampler(SamplerParams(temperature=0, banned=(1, 99))).sample(np.array([0.0, 2.0, 1.0])) == 2
+
+
+def test_invalid_logits():
+    for bad in (np.nan, np.inf):
+        with pytest.raises(SamplingError, match="NaN or infinity"):
+            Sampler(SamplerParams()).sample(np.array([0.0, bad, 1.0]))
 
 
 def test_seed_reproducible(logits):

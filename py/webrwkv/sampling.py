@@ -119,9 +119,14 @@ class Sampler:
         if n and (p.presence_penalty or p.frequency_penalty):
             out[self._ids[:n]] -= p.presence_penalty + p.frequency_penalty * self._counts[:n]
         if p.banned:
-            out[np.asarray(p.banned, dtype=np.int64)] = -np.inf
-            if not np.isfinite(out).any():
+            banned = np.asarray(p.banned, dtype=np.int64)
+            out[banned[(banned >= 0) & (banned < out.shape[0])]] = -np.inf
+        top = out.max()
+        if not np.isfinite(top):
+            if top == -np.inf:
                 raise SamplingError("every token is banned; ban fewer tokens")
+            raise SamplingError("the logits hold NaN or infinity: the model produced invalid numbers; "
+                                "check the model file, or compare with --backend reference")
         return out
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
