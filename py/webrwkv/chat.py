@@ -133,11 +133,16 @@ def chat_main(args: Any) -> int:
     _utf8(out)
     print(HELP, file=sys.stderr)
     fmt = chat.fmt
+    if tty:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
     while True:
-        if tty:
-            out.write(f"{fmt.user.strip()}{fmt.sep}")
-            out.flush()
-        line = sys.stdin.readline()
+        try:
+            line = input(f"{fmt.user.strip()}{fmt.sep}") + "\n" if tty else sys.stdin.readline()
+        except EOFError:
+            line = ""
         if not line:
             break
         msg = line.strip()
