@@ -9,7 +9,7 @@ const KNOWN = [
 ];
 const CHAT_STOP = ["\n\n", "\nUser:"];
 
-const app = { engine: null, loading: null, generating: false, turns: [], model: null };
+const app = { engine: null, loading: null, generating: false, turns: [], model: null, noGpu: false };
 window.webrwkvApp = app; // for tests and the console
 
 const mb = (n) => (n / 1e6).toFixed(n < 1e7 ? 2 : 1);
@@ -53,7 +53,7 @@ function updateControls() {
   $("stop").hidden = !app.generating;
   $("regenerate").disabled = !ready || app.generating || !app.turns.length;
   $("new-chat").disabled = app.generating;
-  $("load").disabled = !!app.loading;
+  $("load").disabled = !!app.loading || app.noGpu;
   $("cancel-load").hidden = !app.loading;
 }
 
@@ -253,13 +253,13 @@ function bindSliders() {
   }
 }
 
-function init() {
+async function init() {
   bindSliders();
-  const support = webgpuSupport();
+  const support = await webgpuSupport();
   if (!support.ok) {
     $("nowebgpu").hidden = false;
     $("nowebgpu-text").textContent = support.message;
-    $("load").disabled = true;
+    app.noGpu = true;
   }
   $("load").onclick = loadModel;
   $("cancel-load").onclick = () => app.engine?.unload();

@@ -6,13 +6,22 @@ export class WebRwkvError extends Error {
   constructor(kind, message) { super(message); this.name = "WebRwkvError"; this.kind = kind; }
 }
 
-export function webgpuSupport() {
+const HOWTO = "Use Chrome or Edge 113+ (Windows, macOS, ChromeOS, Android), Safari 26, or Firefox 141+ on Windows. " +
+  "On Linux, or where WebGPU is switched off, enable chrome://flags/#enable-unsafe-webgpu (and chrome://flags/#enable-vulkan) " +
+  "and restart the browser. The page must come from https:// or localhost.";
+
+// Is WebGPU usable here? Resolves {ok, message}; never throws.
+export async function webgpuSupport() {
   if (typeof navigator === "undefined" || !navigator.gpu) {
-    return { ok: false, message: "This browser does not expose WebGPU. Use Chrome or Edge 113+ (desktop or Android), " +
-      "Safari 26, or Firefox 141+ on Windows. On Linux, or if WebGPU is switched off, enable chrome://flags/#enable-unsafe-webgpu " +
-      "(and chrome://flags/#enable-vulkan) and restart the browser. The page must be served over HTTPS or from localhost." };
+    return { ok: false, message: `This browser does not expose WebGPU. ${HOWTO}` };
   }
-  return { ok: true };
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return { ok: false, message: `WebGPU is present but offers no GPU adapter (it may be disabled or blocklisted for this GPU). ${HOWTO}` };
+  } catch (e) {
+    return { ok: false, message: `WebGPU failed to start (${e.message}). ${HOWTO}` };
+  }
+  return { ok: true, message: "" };
 }
 
 class Worker_ {
@@ -80,7 +89,7 @@ export function formatChat(messages) {
 }
 
 export async function createEngine({ model, vocab, onProgress, workerUrl, cache = true } = {}) {
-  const support = webgpuSupport();
+  const support = await webgpuSupport();
   if (!support.ok) throw new WebRwkvError("nowebgpu", support.message);
   const w = new Worker_(workerUrl || new URL("./worker.js", import.meta.url));
   const engine = new Engine(w);
@@ -118,6 +127,7 @@ class Engine {
       max_tokens: opts.maxTokens ?? 128, temperature: opts.temperature ?? 1.0, top_p: opts.topP ?? 0.85,
       top_k: opts.topK ?? 0, presence_penalty: opts.presencePenalty ?? 0, frequency_penalty: opts.frequencyPenalty ?? 0,
       stop: opts.stop ?? [], seed: opts.seed ?? null, chat: !!opts.chat,
+      ignore_eos: !!opts.ignoreEos,
     };
     return tokenStream(async (push) => {
       const p = Array.isArray(prompt) ? prompt.map(Number) : String(prompt); // text, or token ids

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import WebRwkvError
-from .generation import GenerationStats, generate_stream_async
+from .generation import END_OF_TEXT, GenerationStats, generate_stream_async
 from .sampling import SamplerParams
 
 _dev: Any = None        # BrowserDevice
@@ -36,6 +36,9 @@ async def open_device() -> dict:
     global _dev
     if _dev is None or _dev.lost is not None:
         _dev = await _device().open()
+    from .tokenizer import default_tokenizer
+
+    default_tokenizer()  # parse the World vocabulary once, before any model load
     return {"adapter": _dev.adapter_name, "features": sorted(_dev.features), "limits": dict(_dev.limits)}
 
 
@@ -145,7 +148,7 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
     params, max_tokens, stops = _params(o)
     if not isinstance(prompt, str):  # token ids
         given = [int(t) for t in (prompt.to_py() if hasattr(prompt, "to_py") else prompt)]
-        text = tok.decode(given)
+        text = tok.decode([t for t in given if t != END_OF_TEXT])
     else:
         text = prompt
         if o.get("chat") and _tail and not _tail.endswith("\n\n"):
@@ -162,7 +165,8 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
     out_ids: list[int] = []
     stats: GenerationStats | None = None
     reason = ""
-    async for item in generate_stream_async(rt, tok, ids, params, max_tokens, stops):
+    eos = None if o.get("ignore_eos") else END_OF_TEXT
+    async for item in generate_stream_async(rt, tok, ids, params, max_tokens, stops, eos_id=eos):
         if isinstance(item, GenerationStats):
             stats = item
             break
@@ -176,7 +180,7 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
             break
     t_end = time.perf_counter()
     _pending = out_ids[-1:]  # the last sampled token has not been run
-    read = text + tok.decode(out_ids)
+    read = text + tok.decode([t for t in out_ids if t != END_OF_TEXT])
     _tail = (_tail + read)[-16:]
     steps = max(len(out_ids) - 1, 0)
     decode_s = (t_end - t_first) if t_first is not None else 0.0

@@ -1,0 +1,76 @@
+"""Record the native backend's greedy token ids for the browser end-to-end test (Browser = native).
+
+Usage: .venv/bin/python tools/make_browser_golden.py [--out tests/golden/browser_greedy.json]
+Runs each tiny golden model on the native GPU runtime (wgpu) at temperature 0 from fixed prompt ids;
+tests/e2e/engine.spec.js loads the same files in the browser and must produce the same ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from webrwkv.generation import GenerationStats, generate_stream
+from webrwkv.gpu import open_device
+from webrwkv.models import load_weights
+from webrwkv.runtime import Runtime
+from webrwkv.sampling import SamplerParams
+from webrwkv.tokenizer import default_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden"
+# one model per version, covering fp32 and bf16 inputs and both layouts (the GPU conversions)
+MODELS = ["v7.st", "v6-bf16.st", "v5-converted.st", "v4.st"]
+PROMPT = [1, 72, 101, 108, 108, 112, 33, 11, 200, 3]
+MAX_TOKENS = 16
+
+
+def greedy(dev, path: Path, prompt: list[int], max_tokens: int) -> list[int]:
+    info, w = load_weights(path)
+    rt = Runtime(dev, info, w)
+    ids: list[int] = []
+    for item in generate_stream(rt, default_tokenizer(), prompt, SamplerParams(temperature=0.0), max_tokens,
+                                eos_id=None):
+        if not isinstance(item, GenerationStats):
+            ids.append(item[0])
+    return ids
+
+
+def margin(path: Path, prompt: list[int], ids: list[int]) -> float:
+    """Smallest gap between the top two logits along the greedy path, from the numpy reference;
+    a tiny gap would let float rounding on another GPU pick the other token."""
+    from webrwkv import reference
+
+    info, w = load_weights(path)
+    w = {k: v.astype(np.float16).astype(np.float32) for k, v in w.items()}  # what the GPU stores
+    logits, _ = reference.forward(w, info, prompt + ids[:-1], all_logits=True)
+    steps = logits[len(prompt) - 1:]
+    assert [int(np.argmax(s)) for s in steps] == ids, "the reference disagrees with the native greedy ids"
+    top2 = np.sort(steps, axis=-1)[:, -2:]
+    return float((top2[:, 1] - top2[:, 0]).min())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(GOLDEN / "browser_greedy.json"))
+    args = ap.parse_args()
+    dev = open_device("native")
+    cases = []
+    for m in MODELS:
+        ids = greedy(dev, GOLDEN / m, PROMPT, MAX_TOKENS)
+        gap = margin(GOLDEN / m, PROMPT, ids)
+        if gap < 1e-3:
+            raise SystemExit(f"{m}: top-2 logit gap {gap:.2e} is too small for a cross-GPU test; change PROMPT")
+        cases.append({"model": m, "prompt_ids": PROMPT, "max_tokens": MAX_TOKENS, "ids": ids, "min_gap": gap})
+    doc = {"source": "native backend (wgpu), temperature 0, made by tools/make_browser_golden.py",
+           "adapter": dev.adapter_name, "cases": cases}
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    for c in cases:
+        print(c["model"], c["ids"], f"min top-2 gap {c['min_gap']:.3g}")
+
+
+if __name__ == "__main__":
+    main()
