@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "py"))  # webrwkv.sampling (numpy only) draws the sampled tokens
 PROMPT = "  HAMLET. To be, or not to be- that is the question:\n"
 DTYPES = {"F16": np.float16, "F32": np.float32}
 
@@ -39,6 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     from rwkv.model import RWKV
     from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+    from webrwkv.sampling import Sampler, SamplerParams
 
     vocab = args.model[: -len(".st")] + ".vocab.txt"
     tok = TRIE_TOKENIZER(vocab)
@@ -53,13 +55,20 @@ def main() -> None:
         t = int(torch.argmax(logits))
         ids.append(t)
         logits, state = model.forward([t], state)
+    sampled = {"temperature": 0.8, "top_p": 0.9, "seed": 7, "ids": []}
+    sampler = Sampler(SamplerParams(temperature=0.8, top_p=0.9, seed=7))
+    logits, state = model.forward(prompt_ids, None)
+    for _ in range(args.tokens // 2):
+        sampled["ids"].append(sampler(logits.float().numpy()))
+        logits, state = model.forward([sampled["ids"][-1]], state)
+    sampled["text"] = tok.decodeBytes(sampled["ids"]).decode("utf-8", "replace")
     with open(args.model, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
     rel = os.path.relpath(args.model, ROOT)
-    gold = {"source": "official rwkv 0.8.32, RWKV_V7_ON=1, strategy cpu fp32, greedy argmax",
+    gold = {"source": "official rwkv 0.8.32, RWKV_V7_ON=1, strategy cpu fp32; greedy argmax; sampled with webrwkv.sampling",
             "model": rel, "model_sha256": sha, "prompt": PROMPT, "prompt_ids": prompt_ids,
             "greedy_ids": ids, "greedy_text": tok.decodeBytes(ids).decode("utf-8", "replace"),
-            "prompt_logits": [round(float(x), 5) for x in first]}
+            "sampled": sampled, "prompt_logits": [round(float(x), 5) for x in first]}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(gold, f, indent=1)
