@@ -56,8 +56,10 @@ class SamplerParams:
         return replace(self, seed=seed)
 
 
-def top_p_candidates(weights: np.ndarray, top_p: float, top_k: int = 0, total: float | None = None) -> np.ndarray:
-    """Indices of the tokens kept by top-k and top-p, given probabilities (or weights summing to `total`).
+def top_p_candidates(weights: np.ndarray, top_p: float, top_k: int = 0, total: float | None = None,
+                     wmax: float | None = None) -> np.ndarray:
+    """Indices of the tokens kept by top-k and top-p, given probabilities (or weights summing to
+    `total`, largest `wmax`).
 
     Top-p keeps the smallest set of most likely tokens whose mass reaches top_p. The
     indices come in no particular order. Nothing is sorted but a band of the head: a
@@ -71,7 +73,7 @@ def top_p_candidates(weights: np.ndarray, top_p: float, top_k: int = 0, total: f
         return np.arange(n)
     total = float(weights.sum()) if total is None else total
     target = top_p * (1 - 1e-12) * total
-    t, prev = float(weights.max()) / 8, np.inf
+    t, prev = float(weights.max() if wmax is None else wmax) / 8, np.inf
     for _ in range(12):
         idx = np.flatnonzero(weights >= t)
         if len(idx) >= limit or (top_p < 1.0 and weights[idx].sum() >= target):
@@ -131,30 +133,40 @@ class Sampler:
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """The full distribution the next draw follows (zeros outside the candidates)."""
-        idx, q = self._candidates(self.adjust(logits))
-        full = np.zeros(np.asarray(logits).reshape(-1).shape[0])
-        full[idx] = q
+        x = self.adjust(logits)
+        idx, q = self._candidates(x)
+        full = np.zeros(x.shape[0])
+        full[slice(None) if idx is None else idx] = q
         return full
 
-    def _candidates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(candidate ids, or None for all; their probabilities)."""
         p = self.params
         if p.temperature == 0 or p.top_k == 1:
             return np.array([int(np.argmax(x))]), np.ones(1)
-        w = np.exp(x - x.max())  # unnormalised probabilities
-        idx = top_p_candidates(w, p.top_p, p.top_k, float(w.sum()))
+        top = float(x.max())
+        idx = None
+        if p.top_p < 1.0 or 0 < p.top_k < x.shape[0]:
+            w = np.subtract(x, top)
+            np.exp(w, out=w)  # unnormalised probabilities, the largest is 1
+            idx = top_p_candidates(w, p.top_p, p.top_k, float(w.sum()), wmax=1.0)
+            if p.temperature == 1.0:
+                q = w[idx]
+                return idx, q / q.sum()
+            x = x[idx]
         # p ** (1/T) renormalised == softmax(x / T) over the candidates
-        xs = x[idx]
-        z = (xs - xs.max()) / p.temperature
-        q = np.exp(z)
+        q = np.subtract(x, top)
+        q /= p.temperature
+        np.exp(q, out=q)
         return idx, q / q.sum()
 
     def sample(self, logits: np.ndarray) -> int:
         """Draw one token id; call accept() with the token actually used."""
         idx, q = self._candidates(self.adjust(logits))
-        if len(idx) == 1:
+        if len(q) == 1:
             return int(idx[0])
-        j = int(np.searchsorted(np.cumsum(q), self.rng.random() * q.sum(), side="right"))
-        return int(idx[min(j, len(idx) - 1)])
+        j = min(int(np.searchsorted(np.cumsum(q), self.rng.random(), side="right")), len(q) - 1)
+        return j if idx is None else int(idx[j])
 
     def accept(self, token: int) -> None:
         """Record a generated token: decay every counter, then count this one."""
