@@ -315,3 +315,20 @@ def test_batch_matches_solo_reference():
     items = list(generate_batch(rt, TOK, prompts, GREEDY, max_tokens=7, eos_id=None))
     for s, p in enumerate(prompts):
         assert items[-1].slots[s].ids == reference_greedy(info, w, p, 7)
+
+
+def test_async_stream_and_chat_on_reference_runtime():
+    from webrwkv.reference import ReferenceRuntime
+    info, w = load_weights(str(GOLDEN / "v7.st"))
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+
+    async def go():
+        rt = ReferenceRuntime((info, w), 1, 3)
+        items = [i async for i in generate_stream_async(rt, TOK, prompt, GREEDY, 10, eos_id=None)]
+        chat = ChatSession(ReferenceRuntime((info, w), 1, 16), TOK, GREEDY, max_tokens=6)
+        a = [i async for i in chat.reply_async("hi")][-1]
+        b = [i async for i in chat.regenerate_async()][-1]
+        return items[-1], a, b
+    st, a, b = asyncio.run(go())
+    assert st.ids == reference_greedy(info, w, prompt, 10)
+    assert a.ids == b.ids == reference_greedy(info, w, ids_of("User: hi\n\nAssistant:"), len(a.ids))
