@@ -1,5 +1,5 @@
 // Tiled fp16 matrix x f32 matrix for chunks of tokens: Y[t, col] (=, +=, += gate*) act(W[g*NR+n] . X[t, g]).
-// Workgroup (TN output rows, TM tokens, group g); tiles of TK in shared memory; 4x4 outputs per thread.
+// Workgroup (TN output rows, TM tokens, group g); tiles of TK in shared memory; MM x 4 outputs per thread.
 
 @group(0) @binding(0) var<storage, read> info: array<u32>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;            // [P*NR, K/2] packed fp16
@@ -13,6 +13,7 @@ const TM: u32 = {{TM}}u;
 const TN: u32 = {{TN}}u;
 const TK: u32 = {{TK}}u;
 const WG: u32 = {{WG}}u;
+const MM: u32 = {{MM}}u;
 
 var<workgroup> xs: array<vec4<f32>, {{TK}} * {{TM}} / 4>;   // [k][m]
 var<workgroup> ws: array<vec4<f32>, {{TK}} * {{TN}} / 4>;   // [k][n]
@@ -27,10 +28,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (m0 >= T) { return; }
   let n0 = wid.x * TN;
   let g = wid.z;
-  let tm = lid % (TM / 4u);
-  let tn = lid / (TM / 4u);
+  let tm = lid % (TM / MM);
+  let tn = lid / (TM / MM);
   let xb = {{X_OFF}}u + g * {{X_GS}}u;
-  var acc: array<vec4<f32>, 4>;
+  var acc: array<vec4<f32>, {{MM}}>;
   for (var k0 = 0u; k0 < K; k0 += TK) {
     for (var i = lid; i < TN * TK / 2u; i += WG) {
       let r = i / (TK / 2u);
@@ -52,17 +53,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     for (var kk = 0u; kk < TK; kk++) {
-      let a = xs[kk * (TM / 4u) + tm];
       let b = ws[kk * (TN / 4u) + tn];
-      acc[0] += a.x * b;
-      acc[1] += a.y * b;
-      acc[2] += a.z * b;
-      acc[3] += a.w * b;
+      for (var q = 0u; q < MM / 4u; q++) {
+        let a = xs[kk * (TM / 4u) + tm * (MM / 4u) + q];
+        acc[4u * q] += a.x * b;
+        acc[4u * q + 1u] += a.y * b;
+        acc[4u * q + 2u] += a.z * b;
+        acc[4u * q + 3u] += a.w * b;
+      }
     }
     workgroupBarrier();
   }
-  for (var i = 0u; i < 4u; i++) {
-    let t = m0 + tm * 4u + i;
+  for (var i = 0u; i < MM; i++) {
+    let t = m0 + tm * MM + i;
     for (var jj = 0u; jj < 4u; jj++) {
       let n = n0 + tn * 4u + jj;
       if (t < T && n < NR) {

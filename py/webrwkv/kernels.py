@@ -26,14 +26,30 @@ ACTS = {"none": "x", "relu2": "max(x, 0.0) * max(x, 0.0)", "sigmoid": "sigmoid(x
 class Tuning:
     """Kernel shape knobs; change them here (or per runtime) to tune for a GPU."""
 
-    gemv_rows: int = 4          # output rows per GEMV workgroup (no subgroups)
-    gemv_tpr: int = 64          # threads per output row (no subgroups)
+    gemv_rows: int = 8          # output rows per GEMV workgroup
+    gemv_tpr: int = 32          # threads per output row (power of two)
+    gemv_subgroups: int = 1     # reduce with subgroup shuffles when the device has them
     gemv_max_t: int = 1         # use GEMV when a matmul has at most this many tokens
     gemm_tm: int = 32           # tokens per GEMM tile
     gemm_tn: int = 64           # output rows per GEMM tile
     gemm_tk: int = 16           # K step of the GEMM tile
+    gemm_mm: int = 4            # tokens per thread in the GEMM tile (4 or 8); 4 rows per thread
     mix_rows: int = 16          # rows per ln_mix workgroup
     elem_wg: int = 64           # workgroup size of elementwise kernels
+    submit_ops: int = 48        # dispatches per submit (a step is split so the GPU starts early)
+
+
+def tuning_from_env(base: Tuning | None = None) -> Tuning:
+    """Tuning with overrides from $WEBRWKV_TUNING, e.g. "gemm_tm=64,gemm_mm=8"."""
+    import os
+
+    t = base or Tuning()
+    for item in filter(None, os.environ.get("WEBRWKV_TUNING", "").split(",")):
+        key, _, val = item.partition("=")
+        if not hasattr(t, key.strip()):
+            raise GpuError(f"WEBRWKV_TUNING: unknown knob {key!r}; known: {', '.join(vars(t))}")
+        setattr(t, key.strip(), int(val))
+    return t
 
 
 def shader_source(name: str) -> str:
@@ -58,7 +74,7 @@ class Kernels:
 
     def __init__(self, device: Any, tuning: Tuning | None = None) -> None:
         self.dev = device
-        self.tuning = tuning or Tuning()
+        self.tuning = tuning or tuning_from_env()
         self._text: dict[str, str] = {}
         # pipelines depend only on their source, so runtimes on one device share them
         if not hasattr(device, "_webrwkv_pipelines"):
@@ -123,13 +139,14 @@ class MatMul:
 
     def _gemv(self) -> list:
         tu, k = self.k.tuning, self.k
-        sub = k.subgroups and 0 < k.sg_max <= 256
-        tpr = max(32, k.sg_max) if sub else tu.gemv_tpr
-        rows = max(1, 256 // tpr) if sub else tu.gemv_rows
+        sub = k.subgroups and tu.gemv_subgroups
+        tpr, rows = tu.gemv_tpr, tu.gemv_rows
         if sub:
-            reduce = ("let sgs = subgroupAdd(acc);\n  if (sg_id == 0u) { red[lid / sg_size] = sgs; }\n"
-                      "  workgroupBarrier();\n  var total = 0.0;\n"
-                      "  if (j == 0u) { let per = TPR / sg_size; for (var q = 0u; q < per; q++) "
+            # butterfly over lanes of one subgroup (up to TPR wide), then partials through shared memory
+            reduce = ("let wd = min(sg_size, TPR);\n  var v = acc;\n"
+                      "  for (var m = 1u; m < wd; m = m << 1u) { v += subgroupShuffleXor(v, m); }\n"
+                      "  if (sg_id % wd == 0u) { red[lid / wd] = v; }\n  workgroupBarrier();\n  var total = 0.0;\n"
+                      "  if (j == 0u) { let per = TPR / wd; for (var q = 0u; q < per; q++) "
                       "{ total += red[nl * per + q]; } }")
             args = ", @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_id: u32"
         else:
@@ -149,7 +166,7 @@ class MatMul:
         out = []
         for buf, row0, nr in self.blocks:
             pipe = self.k.get("gemm", **self.p, NR=nr, COL0=row0, TM=tu.gemm_tm, TN=tu.gemm_tn, TK=tu.gemm_tk,
-                              WG=(tu.gemm_tm // 4) * (tu.gemm_tn // 4))
+                              MM=tu.gemm_mm, WG=(tu.gemm_tm // tu.gemm_mm) * (tu.gemm_tn // 4))
             out.append((pipe, self._bind(pipe, buf), -(-nr // tu.gemm_tn)))
         return out
 

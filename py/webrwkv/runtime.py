@@ -220,18 +220,18 @@ class Runtime:
         meta[self.out0: self.out0 + nout] = outs
         self.dev.write(self.meta, 0, meta[: self.out0 + nout] if nout else meta[: self.out0])
         key = (T, len(plan), nout, max(len(t) for _, t, _ in plan))
-        ops = self._ops.get(key)
-        if ops is None:
+        parts = self._ops.get(key)
+        if parts is None:
             if len(self._ops) > 256:
                 self._ops.clear()
-            ops = self._ops[key] = [op for g in self.gens for op in g(key)]
-            if not nout:  # nothing to read: skip the output LayerNorm and head
-                ops = self._ops[key] = ops[: self._n_body(key)]
-        self.dev.encode(ops)
+            gens = self.gens if nout else self.gens[:-2]  # nothing to read: skip the output LN and head
+            ops = [op for g in gens for op in g(key)]
+            n = max(1, self.k.tuning.submit_ops)
+            parts = self._ops[key] = [ops[i: i + n] for i in range(0, len(ops), n)]
+        encode = self.dev.encode
+        for part in parts:  # several submits, so the GPU starts while later layers are encoded
+            encode(part)
         return segs, nout
-
-    def _n_body(self, key: tuple) -> int:
-        return sum(len(g(key)) for g in self.gens[:-2])
 
     def _finish(self, segs: list, nout: int, raw: bytes | None, all_logits: bool) -> dict[int, np.ndarray]:
         V = self.info.vocab
