@@ -99,14 +99,16 @@ def test_top_p_top_k_temperature_combined(logits):
     assert_matches(draw_counts(params, logits), exp)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("dist", ["flat", "normal", "wide", "heavy"])
-def test_candidates_match_full_sort(dist):
-    # World-sized vocabularies: nuclei from one token to tens of thousands
+def test_candidates_match_full_sort(dist, dtype):
+    # World-sized vocabularies: nuclei from one token to tens of thousands; float32 logits are
+    # filtered in float32, and the result must still be the float64 answer for those values
     rng = np.random.default_rng(5)
     x = {"flat": rng.normal(0, 0.3, 65536), "normal": rng.normal(0, 1, 65536),
-         "wide": rng.normal(0, 3, 65536), "heavy": rng.standard_cauchy(65536)}[dist]
+         "wide": rng.normal(0, 3, 65536), "heavy": rng.standard_cauchy(65536)}[dist].astype(dtype)
     for top_p, top_k in ((0.05, 0), (0.5, 0), (0.95, 0), (1.0, 50), (0.9, 200), (0.3, 5000)):
-        exp = expected_dist(x, top_p=top_p, top_k=top_k)
+        exp = expected_dist(x.astype(np.float64), top_p=top_p, top_k=top_k)
         got = Sampler(SamplerParams(top_p=top_p, top_k=top_k)).probs(x)
         assert (got > 0).sum() == (exp > 0).sum()
         np.testing.assert_allclose(got, exp, rtol=1e-9, atol=1e-15)

@@ -71,12 +71,12 @@ def top_p_candidates(weights: np.ndarray, top_p: float, top_k: int = 0, total: f
     limit = n if top_k <= 0 else min(top_k, n)
     if top_p >= 1.0 and limit == n:
         return np.arange(n)
-    total = float(weights.sum()) if total is None else total
+    total = float(weights.sum(dtype=np.float64)) if total is None else total
     target = top_p * (1 - 1e-12) * total
     t, prev = float(weights.max() if wmax is None else wmax) / 8, np.inf
     for _ in range(12):
         idx = np.flatnonzero(weights >= t)
-        if len(idx) >= limit or (top_p < 1.0 and weights[idx].sum() >= target):
+        if len(idx) >= limit or (top_p < 1.0 and weights[idx].sum(dtype=np.float64) >= target):
             break
         prev, t = t, t / 8
     else:
@@ -86,13 +86,14 @@ def top_p_candidates(weights: np.ndarray, top_p: float, top_k: int = 0, total: f
             idx = idx[np.argpartition(-weights[idx], limit - 1)[:limit]]
         idx = idx[np.argsort(-weights[idx], kind="stable")]
         if top_p < 1.0:
-            idx = idx[: int(np.searchsorted(np.cumsum(weights[idx]), target)) + 1]
+            idx = idx[: int(np.searchsorted(np.cumsum(weights[idx], dtype=np.float64), target)) + 1]
         return idx
     sure = weights[idx] >= prev  # their mass is below the target: all in the nucleus
     band = idx[~sure]
     band = band[np.argsort(-weights[band], kind="stable")]
-    need = target - float(weights[idx[sure]].sum())
-    return np.concatenate([idx[sure], band[: int(np.searchsorted(np.cumsum(weights[band]), need)) + 1]])
+    need = target - float(weights[idx[sure]].sum(dtype=np.float64))
+    cut = int(np.searchsorted(np.cumsum(weights[band], dtype=np.float64), need)) + 1
+    return np.concatenate([idx[sure], band[:cut]])
 
 
 class Sampler:
@@ -114,9 +115,10 @@ class Sampler:
         return {t: float(self._counts[i]) for t, i in self._pos.items()}
 
     def adjust(self, logits: np.ndarray) -> np.ndarray:
-        """Logits after penalties and bans (a float64 copy)."""
+        """Logits after penalties and bans (a copy: float32 stays float32, anything else is float64)."""
         p = self.params
-        out = np.array(logits, dtype=np.float64).reshape(-1)
+        logits = np.asarray(logits)
+        out = np.array(logits, dtype=np.float32 if logits.dtype == np.float32 else np.float64).reshape(-1)
         n = len(self._pos)
         if n and (p.presence_penalty or p.frequency_penalty):
             out[self._ids[:n]] -= p.presence_penalty + p.frequency_penalty * self._counts[:n]
@@ -144,18 +146,17 @@ class Sampler:
         p = self.params
         if p.temperature == 0 or p.top_k == 1:
             return np.array([int(np.argmax(x))]), np.ones(1)
-        top = float(x.max())
+        top = x.max()
         idx = None
         if p.top_p < 1.0 or 0 < p.top_k < x.shape[0]:
+            # unnormalised probabilities (largest 1) in the logits' precision: they only pick the candidates
             w = np.subtract(x, top)
-            np.exp(w, out=w)  # unnormalised probabilities, the largest is 1
-            idx = top_p_candidates(w, p.top_p, p.top_k, float(w.sum()), wmax=1.0)
-            if p.temperature == 1.0:
-                q = w[idx]
-                return idx, q / q.sum()
+            np.exp(w, out=w)
+            idx = top_p_candidates(w, p.top_p, p.top_k, float(w.sum(dtype=np.float64)), wmax=1.0)
             x = x[idx]
-        # p ** (1/T) renormalised == softmax(x / T) over the candidates
-        q = np.subtract(x, top)
+        # p ** (1/T) renormalised == softmax(x / T) over the candidates, in float64
+        q = x.astype(np.float64)
+        q -= float(top)
         q /= p.temperature
         np.exp(q, out=q)
         return idx, q / q.sum()
