@@ -23,3 +23,7 @@ class GpuError(WebRwkvError):
 
 class DeviceLostError(GpuError):
     """The GPU device was lost while in use."""
+
+
+class SamplingError(WebRwkvError):
+    """Sampling parameters are out of range, every token is banned, or the logits are not numbers."""

@@ -12,11 +12,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import WebRwkvError
+from .errors import SamplingError
 
-
-class SamplingError(WebRwkvError):
-    """Sampling parameters are out of range, or every token is banned."""
+__all__ = ["SamplerParams", "Sampler", "SamplingError", "StopMatcher", "top_p_candidates"]
 
 
 @dataclass
