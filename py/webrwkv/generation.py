@@ -255,7 +255,7 @@ def generate_batch(runtime: Any, tokenizer: Any, prompts: Sequence[Sequence[int]
 class ChatFormat:
     """How turns are written: `{user}{sep}{message}{end}{bot}{sep}{reply}{end}`.
 
-    The default is RWKV's `User: hi\n\nAssistant: Hello!\n\n`; a reply ends at `end`.
+    The default is RWKV's `User: hi\\n\\nAssistant: Hello!\\n\\n`; a reply ends at `end`.
     """
 
     user: str = "User"
