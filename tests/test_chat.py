@@ -142,10 +142,10 @@ def chat_reply(transcript, tok, max_tokens=40, stops=("\n\n", "\nUser:")):
 def test_chat_piped_regenerate_reset(vocab, tok):
     r1 = chat_reply("User: Hello\n\nAssistant:", tok)
     r2 = chat_reply(f"User: Hello\n\nAssistant:{r1}\n\nUser: And you?\n\nAssistant:", tok)
-    stdin = "Hello\n+\nAnd you?\n/reset\nHello\n/quit\nnever read\n"
+    stdin = "+\nHello\n+\nAnd you?\n/reset\nHello\n/quit\nnever read\n"
     _, out, err = cli("chat", "--temperature", "0", "--max-tokens", "40", stdin=stdin, vocab=vocab)
     assert out == "".join(f"Assistant:{r}\n\n" for r in (r1, r1, r2, r1))
-    assert "starts over" in err
+    assert "no reply to regenerate" in err and "starts over" in err
 
 
 def test_chat_prompt_file(vocab, tok):
@@ -175,6 +175,17 @@ def test_chat_bad_prompt_file(vocab, tmp_path):
     assert code == 2 and "turns" in err
     code, _, err = cli("chat", "--prompt-file", str(tmp_path / "missing.json"), stdin="", vocab=vocab, ok=False)
     assert code == 2 and "prompt file" in err
+
+
+def test_read_prompts(tmp_path):
+    from webrwkv.chat import read_prompts
+    from webrwkv.errors import WebRwkvError
+    f = tmp_path / "p.txt"
+    f.write_text("first\r\n\n  \nUser: hi\\n\\nAssistant:\n", encoding="utf-8")
+    assert read_prompts(str(f)) == ["first", "User: hi\n\nAssistant:"]
+    f.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(WebRwkvError, match="no prompts"):
+        read_prompts(str(f))
 
 
 def test_batch_slots_match_solo_runs(vocab, tok, tmp_path):
