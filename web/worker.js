@@ -40,7 +40,21 @@ async function boot(id) {
   const info = await entry.open_device();
   const out = info.toJs({ dict_converter: Object.fromEntries });
   info.destroy();
+  await watchDevice();
   return out;
+}
+
+// (Re)open the GPU device if it was lost, and tell the page when it is lost.
+let watched = null;
+async function watchDevice() {
+  (await entry.open_device()).destroy();
+  const dev = entry.js_device();
+  if (dev && dev !== watched) {
+    watched = dev;
+    dev.lost.then((info) => {
+      if (info.reason !== "destroyed") post({ type: "lost", message: info.message || "the GPU was reset" });
+    });
+  }
 }
 
 async function findWheel() {
@@ -74,6 +88,7 @@ async function load(id, { url, vocab, useCache = true }) {
   const t0 = performance.now();
   const heap0 = heapBytes();
   entry.unload();
+  await watchDevice();
   const progress = (p) => post({ id, type: "progress", ...p });
   progress({ phase: "header", text: "Reading the model header…" });
   const absUrl = new URL(url, base).href;
@@ -87,7 +102,7 @@ async function load(id, { url, vocab, useCache = true }) {
     url: absUrl, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
     onProgress: progress, onWriteDone: (tag) => entry.write_done(tag), signal: ctrl.signal, useCache,
   });
-  progress({ phase: "finish", text: "Preparing the engine…" });
+  progress({ phase: "finish", text: "Preparing the GPU kernels…" });
   const infoPy = await entry.finish_load();
   const info = infoPy.toJs({ dict_converter: Object.fromEntries });
   infoPy.destroy();

@@ -42,6 +42,11 @@ async def open_device() -> dict:
     return {"adapter": _dev.adapter_name, "features": sorted(_dev.features), "limits": dict(_dev.limits)}
 
 
+def js_device() -> Any:
+    """The GPUDevice itself (the worker watches its `lost` promise)."""
+    return _dev._dev if _dev is not None else None
+
+
 def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None) -> dict:
     """Parse the header bytes, allocate the model's GPU buffers and say where each file range goes.
 
@@ -71,6 +76,9 @@ async def finish_load() -> dict:
         raise WebRwkvError("no model load is in progress; call load again")
     ld, _load = _load, None
     runtime, tokenizer, info = await ld.finish()
+    for ids in ([0, 0], [0]):  # compile the prefill (GEMM) and decode (GEMV) kernels now, not on first use
+        runtime.push(0, ids)
+        await runtime.run_async()
     _eng.update(runtime=runtime, tokenizer=tokenizer, info=info, name=ld.name)
     reset()
     return {"name": ld.name, **info.to_dict(), "adapter": _dev.adapter_name}
@@ -162,6 +170,7 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
     dev = _dev
     t0 = time.perf_counter()
     t_first = wait_first = None
+    calls_first = 0
     out_ids: list[int] = []
     stats: GenerationStats | None = None
     reason = ""
@@ -175,6 +184,9 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
             t_first, wait_first = time.perf_counter(), dev.wait_s
         out_ids.append(token)
         emit(token, piece)
+        dev.js_calls += 1
+        if len(out_ids) == 1:
+            calls_first = dev.js_calls
         if _stop:
             reason = "stopped"
             break
@@ -193,7 +205,7 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
         "decode_tps": steps / decode_s if decode_s > 0 and steps else 0.0,
         "py_step_s": py_s / steps if steps else 0.0,
         "py_share": py_s / decode_s if decode_s > 0 and steps else 0.0,
-        "encode_calls": dev.encode_calls,
+        "js_calls_per_step": (dev.js_calls - calls_first) / steps if steps else 0.0,
         "stop_reason": reason or (stats.stop_reason if stats else "max_tokens"),
         "finish_reason": "length" if (not reason and stats and stats.stop_reason == "max_tokens") else "stop",
         "ids": out_ids,

@@ -58,8 +58,10 @@ for (const c of greedyGolden.cases) {
     // Python's share of a decode step, measured by the engine (reported, not timed)
     expect(stats.py_share).toBeGreaterThan(0);
     expect(stats.py_share).toBeLessThan(1);
+    // O(1) Python->JS calls per decode step: meta write, one encode of the whole step, the logits read, the token
+    expect(stats.js_calls_per_step).toBeLessThanOrEqual(5);
     console.log(`${c.model}: decode ${stats.decode_tps.toFixed(1)} tok/s, Python ${(100 * stats.py_share).toFixed(1)}% ` +
-      `(${(1000 * stats.py_step_s).toFixed(2)} ms/step) on ${stats.adapter}`);
+      `(${(1000 * stats.py_step_s).toFixed(2)} ms/step), ${stats.js_calls_per_step} JS calls/step on ${stats.adapter}`);
   });
 }
 

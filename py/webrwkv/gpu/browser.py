@@ -34,14 +34,12 @@ def _helper() -> Any:
 
 
 def adapter_description(adapter: Any) -> str:
-    """A readable adapter name, e.g. "SwiftShader (google, fallback)"."""
+    """A readable adapter name, e.g. "Swiftshader (google, software)"."""
     info = getattr(adapter, "info", None)
-    if info is None:
-        return "WebGPU adapter"
-    parts = [str(getattr(info, k, "") or "") for k in ("description", "vendor", "architecture", "device")]
-    desc, vendor, arch, dev = parts
-    name = desc or " ".join(p for p in (vendor, arch, dev) if p) or "WebGPU adapter"
-    extra = [p for p in (vendor if desc else "", arch if desc else "") if p]
+    get = lambda k: str(getattr(info, k, "") or "") if info is not None else ""  # noqa: E731
+    desc, vendor, arch, dev = get("description"), get("vendor"), get("architecture"), get("device")
+    name = desc or (arch[:1].upper() + arch[1:]) or dev or vendor or "WebGPU adapter"
+    extra = [p for p in (vendor if name != vendor else "",) if p]
     if getattr(info, "isFallbackAdapter", False) or getattr(adapter, "isFallbackAdapter", False):
         extra.append("software")
     return f"{name} ({', '.join(extra)})" if extra else name
@@ -80,6 +78,7 @@ class BrowserDevice(Device):
         self.errors: list[str] = []
         self.wait_s = 0.0  # seconds spent awaiting GPU results (the rest of a step is Python and JS)
         self.encode_calls = 0
+        self.js_calls = 0  # calls into JS by write/copy/encode/read (the per-step cost)
         self._proxies = [create_proxy(self._on_lost), create_proxy(self._on_error)]
         device.lost.then(self._proxies[0])
         device.addEventListener("uncapturederror", self._proxies[1])
@@ -145,10 +144,12 @@ class BrowserDevice(Device):
         if arr.nbytes % 4:
             arr = np.concatenate([arr.reshape(-1).view(np.uint8), np.zeros(4 - arr.nbytes % 4, np.uint8)])
         self._h.writeFromPy(self._dev, buf, int(offset), arr)
+        self.js_calls += 1
 
     def copy(self, src: Any, src_offset: int, dst: Any, dst_offset: int, nbytes: int) -> None:
         self._check()
         self._h.copyBuffer(self._dev, src, int(src_offset), dst, int(dst_offset), int(nbytes))
+        self.js_calls += 1
 
     def read(self, buf: Any, offset: int, nbytes: int) -> bytes:
         raise GpuError("the browser cannot read GPU buffers synchronously: use `await read_async(...)`")
@@ -157,6 +158,7 @@ class BrowserDevice(Device):
         self._check()
         t0 = time.perf_counter()
         out = await self._h.readBuffer(self._dev, buf, int(offset), int(nbytes))
+        self.js_calls += 2  # the read and the bytes conversion
         self.wait_s += time.perf_counter() - t0
         self._check()
         return out.to_bytes()
@@ -225,3 +227,4 @@ class BrowserDevice(Device):
             ops = list(ops)
         self._h.runOps(self._dev, self._program(ops))
         self.encode_calls += 1
+        self.js_calls += 1
