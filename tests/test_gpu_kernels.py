@@ -1,0 +1,85 @@
+"""Single kernels against small numpy computations: fp16 GEMV/GEMM (groups, activations, epilogues,
+row blocks), and softmax."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gpu_util import device, rel
+
+from webrwkv.kernels import Kernels, MatMul, Tuning, upload_matrix
+
+ACT = {"none": lambda x: x, "relu2": lambda x: np.maximum(x, 0) ** 2, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+       "tanh": np.tanh}
+
+
+def _meta(dev, T: int, nout: int):
+    m = np.zeros(16, np.uint32)
+    m[0], m[2] = T, nout
+    buf = dev.buffer(m.nbytes)
+    dev.write(buf, 0, m)
+    return buf
+
+
+def _f32(dev, a):
+    a = np.ascontiguousarray(a, np.float32)
+    buf = dev.buffer(a.nbytes)
+    dev.write(buf, 0, a)
+    return buf
+
+
+@pytest.mark.parametrize("T", [1, 3, 37])
+@pytest.mark.parametrize("subgroups", [0, 1])
+def test_grouped_matmul_with_activations_and_gate(T, subgroups):
+    dev = device()
+    k = Kernels(dev, Tuning(gemv_max_t=1, gemv_subgroups=subgroups, gemv_tpr=16, gemv_rows=4))
+    rng = np.random.default_rng(T)
+    P, NR, K = 3, 40, 72
+    W = (rng.standard_normal((P * NR, K)) * 0.2).astype(np.float16).astype(np.float32)
+    X = rng.standard_normal((T, P, K)).astype(np.float32)
+    Y0 = rng.standard_normal((T, P * NR)).astype(np.float32)
+    G = rng.standard_normal((T, P * NR)).astype(np.float32)
+    meta, xb, gb = _meta(dev, T, 0), _f32(dev, X), _f32(dev, G)
+    acts = ("tanh", "none", "relu2")
+    want = np.concatenate([ACT[a](X[:, g] @ W[g * NR:(g + 1) * NR].T) for g, a in enumerate(acts)], axis=1)
+    for mode in ("store", "add", "gate"):
+        yb = _f32(dev, Y0)
+        blocks, Kp = upload_matrix(dev, W, "w")
+        mm = MatMul(k, meta, [(blocks[0][0], 0, NR)], Kp, P, NR, xb, yb, x_ts=P * K, x_gs=K, y_ts=P * NR,
+                    acts=acts, mode=mode, gate=gb if mode == "gate" else None, g_ts=P * NR)
+        dev.encode(mm.ops(T))
+        got = np.frombuffer(dev.read(yb, 0, Y0.nbytes), np.float32).reshape(T, -1)
+        ref = {"store": want, "add": Y0 + want, "gate": Y0 + G * want}[mode]
+        assert rel(got, ref) <= 1e-5, mode
+
+
+@pytest.mark.parametrize("T", [1, 9])
+def test_row_blocks_cover_a_matrix_larger_than_the_binding_limit(T):
+    from webrwkv.gpu import open_device
+
+    dev = open_device("native", max_binding_override=4096)
+    k = Kernels(dev)
+    rng = np.random.default_rng(1)
+    N, K = 300, 64  # 38 KB of fp16: 10 blocks of 32 rows
+    W = rng.standard_normal((N, K)).astype(np.float16).astype(np.float32)
+    X = rng.standard_normal((T, K)).astype(np.float32)
+    blocks, Kp = upload_matrix(dev, W, "w")
+    assert len(blocks) == 10 and all(n * K * 2 <= 4096 for _, _, n in blocks)
+    yb = dev.buffer(4 * T * N)
+    mm = MatMul(k, _meta(dev, 0, T), blocks, Kp, 1, N, _f32(dev, X), yb, x_ts=K, y_ts=N, tsrc=2)
+    dev.encode(mm.ops(T))
+    got = np.frombuffer(dev.read(yb, 0, 4 * T * N), np.float32).reshape(T, N)
+    assert rel(got, X @ W.T) <= 1e-5
+
+
+def test_softmax_rows():
+    dev = device()
+    k = Kernels(dev)
+    V, n = 1000, 3
+    x = np.random.default_rng(2).standard_normal((n, V)).astype(np.float32) * 10
+    buf = _f32(dev, x)
+    pipe = k.get("softmax", V=V, WG=64)
+    dev.encode([(pipe, dev.bind(pipe, [_meta(dev, n, n), buf]), (n, 1, 1))])
+    got = np.frombuffer(dev.read(buf, 0, x.nbytes), np.float32).reshape(n, V)
+    e = np.exp(x - x.max(1, keepdims=True))
+    assert rel(got, e / e.sum(1, keepdims=True)) <= 1e-5
