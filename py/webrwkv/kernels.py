@@ -33,7 +33,8 @@ class Tuning:
     gemm_tm: int = 32           # tokens per GEMM tile
     gemm_tn: int = 64           # output rows per GEMM tile
     gemm_tk: int = 16           # K step of the GEMM tile
-    gemm_mm: int = 4            # tokens per thread in the GEMM tile (4 or 8); 4 rows per thread
+    gemm_mm: int = 4            # tokens per thread in the GEMM tile (multiple of 4)
+    gemm_nn: int = 4            # output rows per thread in the GEMM tile (multiple of 4)
     mix_rows: int = 16          # rows per ln_mix workgroup
     elem_wg: int = 64           # workgroup size of elementwise kernels
     submit_ops: int = 48        # dispatches per submit (a step is split so the GPU starts early)
@@ -163,10 +164,19 @@ class MatMul:
 
     def _gemm(self) -> list:
         tu = self.k.tuning
+        mm, nn = tu.gemm_mm, tu.gemm_nn
+        accs = [(i, q) for i in range(mm) for q in range(nn // 4)]
+        decl = "\n".join(f"  var c{i}_{q} = vec4<f32>(0.0);" for i, q in accs)
+        inner = "\n".join(f"      let b{q} = ws[kk * (TN / 4u) + tn * {nn // 4}u + {q}u];" for q in range(nn // 4))
+        inner += "\n" + "\n".join(f"      let a{p} = xs[kk * (TM / 4u) + tm * {mm // 4}u + {p}u];" for p in range(mm // 4))
+        inner += "\n" + "\n".join(f"      c{i}_{q} += a{i // 4}.{'xyzw'[i % 4]} * b{q};" for i, q in accs)
+        store = "\n".join(f"  store(m0 + tm * {mm}u + {i}u, n0 + tn * {nn}u + {4 * q + c}u, T, g, c{i}_{q}.{'xyzw'[c]});"
+                          for i, q in accs for c in range(4))
         out = []
         for buf, row0, nr in self.blocks:
             pipe = self.k.get("gemm", **self.p, NR=nr, COL0=row0, TM=tu.gemm_tm, TN=tu.gemm_tn, TK=tu.gemm_tk,
-                              MM=tu.gemm_mm, WG=(tu.gemm_tm // tu.gemm_mm) * (tu.gemm_tn // 4))
+                              MM=mm, NN=nn, WG=(tu.gemm_tm // mm) * (tu.gemm_tn // nn), ACC_DECL=decl,
+                              INNER=inner, STORE=store)
             out.append((pipe, self._bind(pipe, buf), -(-nr // tu.gemm_tn)))
         return out
 
