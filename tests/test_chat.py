@@ -39,11 +39,12 @@ def tok(vocab):
     return Tokenizer(vocab)
 
 
-def cli(*args, stdin=None, vocab=None, ok=True):
-    cmd = [sys.executable, "-m", "webrwkv", *args, "--backend", "reference", "--model", MODEL]
+def cli(*args, stdin=None, vocab=None, ok=True, model=MODEL):
+    cmd = [sys.executable, "-m", "webrwkv", *args, "--backend", "reference"] + (["--model", model] if model else [])
     if vocab:
         cmd += ["--vocab", vocab]
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env = {k: v for k, v in os.environ.items() if k != "WEBRWKV_MODEL"}
+    env["PYTHONIOENCODING"] = "utf-8"
     p = subprocess.run(cmd, input=stdin.encode() if stdin is not None else b"", capture_output=True,
                        env=env, cwd=ROOT, timeout=300)
     if ok:
@@ -51,13 +52,14 @@ def cli(*args, stdin=None, vocab=None, ok=True):
     return p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8")
 
 
-def greedy(ids, n, stops=(), ban_eos=False, tok=None):
+def greedy(ids, n, stops=(), ban_eos=False, tok=None, model=(INFO, WEIGHTS), n_ids=N_IDS):
     """Greedy ids straight from the reference forward pass, with the stop rules of the docs."""
-    logits, state = forward(WEIGHTS, INFO, ids)
+    info, weights = model
+    logits, state = forward(weights, info, ids)
     out = []
     for _ in range(n):
         x = logits.copy()
-        x[N_IDS:] = -np.inf
+        x[n_ids:] = -np.inf
         if ban_eos:
             x[0] = -np.inf
         t = int(np.argmax(x))
@@ -66,7 +68,7 @@ def greedy(ids, n, stops=(), ban_eos=False, tok=None):
             break
         if stops and any(s in tok.decode(out) for s in stops):
             break
-        logits, state = forward(WEIGHTS, INFO, [t], state)
+        logits, state = forward(weights, info, [t], state)
     return out
 
 
@@ -166,6 +168,22 @@ def test_chat_play_format_prompt_file(vocab, tok):
     _, out, _ = cli("chat", "--temperature", "0", "--max-tokens", "12", "--prompt-file", str(path),
                     stdin="Speak again.\n", vocab=vocab)
     assert out == f"Jul.{r}\n\n"
+
+
+def test_chat_bundled_model_uses_its_play_prompt():
+    from webrwkv.models import default_model_path
+    from webrwkv.tokenizer import load_tokenizer_for_model
+    path = default_model_path()
+    tok = load_tokenizer_for_model(path)
+    cfg = json.loads((ROOT / "prompts" / "shakespeare.json").read_text(encoding="utf-8"))
+    prelude = cfg["intro"] + "\n\n" + "".join(f"  Rom. {u}\n  Jul. {b}\n" for u, b in cfg["turns"])
+    stops = ("\n", "\n  Rom.", "\n\n")
+    ids = greedy(tok.encode(prelude + "  Rom. Good morrow.\n  Jul."), 16, stops, ban_eos=True, tok=tok,
+                 model=load_weights(path), n_ids=tok.vocab_size)
+    reply = text_before_stop(tok.decode(ids), stops)
+    assert len(reply.strip()) > 3
+    _, out, _ = cli("chat", "--temperature", "0", "--max-tokens", "16", stdin="Good morrow.\n", model=None)
+    assert out == f"Jul.{reply}\n\n"
 
 
 def test_chat_bad_prompt_file(vocab, tmp_path):
