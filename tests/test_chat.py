@@ -193,6 +193,13 @@ def test_chat_bad_prompt_file(vocab, tmp_path):
     assert code == 2 and "turns" in err
     code, _, err = cli("chat", "--prompt-file", str(tmp_path / "missing.json"), stdin="", vocab=vocab, ok=False)
     assert code == 2 and "prompt file" in err
+    from webrwkv.chat import load_prompt_file
+    from webrwkv.errors import WebRwkvError
+    for text, words in (('{"stop": "x"}', "'stop'"), ('{"user": 5}', "strings"), ('{"colour": 1}', "unknown"),
+                        ('[1]', "unknown"), ('{"turns": [["a", 2]]}', "turns"), ("{", "not valid JSON")):
+        bad.write_text(text)
+        with pytest.raises(WebRwkvError, match=words):
+            load_prompt_file(str(bad))
 
 
 def test_read_prompts(tmp_path):

@@ -97,9 +97,16 @@ def load_prompt_file(path: str | None) -> dict[str, Any]:
     if not isinstance(cfg, dict) or set(cfg) - known:
         extra = sorted(set(cfg) - known) if isinstance(cfg, dict) else "not an object"
         raise WebRwkvError(f"the prompt file {path!r} has unknown fields {extra}; use {sorted(known)}")
-    turns = cfg.get("turns", [])
-    if not (isinstance(turns, list) and all(isinstance(t, list) and len(t) == 2 for t in turns)):
-        raise WebRwkvError(f"the prompt file {path!r}: 'turns' must be a list of [user, bot] pairs")
+    bad = [k for k in ("user", "bot", "separator", "turn_end", "intro", "description")
+           if not isinstance(cfg.get(k, ""), str)]
+    if bad:
+        raise WebRwkvError(f"the prompt file {path!r}: {bad} must be strings")
+    turns, stop = cfg.get("turns", []), cfg.get("stop", [])
+    if not (isinstance(turns, list) and all(isinstance(t, list) and len(t) == 2
+                                            and all(isinstance(x, str) for x in t) for t in turns)):
+        raise WebRwkvError(f"the prompt file {path!r}: 'turns' must be a list of [user, bot] text pairs")
+    if not (isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
+        raise WebRwkvError(f"the prompt file {path!r}: 'stop' must be a list of strings")
     return cfg
 
 
