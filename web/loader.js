@@ -127,13 +127,17 @@ async function dropStale(cache, url, ident) {
 
 // ---- streaming ----------------------------------------------------------------
 // writes: [[fileStart, fileEnd, gpuBuffer, dstOffset, tag], ...], all 4-byte aligned
-// (fileEnd may pass the file's end by up to 3 bytes: zero padding).
+// (fileEnd may pass the file's end by up to 3 bytes: zero padding). A null gpuBuffer asks for a
+// staging buffer of the write's size, made here when its first bytes arrive and handed to
+// onWriteDone(tag, buffer) once complete (the caller converts it on the GPU and frees it).
 export async function streamWrites({ url, device, size, ident, dataStart, writes, onProgress, onWriteDone, signal, useCache = true }) {
   const r0 = dataStart - (dataStart % 4);
   const nblocks = Math.ceil((size - r0) / BLOCK);
   const pieces = Array.from({ length: nblocks }, () => []);
   const left = new Map();
+  const staging = new Map(); // tag -> {a0, size, buffer}
   for (const [a0, a1, buf, off, tag] of writes) {
+    if (buf == null) staging.set(tag, { a0, size: a1 - a0, buffer: null });
     if (a0 % 4 || a1 % 4 || off % 4 || a0 < r0) throw new Error(`unaligned write ${a0}-${a1} -> ${off}`);
     left.set(tag, (left.get(tag) || 0) + (a1 - a0));
     for (let k = Math.floor((a0 - r0) / BLOCK); k < nblocks && r0 + k * BLOCK < a1; k++) {
@@ -188,15 +192,29 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
     for (const [s, e, buf, off, tag] of pieces[k]) {
       let src = data.subarray(s - bs, e - bs);
       if (src.length < e - s) { const p = new Uint8Array(e - s); p.set(src); src = p; }
-      device.queue.writeBuffer(buf, off, src.buffer, src.byteOffset, e - s);
+      let dst = buf, at = off;
+      const st = staging.get(tag);
+      if (st) {
+        st.buffer ??= device.createBuffer({ size: st.size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label: `staging ${tag}` });
+        dst = st.buffer;
+        at = s - st.a0;
+      }
+      device.queue.writeBuffer(dst, at, src.buffer, src.byteOffset, e - s);
       const rest = left.get(tag) - (e - s);
       left.set(tag, rest);
-      if (rest === 0) onWriteDone?.(tag);
+      if (rest === 0) {
+        onWriteDone?.(tag, st ? st.buffer : null);
+        if (st) staging.delete(tag);
+      }
     }
   };
   let next = 0;
   const worker = async () => { while (next < needed.length) await doBlock(needed[next++]); };
-  await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, needed.length) }, worker));
+  try {
+    await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, needed.length) }, worker));
+  } finally {
+    for (const st of staging.values()) st.buffer?.destroy(); // an aborted load frees what it staged
+  }
   report();
   if (cache && cacheOk && !cached) {
     // The completion marker goes in last: an interrupted load never looks complete.

@@ -100,7 +100,7 @@ async function load(id, { url, vocab, useCache = true }) {
   const ident = await identity(plan.size, etag, prefix);
   const stream = await streamWrites({
     url: absUrl, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
-    onProgress: progress, onWriteDone: (tag) => entry.write_done(tag), signal: ctrl.signal, useCache,
+    onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache,
   });
   progress({ phase: "finish", text: "Preparing the GPU kernels…" });
   const infoPy = await entry.finish_load();

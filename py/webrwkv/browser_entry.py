@@ -63,10 +63,10 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None) -> dict:
     return {"device": _dev._dev, "size": _load.size, "dataStart": _load.data_start, "writes": _load.writes}
 
 
-def write_done(tag: int) -> None:
-    """Every byte of write `tag` is in its GPU buffer: run its conversion now (frees staging early)."""
+def write_done(tag: int, buf: Any = None) -> None:
+    """Every byte of write `tag` is queued; a staged tensor (in `buf`) is converted on the GPU now."""
     if _load is not None:
-        _load.write_done(int(tag))
+        _load.write_done(int(tag), buf)
 
 
 async def finish_load() -> dict:

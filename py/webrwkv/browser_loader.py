@@ -118,9 +118,12 @@ class _Numpy:
 
 
 class StreamingLoad:
-    """One model load: the write plan for JS, then the GPU conversions and the runtime."""
+    """One model load. The runtime is built first, over symbolic matrices, so every file range has a
+    known destination: fp16 rows are written straight into the runtime's packed buffers; other
+    tensors land in a staging buffer (made by JS on demand) and are converted as soon as complete."""
 
-    def __init__(self, dev: Any, prefix: bytes, size: int, url: str, vocab_text: str | None) -> None:
+    def __init__(self, dev: Any, prefix: bytes, size: int, url: str, vocab_text: str | None,
+                 max_batch: int = 1, token_chunk_size: int = 128) -> None:
         self.dev, self.url = dev, url
         self.name = url.split("?")[0].rstrip("/").split("/")[-1] or url
         src = PrefixSource(prefix, size, self.name)
@@ -128,40 +131,62 @@ class StreamingLoad:
         self.size, self.data_start = src.size, header.data_start
         self.info, self.refs = index_header(header, self.name)
         self.tokenizer = Tokenizer.from_text(vocab_text, self.name + ".vocab.txt") if vocab_text else default_tokenizer()
+        self._pipes: dict = {}
+        self._uniforms: list = []
+        self.segments: dict[str, list] = {}  # tensor -> [(src row, rows, dst buffer, dst row, dst row length)]
+        vec_names = [n for n, r in self.refs.items() if len(r.canonical_shape) == 1]
+        raws = {n: Raw(r, None, r.offset & ~3) for n, r in self.refs.items() if n not in vec_names}
+        weights: dict[str, Any] = {n: np.zeros(self.refs[n].canonical_shape, np.float32) for n in vec_names}
+        weights.update({n: GpuMatrix.of(raw) for n, raw in raws.items()})
+        with _patched(recipes, "np", _Numpy()), _patched(recipes, "upload_matrix", self.upload_matrix), \
+                _patched(rtmod, "upload_matrix", self.upload_matrix):
+            self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size)
         self.writes: list = []
-        self.raws: dict[str, Raw] = {}
-        self.vec_names = [n for n, r in self.refs.items() if len(r.canonical_shape) == 1]
-        vec_bytes = 0
-        spans = {}
-        for n in self.vec_names:
+        self.staged: dict[int, Raw] = {}
+        self.vec_spans: dict[str, tuple[int, int, int]] = {}
+        pos = 0
+        for n in vec_names:  # all vectors share one buffer, read back once at the end
             r = self.refs[n]
             a0, a1 = r.offset & ~3, (r.offset + r.nbytes + 3) & ~3
-            spans[n] = (vec_bytes, a0, a1)
-            vec_bytes += a1 - a0
-        self.vec_buf = dev.buffer(max(vec_bytes, 4), label="vectors (raw)")
-        self.vec_spans = spans
-        for tag, (n, r) in enumerate(self.refs.items()):
-            a0, a1 = r.offset & ~3, (r.offset + r.nbytes + 3) & ~3
-            if n in spans:
-                self.writes.append([a0, a1, self.vec_buf, spans[n][0], tag])
+            self.vec_spans[n] = (pos, a0, a1)
+            pos += a1 - a0
+        self.vec_buf = dev.buffer(max(pos, 4), label="vectors (raw)")
+        for n in vec_names:
+            pos, a0, a1 = self.vec_spans[n]
+            self.writes.append([a0, a1, self.vec_buf, pos, len(self.writes)])
+        for n, raw in raws.items():
+            segs, r = self.segments.get(_key(raw), []), raw.ref
+            if not segs:
+                continue  # not used by this runtime
+            if r.dtype == "F16" and r.transform != "transpose" and raw.shift == 0 and all(kp == raw.k for *_, kp in segs):
+                for s0, cnt, buf, d0, kp in segs:  # already packed fp16 rows: straight to their place
+                    a0 = r.offset + s0 * raw.k * 2
+                    self.writes.append([a0, a0 + cnt * kp * 2, buf, d0 * kp * 2, len(self.writes)])
             else:
-                buf = dev.buffer(a1 - a0, label=f"{n} (raw)")
-                self.raws[n] = Raw(r, buf, a0)
-                self.writes.append([a0, a1, buf, 0, tag])
-        self._pipes: dict = {}
-        self._cancelled = False
+                a0, a1 = r.offset & ~3, (r.offset + r.nbytes + 3) & ~3
+                self.staged[len(self.writes)] = raw
+                self.writes.append([a0, a1, None, 0, len(self.writes)])
 
-    def write_done(self, tag: int) -> None:
-        """A tensor's bytes have all been queued (conversions run in finish, in runtime order)."""
+    def write_done(self, tag: int, buf: Any = None) -> None:
+        """All bytes of write `tag` are queued; a staged tensor is converted now and its buffer freed."""
+        raw = self.staged.pop(tag, None)
+        if raw is None:
+            return
+        if buf is None:
+            raise ModelFormatError(f"no staging buffer came with tensor '{raw.ref.name}'; load the model again")
+        raw.buf = buf
+        for s0, n, dst, d0, kp in self.segments[_key(raw)]:
+            self._convert(raw, s0, n, dst, d0, kp)
+        self.dev.destroy(buf)
 
     def cancel(self) -> None:
-        self._cancelled = True
-        for raw in self.raws.values():
-            self.dev.destroy(raw.buf)
+        if hasattr(self.runtime, "close"):
+            self.runtime.close()
         self.dev.destroy(self.vec_buf)
 
     async def _vectors(self) -> dict[str, np.ndarray]:
-        raw = await self.dev.read_async(self.vec_buf, 0, max(sum(a1 - a0 for _, a0, a1 in self.vec_spans.values()), 4))
+        total = max(sum(a1 - a0 for _, a0, a1 in self.vec_spans.values()), 4)
+        raw = await self.dev.read_async(self.vec_buf, 0, total)
         out = {}
         for n, (p, a0, _) in self.vec_spans.items():
             r = self.refs[n]
@@ -173,8 +198,7 @@ class StreamingLoad:
     def _pipe(self, dtype: str, transpose: bool) -> Any:
         key = (dtype, transpose)
         if key not in self._pipes:
-            k = kmod.Kernels(self.dev)
-            self._pipes[key] = k.get("convert", SRC=SRC_CODE[dtype], TRANSPOSE=int(transpose))
+            self._pipes[key] = kmod.Kernels(self.dev).get("convert", SRC=SRC_CODE[dtype], TRANSPOSE=int(transpose))
         return self._pipes[key]
 
     def _convert(self, raw: Raw, s0: int, n: int, dst: Any, d0: int, kp: int) -> None:
@@ -195,7 +219,7 @@ class StreamingLoad:
         self._uniforms.append(ubuf)
 
     def upload_matrix(self, dev: Any, w: Any, label: str, pad_k: int = 8) -> tuple[list[tuple], int]:
-        """kernels.upload_matrix for GpuMatrix: the same row blocks, filled by GPU conversions."""
+        """kernels.upload_matrix for GpuMatrix: the same row blocks, their rows filled later."""
         if not isinstance(w, GpuMatrix):
             return kmod.upload_matrix(dev, w, label, pad_k)
         N, K = w.shape
@@ -209,26 +233,29 @@ class StreamingLoad:
             nr = min(per, N - r0)
             buf = dev.buffer(nr * Kp * 2, label=f"{label}[{r0}]")
             for raw, s0, n, d0 in _rows(w.segs, r0, nr):
-                self._convert(raw, s0, n, buf, d0, Kp)
+                self.segments.setdefault(_key(raw), []).append((s0, n, buf, d0, Kp))
             blocks.append((buf, r0, nr))
         return blocks, Kp
 
-    async def finish(self, max_batch: int = 1, token_chunk_size: int = 128) -> tuple[Any, Any, Any]:
-        """Build the runtime over the streamed bytes; frees the raw buffers."""
-        weights: dict[str, Any] = await self._vectors()
-        weights.update({n: GpuMatrix.of(raw) for n, raw in self.raws.items()})
-        self._uniforms: list = []
-        with _patched(recipes, "np", _Numpy()), _patched(recipes, "upload_matrix", self.upload_matrix), \
-                _patched(rtmod, "upload_matrix", self.upload_matrix):
-            rt = rtmod.Runtime(self.dev, self.info, weights, max_batch, token_chunk_size)
-        if hasattr(self.dev, "sync_async"):  # natively, destroy() after submit is already safe
+    async def finish(self) -> tuple[Any, Any, Any]:
+        """Fill the per-channel vectors, wait for the conversions, and hand over the runtime."""
+        if self.staged:
+            missing = ", ".join(sorted(r.ref.name for r in self.staged.values())[:3])
+            raise ModelFormatError(f"the download ended before tensors {missing} arrived; load the model again")
+        packed, _, _ = recipes.pack_vecs(self.info, await self._vectors())
+        self.dev.write(self.runtime.vecs, 0, packed)
+        if hasattr(self.dev, "sync_async"):
             await self.dev.sync_async()
-        for b in [r.buf for r in self.raws.values()] + self._uniforms + [self.vec_buf]:
+        for b in self._uniforms + [self.vec_buf]:
             self.dev.destroy(b)
-        self.raws.clear()
+        self._uniforms = []
         if hasattr(self.dev, "raise_errors"):
             self.dev.raise_errors("loading the model")
-        return rt, self.tokenizer, self.info
+        return self.runtime, self.tokenizer, self.info
+
+
+def _key(raw: Raw) -> str:
+    return raw.ref.name
 
 
 @contextlib.contextmanager
