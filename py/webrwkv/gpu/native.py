@@ -112,6 +112,13 @@ class NativeDevice(Device):
             "uniform": wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST,
         }
         self._staging: dict = {}
+        self._raw: dict = {}
+        from wgpu.backends.wgpu_native._ffi import ffi, lib  # noqa: PLC0415
+
+        self._ffi = ffi
+        self._set_pipeline = lib.wgpuComputePassEncoderSetPipeline
+        self._set_group = lib.wgpuComputePassEncoderSetBindGroup
+        self._dispatch = lib.wgpuComputePassEncoderDispatchWorkgroups
 
     # -- error mapping ----------------------------------------------------------
     def _check(self) -> None:
@@ -218,17 +225,26 @@ class NativeDevice(Device):
 
     def encode(self, ops: Iterable[tuple]) -> None:
         self._check()
+        # Hot path: raw wgpu-native handles of a reused op list are cached, and the pass is
+        # recorded with direct library calls (wgpu-py's wrappers allocate per call).
+        raw = self._raw.get(id(ops))
+        if raw is None or raw[0] is not ops:
+            raw = (ops, [(p._internal, g._internal, x, y, z) for p, g, (x, y, z) in ops])
+            if len(self._raw) > 1024:
+                self._raw.clear()
+            self._raw[id(ops)] = raw
         try:
             enc = self._dev.create_command_encoder()
             cp = enc.begin_compute_pass()
-            set_pipeline, set_bind_group, dispatch = cp.set_pipeline, cp.set_bind_group, cp.dispatch_workgroups
+            h, null = cp._internal, self._ffi.NULL
+            set_pipeline, set_group, dispatch = self._set_pipeline, self._set_group, self._dispatch
             last = None
-            for pipe, group, (x, y, z) in ops:
-                if pipe is not last:
-                    set_pipeline(pipe)
+            for pipe, group, x, y, z in raw[1]:
+                if pipe != last:
+                    set_pipeline(h, pipe)
                     last = pipe
-                set_bind_group(0, group)
-                dispatch(x, y, z)
+                set_group(h, 0, group, 0, null)
+                dispatch(h, x, y, z)
             cp.end()
             self._queue.submit([enc.finish()])
         except Exception as e:  # noqa: BLE001
