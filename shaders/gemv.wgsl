@@ -1,21 +1,22 @@
-// fp16 matrix x f32 vector for single tokens: y[t, col] (=, +=, += gate*) act(W[g*NR + n] . x[t, g]).
+// fp16 matrix x f32 vector for single tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]).
+// Group g (workgroup z) has g_nr(g) rows from W row g_row(g), reads X at g_x(g), writes from column g_col(g).
 // Workgroup (row block of R rows, token t, group g); TPR threads per row, each reading vec4<u32>
 // (8 halves) at a time. SUBGROUPS=1 reduces with subgroupAdd (needs subgroup size <= TPR).
 {{ENABLE}}
 #include common
 
 @group(0) @binding(0) var<storage, read> info: array<u32>;
-@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // [P*NR, K/8]
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // [rows, K/8]
 @group(0) @binding(2) var<storage, read> xv: array<vec4<f32>>;     // activations, as vec4
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 {{GATE_DECL}}
 
 const K8: u32 = {{K}}u / 8u;
-const NR: u32 = {{NR}}u;
 const R: u32 = {{R}}u;
 const TPR: u32 = {{TPR}}u;
 
 {{ACT}}
+{{GROUPS}}
 
 @compute @workgroup_size({{WG}})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32
@@ -26,10 +27,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nl = lid / TPR;
   let j = lid % TPR;
   let n = wid.x * R + nl;
+  let nr = g_nr(g);
+  if (wid.x * R >= nr) { return; }
   var acc = 0.0;
-  if (n < NR) {
-    let wb = (g * NR + n) * K8;
-    let xb = ({{X_OFF}}u + t * {{X_TS}}u + g * {{X_GS}}u) / 4u;
+  if (n < nr) {
+    let wb = (g_row(g) + n) * K8;
+    let xb = ({{X_OFF}}u + t * {{X_TS}}u + g_x(g)) / 4u;
     for (var k = j; k < K8; k += TPR) {
       let q = w[wb + k];
       let a = xv[xb + 2u * k];
@@ -38,8 +41,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
   }
   {{REDUCE}}
-  if (j == 0u && n < NR) {
-    let col = {{COL0}}u + g * NR + n;
+  if (j == 0u && n < nr) {
+    let col = g_col(g) + n;
     let v = act(g, total);
     {{EPILOGUE}}
   }

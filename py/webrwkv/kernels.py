@@ -119,12 +119,20 @@ class MatMul:
 
     def __init__(self, k: Kernels, meta: Any, blocks: Sequence[tuple], K: int, P: int, NR: int, x: Any, y: Any,
                  *, x_off: int = 0, x_ts: int, x_gs: int = 0, y_off: int = 0, y_ts: int, acts: Sequence[str] = ("none",),
-                 mode: str = "store", gate: Any = None, g_off: int = 0, g_ts: int = 0, tsrc: int = 0) -> None:
-        if K % 8 or x_off % 4 or x_ts % 4 or x_gs % 4:
+                 mode: str = "store", gate: Any = None, g_off: int = 0, g_ts: int = 0, tsrc: int = 0,
+                 ragged: Sequence[tuple] | None = None) -> None:
+        if K % 8 or x_off % 4 or x_ts % 4 or x_gs % 4 or any(xo % 4 for _, xo, _ in ragged or ()):
             raise GpuError(f"matmul shapes must be multiples of 8 (K={K}) and 4 (offsets); pad the weights")
         self.k, self.meta, self.blocks, self.K, self.P, self.NR = k, meta, list(blocks), K, P, NR
+        # per block: [(rows, first W row, X offset, first output column)] for each group
+        if ragged:
+            rows = np.cumsum([0] + [r[0] for r in ragged])
+            self.groups = [[(nr, int(rows[g]), xo, col) for g, (nr, xo, col) in enumerate(ragged)]]
+            self.P = len(ragged)
+        else:
+            self.groups = [[(nr, g * nr, g * x_gs, row0 + g * nr) for g in range(P)] for _, row0, nr in blocks]
         self.x, self.y, self.gate = x, y, gate
-        self.p = dict(K=K, X_OFF=x_off, X_TS=x_ts, X_GS=x_gs, TSRC=tsrc)
+        self.p = dict(K=K, X_OFF=x_off, X_TS=x_ts, TSRC=tsrc)
         acts = list(acts) * (P if len(acts) == 1 else 1)
         if len(set(acts)) == 1:
             act = f"fn act(g: u32, x: f32) -> f32 {{ return {ACTS[acts[0]]}; }}"
@@ -156,10 +164,10 @@ class MatMul:
                       "workgroupBarrier(); }\n  let total = red[lid];")
             args = ""
         out = []
-        for buf, row0, nr in self.blocks:
-            pipe = k.get("gemv", **self.p, NR=nr, COL0=row0, R=rows, TPR=tpr, WG=rows * tpr, REDUCE=reduce,
-                         SG_ARGS=args, ENABLE=k.dev.subgroup_directive if sub else "")
-            out.append((pipe, self._bind(pipe, buf), -(-nr // rows)))
+        for (buf, _, _), groups in zip(self.blocks, self.groups):
+            pipe = k.get("gemv", **self.p, GROUPS=self._group_fns(groups), R=rows, TPR=tpr, WG=rows * tpr,
+                         REDUCE=reduce, SG_ARGS=args, ENABLE=k.dev.subgroup_directive if sub else "")
+            out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // rows)))
         return out
 
     def _gemm(self) -> list:
@@ -173,12 +181,25 @@ class MatMul:
         store = "\n".join(f"  store(m0 + tm * {mm}u + {i}u, n0 + tn * {nn}u + {4 * q + c}u, T, g, c{i}_{q}.{'xyzw'[c]});"
                           for i, q in accs for c in range(4))
         out = []
-        for buf, row0, nr in self.blocks:
-            pipe = self.k.get("gemm", **self.p, NR=nr, COL0=row0, TM=tu.gemm_tm, TN=tu.gemm_tn, TK=tu.gemm_tk,
+        for (buf, _, _), groups in zip(self.blocks, self.groups):
+            pipe = self.k.get("gemm", **self.p, GROUPS=self._group_fns(groups), TM=tu.gemm_tm, TN=tu.gemm_tn,
+                              TK=tu.gemm_tk,
                               MM=mm, NN=nn, WG=(tu.gemm_tm // mm) * (tu.gemm_tn // nn), ACC_DECL=decl,
                               INNER=inner, STORE=store)
-            out.append((pipe, self._bind(pipe, buf), -(-nr // tu.gemm_tn)))
+            out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // tu.gemm_tn)))
         return out
+
+    @staticmethod
+    def _group_fns(groups: list) -> str:
+        out = []
+        for name, idx in (("g_nr", 0), ("g_row", 1), ("g_x", 2), ("g_col", 3)):
+            vals = [g[idx] for g in groups]
+            if len(set(vals)) == 1:
+                out.append(f"fn {name}(g: u32) -> u32 {{ return {vals[0]}u; }}")
+            else:
+                cases = " ".join(f"case {i}u: {{ return {v}u; }}" for i, v in enumerate(vals))
+                out.append(f"fn {name}(g: u32) -> u32 {{ switch g {{ {cases} default: {{ return 0u; }} }} }}")
+        return "\n".join(out)
 
     def _bind(self, pipe: Any, buf: Any) -> Any:
         entries = [self.meta, buf, self.x, self.y] + ([self.gate] if self.gate is not None else [])
