@@ -24,9 +24,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   var pp = state[sb + 2u * C];
   for (var r = 0u; r < n; r++) {
     let t = seg0 + r;
-    let rr = proj[(t * 3u) * C + c];
-    let k = proj[(t * 3u + 1u) * C + c];
-    let v = proj[(t * 3u + 2u) * C + c];
+    let rr = proj[t * {{PTS}}u + c];
+    let k = proj[t * {{PTS}}u + 1u * C + c];
+    let v = proj[t * {{PTS}}u + 2u * C + c];
     let ww = u + k;
     let p = max(pp, ww);
     let e1 = exp(pp - p);

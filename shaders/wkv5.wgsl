@@ -35,10 +35,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   sw[i] = exp(-exp(dec));
   for (var r = 0u; r < n; r++) {
     let t = seg0 + r;
-    sr[i] = proj[(t * 4u) * C + c];
-    sk[i] = proj[(t * 4u + 1u) * C + c];
-    let v = proj[(t * 4u + 2u) * C + c];
-    let g = proj[(t * 4u + 3u) * C + c];
+    sr[i] = proj[t * {{PTS}}u + c];
+    sk[i] = proj[t * {{PTS}}u + 1u * C + c];
+    let v = proj[t * {{PTS}}u + 2u * C + c];
+    let g = proj[t * {{PTS}}u + 3u * C + c];
     if ({{DDLERP}}u == 1u) { sw[i] = exp(-exp(dec + dd[t * C + c])); }
     workgroupBarrier();
     var acc = 0.0;

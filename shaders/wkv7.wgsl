@@ -39,9 +39,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let rk = vecs[{{RK}}u + c];
   for (var r = 0u; r < n; r++) {
     let t = seg0 + r;
-    var v = proj[(t * 3u) * C + c];
-    let rr = proj[(t * 3u + 1u) * C + c];
-    var k = proj[(t * 3u + 2u) * C + c];
+    var v = proj[t * {{PTS}}u + c];
+    let rr = proj[t * {{PTS}}u + 1u * C + c];
+    var k = proj[t * {{PTS}}u + 2u * C + c];
     let lb = t * NL * C + c;
     let w = exp(-0.6065306597126334 / (1.0 + exp(-(w0 + lora[lb]))));
     let a = 1.0 / (1.0 + exp(-(a0 + lora[lb + C])));

@@ -114,6 +114,35 @@ class LayerBuilder:
                                  acts=(acts[g % len(acts)],), **kw))
         return [lambda s, m=m: m.ops(s[0]) for m in mm]
 
+    def fused(self, parts: list, x: Any, y: Any, label: str, x_off: int = 0, **kw: Any) -> list[Gen]:
+        """Several matrices with the same input width in ONE dispatch (ragged groups).
+
+        parts: [(matrix [rows, K], X offset of its input, activation)]; outputs are side by side
+        from column 0. Falls back to one matmul per part when the stack exceeds the binding limit.
+        """
+        mats = [np.asarray(m, np.float32) for m, _, _ in parts]
+        cols = np.cumsum([0] + [m.shape[0] for m in mats])
+        cat = np.concatenate(mats)
+        limit = min(self.dev.limits["max_storage_binding"], self.dev.limits["max_buffer_size"])
+        Kp = -(-cat.shape[1] // 8) * 8
+        if cat.shape[0] * Kp * 2 > limit:
+            self.split_matrices += 1
+            gens = []
+            for (m, xo, act), c0 in zip(parts, cols):
+                blocks, Kp = upload_matrix(self.dev, m, label)
+                self.weight_bytes += m.shape[0] * Kp * 2
+                blocks = [(b, r0 + int(c0), n) for b, r0, n in blocks]
+                mm = MatMul(self.k, self.b["meta"], blocks, Kp, 1, m.shape[0], x, y, x_off=x_off + xo,
+                            acts=(act,), **kw)
+                gens.append(lambda s, mm=mm: mm.ops(s[0]))
+            return gens
+        blocks, Kp = upload_matrix(self.dev, cat, label)
+        self.weight_bytes += cat.shape[0] * Kp * 2
+        ragged = [(m.shape[0], xo, int(c0)) for m, (_, xo, _), c0 in zip(mats, parts, cols)]
+        mm = MatMul(self.k, self.b["meta"], blocks, Kp, len(parts), 0, x, y, x_off=x_off,
+                    acts=[a for _, _, a in parts], ragged=ragged, **kw)
+        return [lambda s: mm.ops(s[0])]
+
     def op(self, name: str, entries: list, dims: Callable[[tuple], tuple], **params: Any) -> Gen:
         pipe = self.k.get(name, **params)
         group = self.dev.bind(pipe, entries)
@@ -136,15 +165,16 @@ class LayerBuilder:
         kx = "ffn.x_k" if v == "v7" else ("ffn.time_maa_k" if v == "v6" else "ffn.time_mix_k")
         nmix = 1 if v == "v7" else 2
         gens = [self.ln_mix(i, b["mix"], nmix, nmix, "ln2", kx, v in ("v4", "v5"), C)]
-        gens += self.matmul([self.w[f + "key.weight"]], b["mix"], b["hid"], f + "key", x_ts=nmix * C,
-                            y_ts=F, acts=("relu2",))
         if v == "v7":
+            gens += self.matmul([self.w[f + "key.weight"]], b["mix"], b["hid"], f + "key", x_ts=C, y_ts=F,
+                                acts=("relu2",))
             return gens + self.matmul([self.w[f + "value.weight"]], b["hid"], b["x"], f + "value", x_ts=F,
                                       y_ts=C, mode="add")
-        gens += self.matmul([self.w[f + "receptance.weight"]], b["mix"], b["r"], f + "receptance", x_off=C,
-                            x_ts=2 * C, y_ts=C, acts=("sigmoid",))
-        return gens + self.matmul([self.w[f + "value.weight"]], b["hid"], b["x"], f + "value", x_ts=F, y_ts=C,
-                                  mode="gate", gate=b["r"], g_ts=C)
+        # key (relu^2) and receptance (sigmoid) in one dispatch: hid = [k | r]
+        gens += self.fused([(self.w[f + "key.weight"], 0, "relu2"), (self.w[f + "receptance.weight"], C, "sigmoid")],
+                           b["mix"], b["hid"], f + "key+receptance", x_ts=2 * C, y_ts=F + C)
+        return gens + self.matmul([self.w[f + "value.weight"]], b["hid"], b["x"], f + "value", x_ts=F + C, y_ts=C,
+                                  mode="gate", gate=b["hid"], g_off=F, g_ts=F + C)
 
     def att(self, i: int) -> list[Gen]:
         return getattr(self, "att_" + self.info.version)(i)
@@ -160,11 +190,11 @@ class LayerBuilder:
         return self.matmul([self.w[a + "output.weight"]], self.b["y"], self.b["x"], a + "output",
                            x_ts=self.C, y_ts=self.C, mode="add")
 
-    def _wkv5(self, i: int, ddlerp: int) -> Gen:
+    def _wkv5(self, i: int, ddlerp: int, pts: int) -> Gen:
         info, b = self.info, self.b
         return self.op("wkv5", [b["meta"], b["proj"], b["dd"], self.vec_bind(i), self.state_bind(i), b["y"]],
                        lambda s: (info.n_head, s[1], 1), C=self.C, WG=info.head_size, SLOT=self.slot, KV=2 * self.C,
-                       FIRST=self.vo["att.time_faaaa"], DECAY=self.vo["att.time_decay"], DDLERP=ddlerp,
+                       PTS=pts, FIRST=self.vo["att.time_faaaa"], DECAY=self.vo["att.time_decay"], DDLERP=ddlerp,
                        LNXW=self.vo["att.ln_x.weight"], LNXB=self.vo["att.ln_x.bias"], EPS="64e-5")
 
     def att_v4(self, i: int) -> list[Gen]:
@@ -173,7 +203,7 @@ class LayerBuilder:
         gens += self._proj(i, "receptance key value", b["mix"], 0, 3 * C)
         wg = min(64, self.wg)
         gens.append(self.op("wkv4", [b["meta"], b["proj"], self.vec_bind(i), self.state_bind(i), b["y"]],
-                            lambda s: (C // wg, s[1], 1), C=C, WG=wg, SLOT=self.slot, AA=2 * C,
+                            lambda s: (C // wg, s[1], 1), C=C, WG=wg, SLOT=self.slot, AA=2 * C, PTS=3 * C,
                             DECAY=self.vo["att.time_decay"], FIRST=self.vo["att.time_first"]))
         return gens + self._out(i)
 
@@ -181,7 +211,7 @@ class LayerBuilder:
         C, b = self.C, self.b
         gens = [self.ln_mix(i, b["mix"], 4, 4, "ln1", "att.time_mix_r", True, 0)]
         gens += self._proj(i, "receptance key value gate", b["mix"], 0, 4 * C)
-        return gens + [self._wkv5(i, 0)] + self._out(i)
+        return gens + [self._wkv5(i, 0, 4 * C)] + self._out(i)
 
     def att_v6(self, i: int) -> list[Gen]:
         C, b, a, w = self.C, self.b, f"blocks.{i}.att.", self.w
@@ -197,28 +227,33 @@ class LayerBuilder:
         wg = self.k.tuning.elem_wg
         gens.append(self.op("mix6", [b["meta"], b["mix"], b["l2"], self.vec_bind(i), b["mix2"]],
                             lambda s: (-(-C // wg), s[0], 1), C=C, WG=wg, MU=self.vo["att.time_maa_r"]))
-        gens += self._proj(i, "receptance key value gate", b["mix2"], 0, 5 * C)
         Dw = self.info.dims["time_decay"]
         Dwp = -(-Dw // 8) * 8
-        gens += self.matmul([w[a + "time_decay_w1"]], b["mix2"], b["hd"], a + "decay1", pad_rows=Dwp, x_off=4 * C,
-                            x_ts=5 * C, y_ts=Dwp, acts=("tanh",))
-        gens += self.matmul([w[a + "time_decay_w2"]], b["hd"], b["dd"], a + "decay2", x_ts=Dwp, y_ts=C)
-        return gens + [self._wkv5(i, 1)] + self._out(i)
+        pts = 4 * C + Dwp  # proj = [r | k | v | g | decay LoRA hidden]
+        d1 = np.pad(np.asarray(w[a + "time_decay_w1"], np.float32), ((0, Dwp - Dw), (0, 0)))
+        parts = [(w[a + n + ".weight"], j * C, "none") for j, n in enumerate(("receptance", "key", "value", "gate"))]
+        gens += self.fused(parts + [(d1, 4 * C, "tanh")], b["mix2"], b["proj"], a + "proj", x_ts=5 * C, y_ts=pts)
+        gens += self.matmul([w[a + "time_decay_w2"]], b["proj"], b["dd"], a + "decay2", x_off=4 * C, x_ts=pts,
+                            y_ts=C)
+        return gens + [self._wkv5(i, 1, pts)] + self._out(i)
 
     def att_v7(self, i: int) -> list[Gen]:
         C, b, a, w, info = self.C, self.b, f"blocks.{i}.att.", self.w, self.info
         gens = [self.ln_mix(i, b["mix"], 6, 6, "ln1", "att.x_w", False, 0)]
-        gens += self._proj(i, "value receptance key", b["mix"], 3 * C, 6 * C)
         names = "wag" if i == 0 else "wagv"
         dp = self.lora_dim()
-        gens += self.matmul([w[a + n + "1"] for n in names], b["mix"], b["h"], a + "lora1", pad_rows=dp,
-                            x_ts=6 * C, x_gs=C, y_ts=len(names) * dp, acts=("tanh", "none", "sigmoid", "none"))
+        pts = 3 * C + len(names) * dp  # proj = [v | r | k | LoRA hiddens w a g (v)]
+        parts = [(w[a + n + ".weight"], (3 + j) * C, "none") for j, n in enumerate(("value", "receptance", "key"))]
+        acts = {"w": "tanh", "a": "none", "g": "sigmoid", "v": "none"}
+        parts += [(np.pad(np.asarray(w[a + n + "1"], np.float32), ((0, dp - w[a + n + "1"].shape[0]), (0, 0))),
+                   j * C, acts[n]) for j, n in enumerate(names)]
+        gens += self.fused(parts, b["mix"], b["proj"], a + "proj", x_ts=6 * C, y_ts=pts)
         gens += self.matmul([np.pad(np.asarray(w[a + n + "2"], np.float32), ((0, 0), (0, dp - w[a + n + "2"].shape[1])))
-                             for n in names], b["h"], b["l2"], a + "lora2", x_ts=len(names) * dp, x_gs=dp,
+                             for n in names], b["proj"], b["l2"], a + "lora2", x_off=3 * C, x_ts=pts, x_gs=dp,
                             y_ts=len(names) * C)
         gens.append(self.op("wkv7", [b["meta"], b["proj"], b["l2"], self.vec_bind(i), self.state_bind(i),
                                      b["vfirst"], b["y"]],
-                            lambda s: (info.n_head, s[1], 1), C=C, WG=info.head_size, NL=len(names), SLOT=self.slot,
+                            lambda s: (info.n_head, s[1], 1), C=C, WG=info.head_size, NL=len(names), SLOT=self.slot, PTS=pts,
                             KV=2 * C, W0=self.vo["att.w0"], A0=self.vo["att.a0"], V0=self.vo["att.v0"],
                             KK=self.vo["att.k_k"], KA=self.vo["att.k_a"], RK=self.vo["att.r_k"],
                             LAYER0=int(i == 0), LNXW=self.vo["att.ln_x.weight"], LNXB=self.vo["att.ln_x.bias"],
@@ -237,8 +272,8 @@ def activation_sizes(info: Any, rows: int) -> dict[str, int]:
     dp = -(-max(dims.values() or [8]) // 8) * 8
     nmix = {"v4": 3, "v5": 4, "v6": 3, "v7": 6}[v]
     return {
-        "x": rows * C, "mix": rows * nmix * C, "proj": rows * 4 * C, "y": rows * C, "hid": rows * F,
-        "r": rows * C, "dd": rows * C if v == "v6" else 4, "mix2": rows * 5 * C if v == "v6" else 4,
-        "h": rows * 5 * dp if v in ("v6", "v7") else 4, "l2": rows * 5 * C if v in ("v6", "v7") else 4,
+        "x": rows * C, "mix": rows * nmix * C, "proj": rows * (4 * C + 4 * dp), "y": rows * C, "hid": rows * (F + C),
+        "dd": rows * C if v == "v6" else 4, "mix2": rows * 5 * C if v == "v6" else 4,
+        "h": rows * 5 * dp if v == "v6" else 4, "l2": rows * 5 * C if v in ("v6", "v7") else 4,
         "hd": rows * dp if v == "v6" else 4, "vfirst": rows * C if v == "v7" else 4, "xo": rows * C,
     }
