@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from webrwkv.errors import WebRwkvError
-from webrwkv.generation import (BatchStats, ChatFormat, ChatSession, GenerationStats, generate_batch,
-                                generate_stream, generate_stream_async)
+from webrwkv import generation
+from webrwkv.chat_session import ChatFormat, ChatSession
+from webrwkv.generation import BatchStats, GenerationStats, generate_batch, generate_stream, generate_stream_async
 from webrwkv.models import load_weights
 from webrwkv.sampling import Sampler, SamplerParams
 from webrwkv.tokenizer import Tokenizer
@@ -246,6 +247,12 @@ def test_chat_format():
     assert play.clean("a\n\nb") == "a b"
     assert play.prelude("Enter Hamlet.", [("My lord?", "Sir.")]) == "Enter Hamlet.\n\n  Ros. My lord?\n  Ham. Sir.\n"
     assert play.ask("Hi") == "  Ros. Hi\n  Ham." and play.stops() == ["\n", "\n  Ros."]
+
+
+def test_chat_classes_still_importable_from_generation():
+    assert generation.ChatFormat is ChatFormat and generation.ChatSession is ChatSession
+    with pytest.raises(AttributeError):
+        generation.NoSuchName  # noqa: B018
 
 
 def test_chat_single_line_format():

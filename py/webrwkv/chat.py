@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import TokenizerError, WebRwkvError
-from .generation import (BatchStats, ChatFormat, ChatSession, GenerationStats, generate_batch,
-                         generate_stream)
+from .chat_session import ChatFormat, ChatSession
+from .generation import BatchStats, GenerationStats, generate_batch, generate_stream
 from .sampling import SamplerParams
 
 END_OF_TEXT = 0
