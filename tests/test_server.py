@@ -1,6 +1,7 @@
 """The static server over real sockets: Range, HEAD, ETag, CORS, MIME types, listings,
 and refusal of every path that would leave its roots."""
 
+import errno
 import http.client
 import json
 import os
@@ -11,7 +12,8 @@ import sys
 import pytest
 
 from webrwkv.errors import WebRwkvError
-from webrwkv.server import make_server, parse_range
+from webrwkv.cli import main as cli_main
+from webrwkv.server import StaticServer, make_server, parse_range
 
 SECRET = b"top secret, outside the roots"
 
@@ -249,8 +251,54 @@ def test_parse_range_edges():
 
 
 def test_port_in_use_is_a_clear_error(site):
-    with pytest.raises(WebRwkvError, match="--port"):
+    with pytest.raises(WebRwkvError, match="in use.*--port"):
         make_server("127.0.0.1", site[0].server_address[1])
+
+
+@pytest.mark.parametrize("port", [99999, 65536, -1])
+def test_port_out_of_range_is_a_clear_error(port, capsys):
+    with pytest.raises(WebRwkvError, match=f"--port {port} .*0 to 65535"):
+        make_server("127.0.0.1", port, {})
+    assert cli_main(["serve", "--port", str(port)]) == 2  # the command says so too, with no traceback
+    err = capsys.readouterr().err
+    assert "0 to 65535" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("host, words", [
+    ("no-such-host.invalid", ["host is unknown", "--host"]),  # the .invalid domain never resolves
+    ("192.0.2.1", ["not an address of this machine", "--host"]),  # a documentation-only address
+])
+def test_bad_host_is_a_clear_error(host, words):
+    with pytest.raises(WebRwkvError) as ei:
+        make_server(host, 0, {})
+    assert all(w in str(ei.value) for w in words), str(ei.value)
+
+
+def test_permission_denied_is_a_clear_error(monkeypatch):
+    # tests may run as root, where every port binds: make the bind fail the way a low port does for a user
+    def refuse(self):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(StaticServer, "server_bind", refuse)
+    with pytest.raises(WebRwkvError, match="permission denied.*1024 or above"):
+        make_server("127.0.0.1", 80, {})
+
+
+def test_ipv6_host(tmp_path):
+    (tmp_path / "m.st").write_bytes(b"12345")
+    try:
+        srv = make_server("[::1]", 0, {"models": tmp_path})
+    except WebRwkvError as e:
+        pytest.skip(f"no IPv6 loopback here ({e})")
+    srv.start()
+    try:
+        assert srv.url.startswith("http://[::1]:")
+        conn = http.client.HTTPConnection("::1", srv.server_address[1], timeout=10)
+        conn.request("GET", "/models/m.st", headers={"Range": "bytes=1-2"})
+        assert conn.getresponse().read() == b"23"
+        conn.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_serve_command_prints_url_and_serves(tmp_path):

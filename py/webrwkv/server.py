@@ -4,9 +4,11 @@ ETag, CORS and strict path checks (never serves a file outside its roots)."""
 from __future__ import annotations
 
 import email.utils
+import errno
 import json
 import mimetypes
 import os
+import socket
 import sys
 import threading
 import urllib.parse
@@ -281,6 +283,8 @@ class StaticServer(ThreadingHTTPServer):
     ) -> None:
         self.roots = {k.strip("/"): Path(v) for k, v in roots.items()}
         self.quiet = quiet
+        if ":" in address[0]:  # an IPv6 address such as ::1
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
 
     @property
@@ -306,10 +310,27 @@ def make_server(
     host: str = "127.0.0.1", port: int = 0, roots: Mapping[str, str | os.PathLike] | None = None, quiet: bool = True
 ) -> StaticServer:
     """A server bound to (host, port); port 0 picks a free one. `roots` defaults to `default_roots()`."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise WebRwkvError(f"--port {port} is not a port number: pick one from 0 to 65535 (0 picks a free one)")
+    host = host.strip("[]")  # "[::1]" as written in URLs
     try:
         return StaticServer((host, port), roots if roots is not None else default_roots(), quiet=quiet)
+    except socket.gaierror as e:
+        raise WebRwkvError(f"cannot listen on {host}:{port}: the host is unknown ({e.strerror or e}); "
+                           "pass an address of this machine as --host, e.g. 127.0.0.1 or 0.0.0.0") from None
+    except PermissionError:
+        raise WebRwkvError(f"cannot listen on {host}:{port}: permission denied (ports below 1024 need "
+                           "administrator rights): pick a --port of 1024 or above, e.g. 8000") from None
     except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise WebRwkvError(f"cannot listen on {host}:{port}: {host} is not an address of this machine; "
+                               "pass one of its addresses as --host, e.g. 127.0.0.1 or 0.0.0.0") from None
+        if e.errno == errno.EADDRINUSE:
+            raise WebRwkvError(f"cannot listen on {host}:{port}: the port is in use (another server?); "
+                               "pick another --port, or 0 for a free one") from None
         raise WebRwkvError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port or --host") from None
+    except OverflowError as e:  # what the socket layer says of some out-of-range values
+        raise WebRwkvError(f"cannot listen on {host}:{port} ({e}): pick another --port or --host") from None
 
 
 def serve_main(args: Any) -> int:
