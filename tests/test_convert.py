@@ -135,3 +135,22 @@ def test_cli_info(tmp_path):
         r = subprocess.run([sys.executable, "-m", "webrwkv", "info", "--json"], capture_output=True, text=True,
                            env=env, timeout=120)
         assert r.returncode == 2 and "no bundled model" in r.stderr
+
+
+def test_convert_copies_the_vocabulary_next_to_the_output(tmp_path, capsys):
+    src, out = tmp_path / "in" / "tiny.st", tmp_path / "out" / "tiny-c16.st"
+    src.parent.mkdir()
+    out.parent.mkdir()
+    src.write_bytes((GOLDEN / "v4.st").read_bytes())
+    vocab = "1 'a' 1\n2 'b' 1\n3 'ab' 2\n"
+    (tmp_path / "in" / "tiny.vocab.txt").write_text(vocab)
+    convert(src, out, "converted", "fp16")
+    said = capsys.readouterr().out
+    assert (tmp_path / "out" / "tiny-c16.vocab.txt").read_text() == vocab
+    assert "vocabulary" in said and str(tmp_path / "out" / "tiny-c16.vocab.txt") in said
+    # a model with no vocabulary of its own gets none, and nothing is said about one
+    convert(GOLDEN / "v4.st", tmp_path / "plain.st", "converted", "fp16")
+    assert not (tmp_path / "plain.vocab.txt").exists() and "vocabulary" not in capsys.readouterr().out
+    # converting back into the input's folder under the same stem keeps the one file
+    convert(out, tmp_path / "out" / "tiny-c16.safetensors", "official", "fp32")
+    assert (tmp_path / "out" / "tiny-c16.vocab.txt").read_text() == vocab

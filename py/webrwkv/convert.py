@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -120,4 +121,26 @@ def convert_main(args: argparse.Namespace) -> int:
     except OSError as e:
         raise WebRwkvError(f"cannot write {args.output}: {e.strerror}; check the folder exists") from None
     print(f"{info.version} L{info.n_layer} C{info.n_embd} -> {args.output} ({args.layout}, {args.dtype})")
+    vocab = copy_vocab(src, os.fspath(args.output))
+    if vocab:
+        print(f"vocabulary {vocab[0]} -> {vocab[1]}")
     return 0
+
+
+def vocab_path(model: str) -> str:
+    """Where a model's own vocabulary lives: `<model stem>.vocab.txt` next to it."""
+    return os.path.join(os.path.dirname(model), os.path.splitext(os.path.basename(model))[0] + ".vocab.txt")
+
+
+def copy_vocab(src: str, dst: str) -> tuple[str, str] | None:
+    """Copy the input model's vocabulary next to the output model; (from, to), or None when there is none."""
+    if "://" in src or not os.path.isfile(vocab_path(src)):
+        return None
+    a, b = vocab_path(src), vocab_path(dst)
+    if os.path.exists(b) and os.path.samefile(a, b):
+        return a, b
+    try:
+        shutil.copyfile(a, b)
+    except OSError as e:
+        raise WebRwkvError(f"cannot copy the vocabulary {a} to {b}: {e.strerror}; copy it by hand") from None
+    return a, b
