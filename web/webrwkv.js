@@ -146,6 +146,7 @@ class Engine {
   cachedModels() { return this._w.call("cached"); }
   clearCache() { return this._w.call("clearCache"); }
   dispose() { this._w.terminate(); }
+  _loseDevice() { return this._w.call("loseDevice"); } // tests: act out a GPU reset
 
   async _chatCreate({ messages, stream = false, temperature = 1.0, top_p = 0.3, max_tokens = 256, stop, seed,
     presence_penalty = 0, frequency_penalty = 0 }) {

@@ -51,9 +51,7 @@ async function watchDevice() {
   const dev = entry.js_device();
   if (dev && dev !== watched) {
     watched = dev;
-    dev.lost.then((info) => {
-      if (info.reason !== "destroyed") post({ type: "lost", message: info.message || "the GPU was reset" });
-    });
+    dev.lost.then((info) => post({ type: "lost", message: info.message || info.reason || "the GPU was reset" }));
   }
 }
 
@@ -126,6 +124,7 @@ const handlers = {
   save: (id, { name }) => entry.save_state(name),
   restore: (id, { name }) => entry.restore_state(name),
   unload: () => { loadAbort?.abort(); entry?.unload(); },
+  loseDevice: () => entry.lose_device(),
   stats: () => ({ ...(entry ? entry.stats().toJs({ dict_converter: Object.fromEntries }) : {}), heapBytes: heapBytes() }),
   cached: () => listCached(),
   clearCache: () => clearCache(),

@@ -42,6 +42,12 @@ async def open_device() -> dict:
     return {"adapter": _dev.adapter_name, "features": sorted(_dev.features), "limits": dict(_dev.limits)}
 
 
+def lose_device() -> None:
+    """Destroy the GPU device as a driver reset would (to exercise the page's recovery)."""
+    if _dev is not None:
+        _dev._dev.destroy()
+
+
 def js_device() -> Any:
     """The GPUDevice itself (the worker watches its `lost` promise)."""
     return _dev._dev if _dev is not None else None

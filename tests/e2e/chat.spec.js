@@ -18,7 +18,7 @@ test('Chat page: streamed reply, regenerate at temperature 0, stats, screenshots
   await page.goto('/');
   await loadViaUi(page, model);
   await page.locator('#temperature').fill('0');
-  await page.locator('#max-tokens').fill('48');
+  await page.locator('#max-tokens').fill('16');
   const tokens = [];
   await page.exposeFunction('__seen', (t) => tokens.push(t));
   const first = await send(page, 'Hello! Who are you?');

@@ -32,6 +32,17 @@ test('Errors: no Range support, a Git LFS pointer, a missing file, a broken conn
   await expect(page.locator('#send')).toBeEnabled();
 });
 
+test('A lost GPU device shows a message, and the model loads again without a reload', async ({ page, baseURL }) => {
+  await hostModels(page, { 'm.st': golden('v7.st') });
+  await page.goto('/');
+  await loadViaUi(page, url(baseURL, 'm.st'));
+  await page.evaluate(() => window.webrwkvApp.engine._loseDevice());
+  await expect(page.locator('#status')).toContainText('GPU device was lost');
+  await expect(page.locator('#send')).toBeDisabled();
+  await loadViaUi(page, url(baseURL, 'm.st'));
+  await expect(page.locator('#send')).toBeEnabled();
+});
+
 test('No WebGPU: without --enable-unsafe-webgpu the page says how to get it', async ({ baseURL }) => {
   const args = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--no-first-run'];
   const browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium', args });
