@@ -9,6 +9,7 @@ import pytest
 
 from webrwkv.errors import ModelFormatError, WebRwkvError
 from webrwkv.safetensors import TensorInfo, read_header, read_tensor, tensor_to_numpy, write_safetensors
+from webrwkv.server import make_server
 from webrwkv.sources import BytesSource, LocalFileSource
 
 
@@ -157,8 +158,9 @@ HTML = b"\n<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Log i
 
 BAD_FILES = {
     "lfs_pointer": (LFS, ["git lfs pull", "LFS pointer", "191141048"]),
-    "html_page": (HTML, ["web page", "URL"]),
-    "text_error": (b'{"error": "Repository not found or gated"}\n', ["text file", "Repository not found"]),
+    "html_page": (HTML, ["is an HTML page, not a model", "raw .safetensors"]),
+    "text_error": (b'{"error": "Repository not found or gated"}\n', ["text file", "Repository not found",
+                                                                      "check the path"]),
     "too_small": (b"\x01\x00", ["only 2 bytes"]),
     "header_over_100mb": (struct.pack("<Q", 200 * 2**20) + b"{}" * 10, ["over 100 MB"]),
     "header_past_end": (struct.pack("<Q", 1000) + b'{"t":1}', ["past the end"]),
@@ -195,6 +197,28 @@ def test_bad_files_are_refused_with_a_clear_message(case, tmp_path):
     assert str(path) in msg
     for w in words:
         assert w in msg, (w, msg)
+
+
+@pytest.mark.parametrize("case, words, local_words", [
+    ("html_page", ["the server returned a web page, not a model", "check the URL"], ["is an HTML page"]),
+    ("text_error", ["text file", "from the server", "check the URL"], ["check the path"]),
+])
+def test_bad_files_over_http_blame_the_server(case, words, local_words, tmp_path):
+    # the local-file wording (above) would mislead for a URL, and the server wording for a local file
+    (tmp_path / "m.st").write_bytes(BAD_FILES[case][0])
+    srv = make_server("127.0.0.1", 0, {"models": tmp_path})
+    srv.start()
+    try:
+        with pytest.raises(ModelFormatError) as ei:
+            read_header(srv.url + "models/m.st")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    msg = str(ei.value)
+    assert all(w in msg for w in words) and not any(w in msg for w in local_words), msg
+    with pytest.raises(ModelFormatError) as ei:
+        read_header(tmp_path / "m.st")
+    assert "server" not in str(ei.value) and all(w in str(ei.value) for w in local_words)
 
 
 def test_good_reference_file_passes():

@@ -53,8 +53,16 @@ def _source_name(source: Any) -> str:
     return str(getattr(source, "name", None) or "the model file")
 
 
-def _check_not_model(prefix: bytes, name: str) -> None:
-    """Recognise the two common "downloaded the wrong thing" cases from the first bytes."""
+def _is_local(source: Any) -> bool:
+    """A file on this machine (not bytes that came over HTTP, natively or in the browser)."""
+    from .sources import LocalFileSource
+
+    return isinstance(source, LocalFileSource)
+
+
+def _check_not_model(prefix: bytes, name: str, local: bool = False) -> None:
+    """Recognise the common "downloaded the wrong thing" cases from the first bytes, worded by where they came
+    from: a local file or a server's answer."""
     if prefix.startswith(LFS_MAGIC):
         text = prefix[:512].decode("utf-8", "replace")
         size = next((ln.split()[1] for ln in text.splitlines() if ln.startswith("size ") and len(ln.split()) > 1), "?")
@@ -65,6 +73,11 @@ def _check_not_model(prefix: bytes, name: str) -> None:
         )
     head = prefix[:1024].lstrip().lower()
     if head.startswith(b"<") and (b"<html" in head or b"<!doctype html" in head or b"<head" in head):
+        if local:
+            raise ModelFormatError(
+                f"{name} is an HTML page, not a model (a web page saved in place of the download?): "
+                "download the raw .safetensors file (e.g. a 'resolve' link, not the page that shows it)"
+            )
         raise ModelFormatError(
             f"{name}: the server returned a web page, not a model (a login page, an error page or a wrong URL?): "
             "check the URL points at the raw .safetensors file (e.g. a 'resolve' link) and that it needs no login"
@@ -72,10 +85,9 @@ def _check_not_model(prefix: bytes, name: str) -> None:
     start = prefix[:64]
     if len(start) >= 8 and all(32 <= c < 127 or c in b"\t\r\n" for c in start):
         snippet = start[:40].decode("ascii")
-        raise ModelFormatError(
-            f"{name} is a text file, not a safetensors model (it starts with {snippet!r}; an error message "
-            "from the server?): check the path or URL"
-        )
+        hint = ("a saved error message?): check the path" if local
+                else "an error message from the server?): check the URL")
+        raise ModelFormatError(f"{name} is a text file, not a safetensors model (it starts with {snippet!r}; {hint}")
 
 
 def _int(v: Any) -> bool:
@@ -158,7 +170,7 @@ def read_header(source: Any) -> SafetensorsHeader:
     n = struct.unpack("<Q", source.read(0, 8))[0] if size >= 8 else -1
     if n < 0 or n > MAX_HEADER or 8 + n > size:
         # Not a plausible header: text files land here (their 8th byte makes n huge), so say what it is.
-        _check_not_model(source.read(0, min(size, 1024)), name)
+        _check_not_model(source.read(0, min(size, 1024)), name, _is_local(source))
     if n < 0:
         raise ModelFormatError(f"{name} has only {size} bytes: it is not a safetensors file; download it again")
     if n > MAX_HEADER:
