@@ -120,7 +120,7 @@ class MatMul:
     def __init__(self, k: Kernels, meta: Any, blocks: Sequence[tuple], K: int, P: int, NR: int, x: Any, y: Any,
                  *, x_off: int = 0, x_ts: int, x_gs: int = 0, y_off: int = 0, y_ts: int, acts: Sequence[str] = ("none",),
                  mode: str = "store", gate: Any = None, g_off: int = 0, g_ts: int = 0, tsrc: int = 0,
-                 ragged: Sequence[tuple] | None = None) -> None:
+                 ragged: Sequence[tuple] | None = None, mu: Any = None, mu_off: int = 0) -> None:
         if K % 8 or x_off % 4 or x_ts % 4 or x_gs % 4 or any(xo % 4 for _, xo, _ in ragged or ()):
             raise GpuError(f"matmul shapes must be multiples of 8 (K={K}) and 4 (offsets); pad the weights")
         self.k, self.meta, self.blocks, self.K, self.P, self.NR = k, meta, list(blocks), K, P, NR
@@ -140,9 +140,15 @@ class MatMul:
             cases = " ".join(f"case {i}u: {{ return {ACTS[a]}; }}" for i, a in enumerate(acts))
             act = f"fn act(g: u32, x: f32) -> f32 {{ switch g {{ {cases} default: {{ return x; }} }} }}"
         yi = f"{y_off}u + t * {y_ts}u + col"
+        # "lerp" (v6 token shift): gate = [x_x, d, x'] rows; y = x' + d * (mu[col] + v), col modulo g_off
+        lerp = (f"let gi = t * {g_ts}u + col % {g_off or 1}u;\n    "
+                f"y[{yi}] = gate[gi + {2 * g_off}u] + gate[gi + {g_off}u] * (mu[{mu_off}u + col] + v);")
         epi = {"store": f"y[{yi}] = v;", "add": f"y[{yi}] = y[{yi}] + v;",
-               "gate": f"y[{yi}] = y[{yi}] + gate[{g_off}u + t * {g_ts}u + col] * v;"}[mode]
-        decl = "@group(0) @binding(4) var<storage, read> gate: array<f32>;" if mode == "gate" else ""
+               "gate": f"y[{yi}] = y[{yi}] + gate[{g_off}u + t * {g_ts}u + col] * v;", "lerp": lerp}[mode]
+        decl = "@group(0) @binding(4) var<storage, read> gate: array<f32>;" if mode in ("gate", "lerp") else ""
+        if mode == "lerp":
+            decl += "\n@group(0) @binding(5) var<storage, read> mu: array<f32>;"
+        self.mu = mu
         self.p.update(ACT=act, EPILOGUE=epi, GATE_DECL=decl)
         self._cache: dict[str, list] = {}
 
@@ -203,6 +209,7 @@ class MatMul:
 
     def _bind(self, pipe: Any, buf: Any) -> Any:
         entries = [self.meta, buf, self.x, self.y] + ([self.gate] if self.gate is not None else [])
+        entries += [self.mu] if self.mu is not None else []
         return self.k.dev.bind(pipe, entries)
 
     def ops(self, T: int) -> list[tuple]:

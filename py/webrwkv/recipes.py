@@ -223,10 +223,10 @@ class LayerBuilder:
         gens += self.matmul([w1[j] for j in order], b["mix"], b["h"], a + "maa1", pad_rows=Dp, x_ts=3 * C,
                             y_ts=5 * Dp, acts=("tanh",))
         w2 = np.asarray(w[a + "time_maa_w2"], np.float32)
-        gens += self.matmul([w2[j] for j in order], b["h"], b["l2"], a + "maa2", x_ts=5 * Dp, x_gs=Dp, y_ts=5 * C)
-        wg = self.k.tuning.elem_wg
-        gens.append(self.op("mix6", [b["meta"], b["mix"], b["l2"], self.vec_bind(i), b["mix2"]],
-                            lambda s: (-(-C // wg), s[0], 1), C=C, WG=wg, MU=self.vo["att.time_maa_r"]))
+        # second LoRA stage with the data-dependent mixes fused in: mix2[t, j] = x' + d * (mu_j + m_j)
+        gens += self.matmul([w2[j] for j in order], b["h"], b["mix2"], a + "maa2", x_ts=5 * Dp, x_gs=Dp, y_ts=5 * C,
+                            mode="lerp", gate=b["mix"], g_off=C, g_ts=3 * C, mu=self.vec_bind(i),
+                            mu_off=self.vo["att.time_maa_r"])
         Dw = self.info.dims["time_decay"]
         Dwp = -(-Dw // 8) * 8
         pts = 4 * C + Dwp  # proj = [r | k | v | g | decay LoRA hidden]
@@ -274,6 +274,6 @@ def activation_sizes(info: Any, rows: int) -> dict[str, int]:
     return {
         "x": rows * C, "mix": rows * nmix * C, "proj": rows * (4 * C + 4 * dp), "y": rows * C, "hid": rows * (F + C),
         "dd": rows * C if v == "v6" else 4, "mix2": rows * 5 * C if v == "v6" else 4,
-        "h": rows * 5 * dp if v == "v6" else 4, "l2": rows * 5 * C if v in ("v6", "v7") else 4,
+        "h": rows * 5 * dp if v == "v6" else 4, "l2": rows * 4 * C if v == "v7" else 4,
         "hd": rows * dp if v == "v6" else 4, "vfirst": rows * C if v == "v7" else 4, "xo": rows * C,
     }
