@@ -46,6 +46,16 @@ def test_vocabulary_tokenizes_like_official():
     assert tok.decode(GOLD["prompt_ids"]) == GOLD["prompt"]
 
 
+def test_default_engine_is_the_bundled_model(monkeypatch):
+    from webrwkv.engine import load_engine
+
+    monkeypatch.delenv("WEBRWKV_MODEL", raising=False)
+    eng = load_engine(backend="reference")
+    assert Path(eng.model_path).resolve() == MODEL.resolve()
+    assert eng.tokenizer.encode(GOLD["prompt"]) == GOLD["prompt_ids"]
+    assert eng.vocab_mismatch == ""
+
+
 def test_reference_prompt_logits(model):
     info, w = model
     logits, _ = reference.forward(w, info, GOLD["prompt_ids"])
@@ -92,17 +102,11 @@ def test_reference_sampled_fixed_seed(model):
 
 
 def test_native_greedy_64():
-    try:
-        from webrwkv.engine import load_engine
+    from gpu_util import device
 
-        eng = load_engine(str(MODEL), backend="native")
-    except ImportError as e:
-        pytest.skip(f"native engine not available: {e}")
-    except Exception as e:  # noqa: BLE001 - no Vulkan/Metal/D3D12 adapter means skip
-        if "adapter" in str(e).lower() or "vulkan" in str(e).lower() or "gpu" in str(e).lower():
-            pytest.skip(f"no usable GPU adapter for the native backend ({e})")
-        raise
-    rt = eng.runtime
+    from webrwkv.engine import load_engine
+
+    rt = load_engine(str(MODEL), backend="native", device=device()).runtime
 
     def next_logits(tokens):
         rt.push(0, tokens)
