@@ -86,26 +86,39 @@ async function load(id, { url, vocab, useCache = true }) {
   const t0 = performance.now();
   const heap0 = heapBytes();
   entry.unload();
+  entry.trace_memory(true); // Python's own allocations during the load (weights must not be among them)
+  let result, pyPeak;
+  try {
+    result = await loadSteps(id, new URL(url, base).href, vocab, useCache, ctrl);
+  } finally {
+    pyPeak = entry.trace_memory(false);
+    if (loadAbort === ctrl) loadAbort = null;
+  }
+  const heap = heapBytes();
+  result.load = { ...result.load, seconds: (performance.now() - t0) / 1000, heapGrowth: heap - heap0, heapBytes: heap, pyPeak };
+  return result;
+}
+
+async function loadSteps(id, url, vocab, useCache, ctrl) {
   await watchDevice();
   const progress = (p) => post({ id, type: "progress", ...p });
   progress({ phase: "header", text: "Reading the model header…" });
-  const absUrl = new URL(url, base).href;
-  const { prefix, size, etag } = await fetchHeader(absUrl, ctrl.signal);
-  const vocabText = await vocabFor(absUrl, vocab);
-  const planPy = entry.plan_load(prefix, size, absUrl, vocabText);
+  const { prefix, size, etag } = await fetchHeader(url, ctrl.signal);
+  const vocabText = await vocabFor(url, vocab);
+  progress({ phase: "plan", text: "Planning GPU buffers…" });
+  const planPy = entry.plan_load(prefix, size, url, vocabText);
   const plan = planPy.toJs({ dict_converter: Object.fromEntries, create_pyproxies: false });
   planPy.destroy();
   const ident = await identity(plan.size, etag, prefix);
   const stream = await streamWrites({
-    url: absUrl, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
+    url, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
     onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache,
   });
   progress({ phase: "finish", text: "Preparing the GPU kernels…" });
   const infoPy = await entry.finish_load();
   const info = infoPy.toJs({ dict_converter: Object.fromEntries });
   infoPy.destroy();
-  if (loadAbort === ctrl) loadAbort = null;
-  return { ...info, url: absUrl, load: { ...stream, seconds: (performance.now() - t0) / 1000, heapGrowth: heapBytes() - heap0, heapBytes: heapBytes() } };
+  return { ...info, url, load: stream };
 }
 
 async function generate(id, { prompt, options }) {

@@ -69,6 +69,18 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None) -> dict:
     return {"device": _dev._dev, "size": _load.size, "dataStart": _load.data_start, "writes": _load.writes}
 
 
+def trace_memory(start: bool) -> int:
+    """Start tracing Python allocations, or stop and return the peak bytes since the start."""
+    import tracemalloc
+
+    if start:
+        tracemalloc.start()
+        return 0
+    peak = tracemalloc.get_traced_memory()[1] if tracemalloc.is_tracing() else 0
+    tracemalloc.stop()
+    return int(peak)
+
+
 def write_done(tag: int, buf: Any = None) -> None:
     """Every byte of write `tag` is queued; a staged tensor (in `buf`) is converted on the GPU now."""
     if _load is not None:
