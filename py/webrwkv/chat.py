@@ -192,7 +192,8 @@ def read_prompts(path: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             lines = [ln.rstrip("\r\n") for ln in f]
     except OSError as e:
-        raise WebRwkvError(f"cannot read the prompts file {path!r} ({e.strerror}); pass a text file, one prompt a line") from None
+        raise WebRwkvError(f"cannot read the prompts file {path!r} ({e.strerror}); "
+                           "pass a text file, one prompt a line") from None
     prompts = [ln.replace("\\n", "\n") for ln in lines if ln.strip()]
     if not prompts:
         raise WebRwkvError(f"the prompts file {path!r} has no prompts; write one prompt per line")

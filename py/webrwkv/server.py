@@ -328,9 +328,8 @@ def make_server(
         if e.errno == errno.EADDRINUSE:
             raise WebRwkvError(f"cannot listen on {host}:{port}: the port is in use (another server?); "
                                "pick another --port, or 0 for a free one") from None
-        raise WebRwkvError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port or --host") from None
-    except OverflowError as e:  # what the socket layer says of some out-of-range values
-        raise WebRwkvError(f"cannot listen on {host}:{port} ({e}): pick another --port or --host") from None
+        raise WebRwkvError(f"cannot listen on {host}:{port} ({e.strerror or e}): "
+                           "pick another --port or --host") from None
 
 
 def serve_main(args: Any) -> int:
