@@ -187,9 +187,14 @@ async function send(ev) {
   $("input").value = "";
   autoGrow();
   clearNotice();
+  try {
+    await app.engine.saveState("turn"); // Regenerate comes back here
+  } catch (e) {
+    notice(e.message || String(e));
+    return;
+  }
   addMessage("user", msg);
   const view = addMessage("bot", "");
-  await app.engine.saveState("turn");
   app.turns.push({ user: msg, view });
   await reply(msg, view);
 }
@@ -198,7 +203,12 @@ async function regenerate() {
   const last = app.turns.at(-1);
   if (!last || app.generating) return;
   clearNotice();
-  await app.engine.restoreState("turn");
+  try {
+    await app.engine.restoreState("turn");
+  } catch (e) {
+    notice(e.message || String(e));
+    return;
+  }
   last.view.bubble.textContent = "";
   last.view.meta.textContent = "";
   await reply(last.user, last.view);
