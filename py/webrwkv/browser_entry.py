@@ -108,11 +108,10 @@ def unload() -> None:
     if _load is not None:
         _load.cancel()
         _load = None
-    rt = _eng.pop("runtime", None)
-    if rt is not None and hasattr(rt, "close"):
-        rt.close()
     _eng.clear()
     _saved.clear()
+    if _dev is not None and _dev.lost is None:
+        _dev.free_owned()  # GPU memory goes back now, not whenever JS collects the buffers
 
 
 def _need() -> tuple[Any, Any]:

@@ -180,9 +180,8 @@ class StreamingLoad:
         self.dev.destroy(buf)
 
     def cancel(self) -> None:
-        if hasattr(self.runtime, "close"):
-            self.runtime.close()
-        self.dev.destroy(self.vec_buf)
+        """Stop using this load (its buffers are freed with the device's others)."""
+        self.staged.clear()
 
     async def _vectors(self) -> dict[str, np.ndarray]:
         total = max(sum(a1 - a0 for _, a0, a1 in self.vec_spans.values()), 4)

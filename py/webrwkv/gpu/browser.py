@@ -78,6 +78,7 @@ class BrowserDevice(Device):
         self.errors: list[str] = []
         self.wait_s = 0.0  # seconds spent awaiting GPU results (the rest of a step is Python and JS)
         self.encode_calls = 0
+        self.owned: list = []  # buffers made by this device since free_owned()
         self.js_calls = 0  # calls into JS by write/copy/encode/read (the per-step cost)
         self._proxies = [create_proxy(self._on_lost), create_proxy(self._on_error)]
         device.lost.then(self._proxies[0])
@@ -135,7 +136,16 @@ class BrowserDevice(Device):
         if nbytes > self.limits["max_buffer_size"]:
             raise GpuError(f"buffer {label!r} of {nbytes} bytes exceeds the adapter's maxBufferSize "
                            f"({self.limits['max_buffer_size']}); use a smaller model")
-        return self._dev.createBuffer(_obj({"size": nbytes, "usage": self._usage[usage], "label": label}))
+        buf = self._dev.createBuffer(_obj({"size": nbytes, "usage": self._usage[usage], "label": label}))
+        self.owned.append(buf)
+        return buf
+
+    def free_owned(self) -> None:
+        """Destroy every buffer made since the last call (a model's whole footprint), without waiting for GC."""
+        for buf in self.owned:
+            self.destroy(buf)
+        self.owned = []
+        self._progs.clear()
 
     def write(self, buf: Any, offset: int, data: Any) -> None:
         self._check()
