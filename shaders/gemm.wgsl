@@ -20,6 +20,8 @@ const NN: u32 = {{NN}}u;
 var<workgroup> xs: array<vec4<f32>, {{TK}} * {{TM}} / 4>;   // [k][m]
 var<workgroup> ws: array<vec4<f32>, {{TK}} * {{TN}} / 4>;   // [k][n]
 
+var<private> ks: u32;  // split-K slice of this workgroup (SPLIT > 1 writes raw partial sums)
+
 fn sigmoid(x: f32) -> f32 { return 1.0 / (1.0 + exp(-x)); }
 {{ACT}}
 {{GROUPS}}
@@ -29,7 +31,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let T = info[{{TSRC}}u];
   let m0 = wid.y * TM;
   if (m0 >= T) { return; }
-  let n0 = wid.x * TN;
+  ks = wid.x / {{NXT}}u;
+  let n0 = (wid.x % {{NXT}}u) * TN;
+  let kbeg = ks * {{KC}}u;
+  let kend = min(K, kbeg + {{KC}}u);
   let g = wid.z;
   let nr = g_nr(g);
   if (n0 >= nr) { return; }
@@ -38,13 +43,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let tn = lid / (TM / MM);
   let xb = {{X_OFF}}u + g_x(g);
 {{ACC_DECL}}
-  for (var k0 = 0u; k0 < K; k0 += TK) {
+  for (var k0 = kbeg; k0 < kend; k0 += TK) {
     for (var i = lid; i < TN * TK / 2u; i += WG) {
       let r = i / (TK / 2u);
       let kp = i % (TK / 2u);
       let n = n0 + r;
       var v = vec2<f32>(0.0);
-      if (n < nr && k0 + 2u * kp < K) { v = unpack2x16float(w[(wr + n) * (K / 2u) + k0 / 2u + kp]); }
+      if (n < nr && k0 + 2u * kp < kend) { v = unpack2x16float(w[(wr + n) * (K / 2u) + k0 / 2u + kp]); }
       let a = (2u * kp) * TN + r;
       ws[a / 4u][a % 4u] = v.x;
       ws[(a + TN) / 4u][(a + TN) % 4u] = v.y;
@@ -53,7 +58,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let m = i / TK;
       let kk = i % TK;
       var v = 0.0;
-      if (m0 + m < T && k0 + kk < K) { v = x[xb + (m0 + m) * {{X_TS}}u + k0 + kk]; }
+      if (m0 + m < T && k0 + kk < kend) { v = x[xb + (m0 + m) * {{X_TS}}u + k0 + kk]; }
       let a = kk * TM + m;
       xs[a / 4u][a % 4u] = v;
     }

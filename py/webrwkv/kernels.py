@@ -38,6 +38,8 @@ class Tuning:
     mix_rows: int = 16          # rows per ln_mix workgroup
     elem_wg: int = 64           # workgroup size of elementwise kernels
     submit_ops: int = 48        # dispatches per submit (a step is split so the GPU starts early)
+    gemm_min_wg: int = 264      # split K when a GEMM grid has fewer workgroups than this
+    gemm_max_split: int = 8     # at most this many K slices
 
 
 def tuning_from_env(base: Tuning | None = None) -> Tuning:
@@ -82,6 +84,8 @@ class Kernels:
             device._webrwkv_pipelines = {}
         self._pipes: dict[tuple, Any] = device._webrwkv_pipelines
         self.subgroups = "subgroups" in device.features
+        self.max_rows = 128  # most tokens per step (the runtime sets it); sizes split-K scratch
+        self._scratch: Any = None
         self.sg_max = int(device.limits.get("subgroup_max_size", 0) or 0)
 
     def source(self, name: str, params: dict) -> str:
@@ -102,6 +106,13 @@ class Kernels:
         if pipe is None:
             pipe = self._pipes[key] = self.dev.pipeline(self.source(name, params), "main")
         return pipe
+
+
+    def scratch(self, nbytes: int) -> Any:
+        """A shared scratch buffer of at least nbytes (split-K partial sums)."""
+        if self._scratch is None or self._scratch[1] < nbytes:
+            self._scratch = (self.dev.buffer(nbytes, label="scratch"), nbytes)
+        return self._scratch[0]
 
 
 def fp16_bytes(a: np.ndarray) -> bytes:
@@ -145,11 +156,9 @@ class MatMul:
                 f"y[{yi}] = gate[gi + {2 * g_off}u] + gate[gi + {g_off}u] * (mu[{mu_off}u + col] + v);")
         epi = {"store": f"y[{yi}] = v;", "add": f"y[{yi}] = y[{yi}] + v;",
                "gate": f"y[{yi}] = y[{yi}] + gate[{g_off}u + t * {g_ts}u + col] * v;", "lerp": lerp}[mode]
-        decl = "@group(0) @binding(4) var<storage, read> gate: array<f32>;" if mode in ("gate", "lerp") else ""
-        if mode == "lerp":
-            decl += "\n@group(0) @binding(5) var<storage, read> mu: array<f32>;"
+        self.mode, self.epi = mode, epi
         self.mu = mu
-        self.p.update(ACT=act, EPILOGUE=epi, GATE_DECL=decl)
+        self.p.update(ACT=act, EPILOGUE=epi, GATE_DECL=self._decl(4))
         self._cache: dict[str, list] = {}
 
     def _gemv(self) -> list:
@@ -176,7 +185,26 @@ class MatMul:
             out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // rows)))
         return out
 
-    def _gemm(self) -> list:
+    def _decl(self, first: int) -> str:
+        decl = ""
+        if self.mode in ("gate", "lerp"):
+            decl = f"@group(0) @binding({first}) var<storage, read> gate: array<f32>;"
+        if self.mode == "lerp":
+            decl += f"\n@group(0) @binding({first + 1}) var<storage, read> mu: array<f32>;"
+        return decl
+
+    def _split(self, T: int) -> int:
+        tu = self.k.tuning
+        grid = -(-max(g[0] for g in self.groups[0]) // tu.gemm_tn) * -(-T // tu.gemm_tm) * self.P
+        if grid >= tu.gemm_min_wg or self.K < 1024 or len(self.blocks) > 1:
+            return 1
+        ntot = sum(g[0] for g in self.groups[0])
+        s = min(tu.gemm_max_split, -(-tu.gemm_min_wg // grid), self.K // 512)
+        while s > 1 and s * self.k.max_rows * ntot * 4 > self.k.dev.limits["max_storage_binding"]:
+            s -= 1
+        return max(1, s)
+
+    def _gemm(self, split: int) -> list:
         tu = self.k.tuning
         mm, nn = tu.gemm_mm, tu.gemm_nn
         accs = [(i, q) for i in range(mm) for q in range(nn // 4)]
@@ -186,13 +214,28 @@ class MatMul:
         inner += "\n" + "\n".join(f"      c{i}_{q} += a{i // 4}.{'xyzw'[i % 4]} * b{q};" for i, q in accs)
         store = "\n".join(f"  store(m0 + tm * {mm}u + {i}u, n0 + tn * {nn}u + {4 * q + c}u, T, g, c{i}_{q}.{'xyzw'[c]});"
                           for i, q in accs for c in range(4))
+        kc = -(-self.K // split // tu.gemm_tk) * tu.gemm_tk
         out = []
         for (buf, _, _), groups in zip(self.blocks, self.groups):
-            pipe = self.k.get("gemm", **self.p, GROUPS=self._group_fns(groups), TM=tu.gemm_tm, TN=tu.gemm_tn,
-                              TK=tu.gemm_tk,
-                              MM=mm, NN=nn, WG=(tu.gemm_tm // mm) * (tu.gemm_tn // nn), ACC_DECL=decl,
-                              INNER=inner, STORE=store)
-            out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // tu.gemm_tn)))
+            nxt = -(-max(g[0] for g in groups) // tu.gemm_tn)
+            p = dict(self.p, GROUPS=self._group_fns(groups), TM=tu.gemm_tm, TN=tu.gemm_tn, TK=tu.gemm_tk, MM=mm, NN=nn,
+                     WG=(tu.gemm_tm // mm) * (tu.gemm_tn // nn), ACC_DECL=decl, INNER=inner, STORE=store, NXT=nxt, KC=kc)
+            if split == 1:
+                pipe = self.k.get("gemm", **p)
+                out.append((pipe, self._bind(pipe, buf), nxt * split))
+                continue
+            ntot = sum(g[0] for g in groups)
+            scratch = self.k.scratch(split * self.k.max_rows * ntot * 4)
+            p.update(ACT="fn act(g: u32, x: f32) -> f32 { return x; }", GATE_DECL="",
+                     EPILOGUE=f"y[(ks * {self.k.max_rows}u + t) * {ntot}u + g_row(g) + n] = v;")
+            pipe = self.k.get("gemm", **p)
+            out.append((pipe, self.k.dev.bind(pipe, [self.meta, buf, self.x, scratch]), nxt * split))
+            red = self.k.get("gemm_sum", ACT=self.p["ACT"], GROUPS=p["GROUPS"], GATE_DECL=self._decl(3),
+                             EPILOGUE=self.epi, NTOT=ntot, SPLIT=split, MAXT=self.k.max_rows, P=len(groups),
+                             TSRC=self.p["TSRC"])
+            ents = [self.meta, scratch, self.y] + ([self.gate] if self.gate is not None else [])
+            ents += [self.mu] if self.mu is not None else []
+            out.append((red, self.k.dev.bind(red, ents), -(-ntot // 64), "sum"))
         return out
 
     @staticmethod
@@ -213,13 +256,16 @@ class MatMul:
         return self.k.dev.bind(pipe, entries)
 
     def ops(self, T: int) -> list[tuple]:
-        kind = "gemv" if T <= self.k.tuning.gemv_max_t else "gemm"
-        if kind not in self._cache:
-            self._cache[kind] = self._gemv() if kind == "gemv" else self._gemm()
-        if kind == "gemv":
-            return [(p, b, (n, T, self.P)) for p, b, n in self._cache[kind]]
+        if T <= self.k.tuning.gemv_max_t:
+            if "gemv" not in self._cache:
+                self._cache["gemv"] = self._gemv()
+            return [(p, b, (n, T, self.P)) for p, b, n in self._cache["gemv"]]
+        split = self._split(T)
+        if split not in self._cache:
+            self._cache[split] = self._gemm(split)
         tm = self.k.tuning.gemm_tm
-        return [(p, b, (n, -(-T // tm), self.P)) for p, b, n in self._cache[kind]]
+        return [(o[0], o[1], (o[2], T, 1)) if len(o) == 4 else (o[0], o[1], (o[2], -(-T // tm), self.P))
+                for o in self._cache[split]]
 
 
 def upload_matrix(dev: Any, w: np.ndarray, label: str, pad_k: int = 8) -> tuple[list[tuple], int]:

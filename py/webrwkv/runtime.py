@@ -44,6 +44,7 @@ class Runtime:
         self.slot_floats = self.ls * info.n_layer
         self._check_limits()
         self.k = Kernels(device, tuning)
+        self.k.max_rows = self.rows
         dev = device
         # step metadata: header, segment table, tokens, output rows
         self.tok0 = 8 + 4 * max_batch
