@@ -30,7 +30,7 @@ class Tuning:
     gemv_tpr: int = 32          # threads per output row (power of two)
     gemv_subgroups: int = 1     # reduce with subgroup shuffles when the device has them
     gemv_max_t: int = 1         # use GEMV when a matmul has at most this many tokens
-    gemm_tm: int = 32           # tokens per GEMM tile
+    gemm_tm: int = 64           # tokens per GEMM tile
     gemm_tn: int = 64           # output rows per GEMM tile
     gemm_tk: int = 16           # K step of the GEMM tile
     gemm_mm: int = 4            # tokens per thread in the GEMM tile (multiple of 4)
