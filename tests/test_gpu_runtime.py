@@ -115,3 +115,18 @@ def test_official_golden_logits(version):
     state = rt.get_state(0)
     for k in state:
         assert rel(state[k], gold["state:" + k]) <= 2e-3, k
+
+
+def test_fp16_weight_arrays_upload_as_is():
+    """Weights given already in fp16 (e.g. raw file bytes) run exactly like their float32 form."""
+    from webrwkv.runtime import Runtime
+
+    info, w = fp16_model("v7")
+    half = {k: (v.astype(np.float16) if v.ndim == 2 else v) for k, v in w.items()}
+    toks = prompt(12, seed=9)
+    outs = []
+    for weights in (w, half):
+        rt = Runtime(device(), info, weights, max_batch=1, token_chunk_size=8)
+        rt.push(0, toks)
+        outs.append(drain(rt, 0))
+    np.testing.assert_array_equal(outs[0], outs[1])

@@ -115,11 +115,6 @@ class Kernels:
         return self._scratch[0]
 
 
-def fp16_bytes(a: np.ndarray) -> bytes:
-    """Row-major fp16 bytes of a matrix: two halves per u32, element 2i in the low half."""
-    return np.ascontiguousarray(a, dtype=np.float16).tobytes()
-
-
 class MatMul:
     """Y[t, col] (=, +=, += gate *) act(W . X[t, group]) for a packed fp16 W, as cached GPU ops.
 
@@ -269,22 +264,35 @@ class MatMul:
 
 
 def upload_matrix(dev: Any, w: np.ndarray, label: str, pad_k: int = 8) -> tuple[list[tuple], int]:
-    """Upload an [N, K] matrix as packed fp16 row blocks that each fit the binding limit.
+    """Upload an [N, K] matrix (any float dtype) as packed fp16 row blocks that fit the binding limit.
 
     Returns ([(buffer, first_row, rows)], K_padded). K is zero-padded to a multiple of `pad_k`.
     """
     N, K = w.shape
     Kp = -(-K // pad_k) * pad_k
-    h = np.zeros((N, Kp), np.float16)
-    h[:, :K] = w
+    if Kp == K and w.dtype == np.float16:
+        h = np.ascontiguousarray(w)
+    else:
+        h = np.zeros((N, Kp), np.float16)
+        h[:, :K] = w
+    return upload_fp16_rows(dev, memoryview(h).cast("B"), N, Kp, label), Kp
+
+
+def upload_fp16_rows(dev: Any, data: Any, N: int, K: int, label: str) -> list[tuple]:
+    """Byte-oriented upload: `data` holds N rows of K little-endian fp16 values (K % 8 == 0).
+
+    Splits the rows into blocks within min(maxStorageBufferBindingSize, maxBufferSize); returns
+    [(buffer, first_row, rows)]. Raw fp16 bytes from a file can go straight through this path.
+    """
     limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
-    per = max(1, limit // (Kp * 2))
+    per = max(1, limit // (K * 2))
     if per < N and per >= 64:
         per -= per % 64
+    mv = memoryview(data).cast("B")
     blocks = []
     for r0 in range(0, N, per):
-        data = fp16_bytes(h[r0:r0 + per])
-        buf = dev.buffer(len(data), label=f"{label}[{r0}]")
-        dev.write(buf, 0, data)
-        blocks.append((buf, r0, min(per, N - r0)))
-    return blocks, Kp
+        n = min(per, N - r0)
+        buf = dev.buffer(n * K * 2, label=f"{label}[{r0}]")
+        dev.write(buf, 0, mv[r0 * K * 2: (r0 + n) * K * 2])
+        blocks.append((buf, r0, n))
+    return blocks

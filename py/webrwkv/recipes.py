@@ -29,6 +29,12 @@ VECS = {
 HEAD_VECS = ["blocks.0.ln0.weight", "blocks.0.ln0.bias", "ln_out.weight", "ln_out.bias"]
 
 
+def mat(a: Any) -> np.ndarray:
+    """A weight matrix kept in fp16 when it already is (no widening copy), else as float32."""
+    a = np.asarray(a)
+    return a if a.dtype == np.float16 else a.astype(np.float32, copy=False)
+
+
 def pad64(n: int) -> int:
     return -(-n // 64) * 64
 
@@ -49,7 +55,7 @@ def pack_vecs(info: Any, w: dict) -> tuple[np.ndarray, dict, int]:
                 out[i * vs + j * C: i * vs + (j + 1) * C] = np.asarray(v, np.float32).reshape(-1)
     base = vs * info.n_layer
     for j, n in enumerate(HEAD_VECS):
-        out[base + j * C: base + (j + 1) * C] = np.asarray(w[n], np.float32).reshape(-1)
+        out[base + j * C: base + (j + 1) * C] = mat(w[n]).reshape(-1)
     return out, {n: j * C for j, n in enumerate(names)}, vs
 
 
@@ -87,7 +93,7 @@ class LayerBuilder:
 
     def matmul(self, mats: list, x: Any, y: Any, label: str, pad_rows: int = 0, **kw: Any) -> list[Gen]:
         """One grouped matmul over `mats` (equal shapes), or one per group when too big to bind."""
-        mats = [np.asarray(m, np.float32) for m in mats]
+        mats = [mat(m) for m in mats]
         if pad_rows:
             mats = [np.pad(m, ((0, pad_rows - m.shape[0]), (0, 0))) for m in mats]
         NR = mats[0].shape[0]
@@ -120,7 +126,7 @@ class LayerBuilder:
         parts: [(matrix [rows, K], X offset of its input, activation)]; outputs are side by side
         from column 0. Falls back to one matmul per part when the stack exceeds the binding limit.
         """
-        mats = [np.asarray(m, np.float32) for m, _, _ in parts]
+        mats = [mat(m) for m, _, _ in parts]
         cols = np.cumsum([0] + [m.shape[0] for m in mats])
         cat = np.concatenate(mats)
         limit = min(self.dev.limits["max_storage_binding"], self.dev.limits["max_buffer_size"])
@@ -218,11 +224,11 @@ class LayerBuilder:
         D = self.info.dims["time_maa"]
         Dp = -(-D // 8) * 8
         gens = [self.ln_mix(i, b["mix"], 1, 3, "ln1", "att.time_maa_x", False, 0, extra=1)]
-        w1 = np.asarray(w[a + "time_maa_w1"], np.float32).reshape(5, D, C)
+        w1 = mat(w[a + "time_maa_w1"]).reshape(5, D, C)
         order = [3, 1, 2, 4, 0]  # official w k v r g -> r k v g w
         gens += self.matmul([w1[j] for j in order], b["mix"], b["h"], a + "maa1", pad_rows=Dp, x_ts=3 * C,
                             y_ts=5 * Dp, acts=("tanh",))
-        w2 = np.asarray(w[a + "time_maa_w2"], np.float32)
+        w2 = mat(w[a + "time_maa_w2"])
         # second LoRA stage with the data-dependent mixes fused in: mix2[t, j] = x' + d * (mu_j + m_j)
         gens += self.matmul([w2[j] for j in order], b["h"], b["mix2"], a + "maa2", x_ts=5 * Dp, x_gs=Dp, y_ts=5 * C,
                             mode="lerp", gate=b["mix"], g_off=C, g_ts=3 * C, mu=self.vec_bind(i),
@@ -230,7 +236,7 @@ class LayerBuilder:
         Dw = self.info.dims["time_decay"]
         Dwp = -(-Dw // 8) * 8
         pts = 4 * C + Dwp  # proj = [r | k | v | g | decay LoRA hidden]
-        d1 = np.pad(np.asarray(w[a + "time_decay_w1"], np.float32), ((0, Dwp - Dw), (0, 0)))
+        d1 = np.pad(mat(w[a + "time_decay_w1"]), ((0, Dwp - Dw), (0, 0)))
         parts = [(w[a + n + ".weight"], j * C, "none") for j, n in enumerate(("receptance", "key", "value", "gate"))]
         gens += self.fused(parts + [(d1, 4 * C, "tanh")], b["mix2"], b["proj"], a + "proj", x_ts=5 * C, y_ts=pts)
         gens += self.matmul([w[a + "time_decay_w2"]], b["proj"], b["dd"], a + "decay2", x_off=4 * C, x_ts=pts,
@@ -245,10 +251,10 @@ class LayerBuilder:
         pts = 3 * C + len(names) * dp  # proj = [v | r | k | LoRA hiddens w a g (v)]
         parts = [(w[a + n + ".weight"], (3 + j) * C, "none") for j, n in enumerate(("value", "receptance", "key"))]
         acts = {"w": "tanh", "a": "none", "g": "sigmoid", "v": "none"}
-        parts += [(np.pad(np.asarray(w[a + n + "1"], np.float32), ((0, dp - w[a + n + "1"].shape[0]), (0, 0))),
+        parts += [(np.pad(mat(w[a + n + "1"]), ((0, dp - w[a + n + "1"].shape[0]), (0, 0))),
                    j * C, acts[n]) for j, n in enumerate(names)]
         gens += self.fused(parts, b["mix"], b["proj"], a + "proj", x_ts=6 * C, y_ts=pts)
-        gens += self.matmul([np.pad(np.asarray(w[a + n + "2"], np.float32), ((0, 0), (0, dp - w[a + n + "2"].shape[1])))
+        gens += self.matmul([np.pad(mat(w[a + n + "2"]), ((0, 0), (0, dp - w[a + n + "2"].shape[1])))
                              for n in names], b["proj"], b["l2"], a + "lora2", x_off=3 * C, x_ts=pts, x_gs=dp,
                             y_ts=len(names) * C)
         gens.append(self.op("wkv7", [b["meta"], b["proj"], b["l2"], self.vec_bind(i), self.state_bind(i),
