@@ -32,7 +32,10 @@ HEAD_VECS = ["blocks.0.ln0.weight", "blocks.0.ln0.bias", "ln_out.weight", "ln_ou
 def mat(a: Any) -> np.ndarray:
     """A weight matrix kept in fp16 when it already is (no widening copy), else as float32."""
     a = np.asarray(a)
-    return a if a.dtype == np.float16 else a.astype(np.float32, copy=False)
+    dtype = getattr(a, "dtype", None)
+    if dtype is None or dtype == np.float16:  # fp16, or a matrix filled later (streamed browser load)
+        return a
+    return a.astype(np.float32, copy=False)
 
 
 def pad64(n: int) -> int:
