@@ -33,7 +33,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (n < nr) {
     let wb = (g_row(g) + n) * K8;
     let xb = ({{X_OFF}}u + t * {{X_TS}}u + g_x(g)) / 4u;
-    for (var k = j; k < K8; k += TPR) {
+    // UNROLL independent 16-byte loads in flight per thread, then the remainder one at a time
+    var k = j;
+    for (; k + ({{UNROLL}}u - 1u) * TPR < K8; k += {{UNROLL}}u * TPR) {
+{{UNROLLED}}
+    }
+    for (; k < K8; k += TPR) {
       let q = w[wb + k];
       let a = xv[xb + 2u * k];
       let b = xv[xb + 2u * k + 1u];

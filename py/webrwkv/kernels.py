@@ -29,6 +29,7 @@ class Tuning:
     gemv_rows: int = 8          # output rows per GEMV workgroup
     gemv_tpr: int = 32          # threads per output row (power of two)
     gemv_subgroups: int = 1     # reduce with subgroup shuffles when the device has them
+    gemv_unroll: int = 4        # weight loads in flight per GEMV thread
     gemv_max_t: int = 1         # use GEMV when a matmul has at most this many tokens
     gemm_tm: int = 64           # tokens per GEMM tile
     gemm_tn: int = 64           # output rows per GEMM tile
@@ -173,9 +174,15 @@ class MatMul:
                       "  for (var s = TPR / 2u; s > 0u; s = s >> 1u) { if (j < s) { red[lid] += red[lid + s]; } "
                       "workgroupBarrier(); }\n  let total = red[lid];")
             args = ""
+        u = max(1, tu.gemv_unroll)
+        unrolled = "\n".join(f"      let q{i} = w[wb + k + {i}u * TPR];" for i in range(u))
+        unrolled += "\n" + "\n".join(
+            f"      acc += dot(vec4<f32>(h2(q{i}.x), h2(q{i}.y)), xv[xb + 2u * (k + {i}u * TPR)]) + "
+            f"dot(vec4<f32>(h2(q{i}.z), h2(q{i}.w)), xv[xb + 2u * (k + {i}u * TPR) + 1u]);" for i in range(u))
         out = []
         for (buf, _, _), groups in zip(self.blocks, self.groups):
             pipe = k.get("gemv", **self.p, GROUPS=self._group_fns(groups), R=rows, TPR=tpr, WG=rows * tpr,
+                         UNROLL=u, UNROLLED=unrolled,
                          REDUCE=reduce, SG_ARGS=args, ENABLE=k.dev.subgroup_directive if sub else "")
             out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // rows)))
         return out
