@@ -28,8 +28,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let n = info[9u + 4u * s];
   let sb = info[10u + 4u * s] * {{SLOT}}u + {{KV}}u + h * HS * HS + i;
   let c = h * HS + i;
-  var st: array<f32, {{WG}}>;
-  for (var j = 0u; j < HS; j++) { st[j] = state[sb + j * HS]; }
+{{DECL}}
+{{LOAD}}
   su[i] = vecs[{{FIRST}}u + c];
   let dec = vecs[{{DECAY}}u + c];
   sw[i] = exp(-exp(dec));
@@ -42,16 +42,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if ({{DDLERP}}u == 1u) { sw[i] = exp(-exp(dec + dd[t * C + c])); }
     workgroupBarrier();
     var acc = 0.0;
-    for (var j = 0u; j < HS; j++) {
-      let kv = sk[j] * v;
-      acc += sr[j] * (su[j] * kv + st[j]);
-      st[j] = sw[j] * st[j] + kv;
-    }
+{{STEP}}
     let mean = wg_sum(acc, i) / f32(HS);
     let d = acc - mean;
     let var_ = wg_sum(d * d, i) / f32(HS);
     let yn = d * inverseSqrt(var_ + {{EPS}}) * vecs[{{LNXW}}u + c] + vecs[{{LNXB}}u + c];
     y[t * C + c] = yn * g / (1.0 + exp(-g));
   }
-  for (var j = 0u; j < HS; j++) { state[sb + j * HS] = st[j]; }
+{{STORE}}
 }

@@ -30,8 +30,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let n = info[9u + 4u * s];
   let sb = info[10u + 4u * s] * {{SLOT}}u + {{KV}}u + h * HS * HS + i;
   let c = h * HS + i;
-  var st: array<f32, {{WG}}>;
-  for (var j = 0u; j < HS; j++) { st[j] = state[sb + j * HS]; }
+{{DECL}}
+{{LOAD}}
   let w0 = vecs[{{W0}}u + c];
   let a0 = vecs[{{A0}}u + c];
   let kkw = vecs[{{KK}}u + c];
@@ -63,12 +63,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     sab[i] = kn * a;
     workgroupBarrier();
     var sa = 0.0;
-    for (var j = 0u; j < HS; j++) { sa -= st[j] * skk[j]; }
+{{SA}}
     var acc = 0.0;
-    for (var j = 0u; j < HS; j++) {
-      st[j] = st[j] * sw[j] + sk[j] * v + sa * sab[j];
-      acc += sr[j] * st[j];
-    }
+{{UPD}}
     let bonus = wg_sum(rr * k * rk, i);
     let mean = wg_sum(acc, i) / f32(HS);
     let d = acc - mean;
@@ -76,5 +73,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let yn = d * inverseSqrt(var_ + {{EPS}}) * vecs[{{LNXW}}u + c] + vecs[{{LNXB}}u + c];
     y[t * C + c] = (yn + bonus * v) * g;
   }
-  for (var j = 0u; j < HS; j++) { state[sb + j * HS] = st[j]; }
+{{STORE}}
 }

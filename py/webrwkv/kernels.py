@@ -30,6 +30,7 @@ class Tuning:
     gemv_tpr: int = 32          # threads per output row (power of two)
     gemv_subgroups: int = 1     # reduce with subgroup shuffles when the device has them
     gemv_unroll: int = 4        # weight loads in flight per GEMV thread
+    wkv_unroll: int = 1         # wkv state column in named registers (1) or a loop over an array (0)
     gemv_max_t: int = 1         # use GEMV when a matmul has at most this many tokens
     gemm_tm: int = 64           # tokens per GEMM tile
     gemm_tn: int = 64           # output rows per GEMM tile
@@ -41,6 +42,19 @@ class Tuning:
     submit_ops: int = 48        # dispatches per submit (a step is split so the GPU starts early)
     gemm_min_wg: int = 264      # split K when a GEMM grid has fewer workgroups than this
     gemm_max_split: int = 8     # at most this many K slices
+
+
+def state_code(hs: int, unroll: bool, **bodies: str) -> dict[str, str]:
+    """Per-thread state column code for the wkv kernels: a loop over an array, or (unroll) one
+    named register per element so the loads issue back to back. Bodies use @S (element), @J (index)."""
+    out = {"DECL": f"  var st: array<f32, {hs}>;" if not unroll else
+           "  " + " ".join(f"var s{j}: f32;" for j in range(hs))}
+    for key, body in bodies.items():
+        if unroll:
+            out[key] = "\n".join("    " + body.replace("@S", f"s{j}").replace("@J", f"{j}u") for j in range(hs))
+        else:
+            out[key] = f"    for (var j = 0u; j < {hs}u; j++) {{ {body.replace('@S', 'st[j]').replace('@J', 'j')} }}"
+    return out
 
 
 def tuning_from_env(base: Tuning | None = None) -> Tuning:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .kernels import Kernels, MatMul, pow2_divisor, upload_matrix
+from .kernels import Kernels, MatMul, pow2_divisor, state_code, upload_matrix
 
 Gen = Callable[[tuple], list]
 
@@ -203,7 +203,11 @@ class LayerBuilder:
         info, b = self.info, self.b
         return self.op("wkv5", [b["meta"], b["proj"], b["dd"], self.vec_bind(i), self.state_bind(i), b["y"]],
                        lambda s: (info.n_head, s[1], 1), C=self.C, WG=info.head_size, SLOT=self.slot, KV=2 * self.C,
-                       PTS=pts, FIRST=self.vo["att.time_faaaa"], DECAY=self.vo["att.time_decay"], DDLERP=ddlerp,
+                       PTS=pts, **state_code(info.head_size, self.k.tuning.wkv_unroll,
+                                             LOAD="@S = state[sb + @J * HS];", STORE="state[sb + @J * HS] = @S;",
+                                             STEP="{ let kv = sk[@J] * v; acc += sr[@J] * (su[@J] * kv + @S); "
+                                                  "@S = sw[@J] * @S + kv; }"),
+                       FIRST=self.vo["att.time_faaaa"], DECAY=self.vo["att.time_decay"], DDLERP=ddlerp,
                        LNXW=self.vo["att.ln_x.weight"], LNXB=self.vo["att.ln_x.bias"], EPS="64e-5")
 
     def att_v4(self, i: int) -> list[Gen]:
@@ -263,7 +267,11 @@ class LayerBuilder:
         gens.append(self.op("wkv7", [b["meta"], b["proj"], b["l2"], self.vec_bind(i), self.state_bind(i),
                                      b["vfirst"], b["y"]],
                             lambda s: (info.n_head, s[1], 1), C=C, WG=info.head_size, NL=len(names), SLOT=self.slot, PTS=pts,
-                            KV=2 * C, W0=self.vo["att.w0"], A0=self.vo["att.a0"], V0=self.vo["att.v0"],
+                            KV=2 * C, W0=self.vo["att.w0"],
+                            **state_code(info.head_size, self.k.tuning.wkv_unroll, LOAD="@S = state[sb + @J * HS];",
+                                         STORE="state[sb + @J * HS] = @S;", SA="sa -= @S * skk[@J];",
+                                         UPD="@S = @S * sw[@J] + sk[@J] * v + sa * sab[@J]; acc += sr[@J] * @S;"),
+                            A0=self.vo["att.a0"], V0=self.vo["att.v0"],
                             KK=self.vo["att.k_k"], KA=self.vo["att.k_a"], RK=self.vo["att.r_k"],
                             LAYER0=int(i == 0), LNXW=self.vo["att.ln_x.weight"], LNXB=self.vo["att.ln_x.bias"],
                             EPS="64e-5"))
