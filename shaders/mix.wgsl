@@ -1,7 +1,9 @@
-// Token shift: fused LayerNorm + every mix of one block (ln_mix), and v6's second mix stage (mix6).
-// ln_mix: workgroup (chunk of RPW rows, segment). out[t, j] = lerp of LN(x[t]) and the previous
-// row's LN output (or the slot's saved shift for the segment's first row) by mu_j. The first chunk
-// of a segment saves the segment's last LN row into the state after reading the old one.
+// Token shift: fused LayerNorm + every mix of one block (ln_mix).
+// Workgroup (channel block cb, row chunk) of segment wid.y; thread = one channel c. For each row of
+// the chunk it computes the row's LN statistics over all C channels (redundantly per channel block),
+// then out[t, j, c] = lerp of LN(x[t])[c] and the previous row's (or, for the segment's first row,
+// the slot's saved shift) by mu_j[c]. The first chunk of a segment also saves the segment's last LN
+// row into the state, after reading the old one. All loads of a row are issued before its stores.
 #include common
 
 @group(0) @binding(0) var<storage, read> info: array<u32>;
@@ -12,24 +14,19 @@
 
 const C: u32 = {{C}}u;
 const WG: u32 = {{WG}}u;
-const CPT: u32 = {{C}}u / {{WG}}u;
-const NMIX: u32 = {{NMIX}}u;
+const CB: u32 = {{C}}u / {{WG}}u;
 const NOUT: u32 = {{NOUT}}u;
 const RPW: u32 = {{RPW}}u;
 
-fn ln_load(row: u32, lid: u32) -> array<f32, CPT> {
-  var v: array<f32, CPT>;
+// LayerNorm of row `row`, channel c (every thread of the workgroup must call it).
+fn ln(row: u32, c: u32, lid: u32, w: f32, b: f32) -> f32 {
   var s = 0.0;
-  for (var i = 0u; i < CPT; i++) { v[i] = x[row * C + lid + i * WG]; s += v[i]; }
+  for (var i = lid; i < C; i += WG) { s += x[row * C + i]; }
   let mean = wg_sum(s, lid) / f32(C);
   var q = 0.0;
-  for (var i = 0u; i < CPT; i++) { v[i] -= mean; q += v[i] * v[i]; }
+  for (var i = lid; i < C; i += WG) { let d = x[row * C + i] - mean; q += d * d; }
   let rstd = inverseSqrt(wg_sum(q, lid) / f32(C) + 1e-5);
-  for (var i = 0u; i < CPT; i++) {
-    let c = lid + i * WG;
-    v[i] = v[i] * rstd * vecs[{{LNW}}u + c] + vecs[{{LNB}}u + c];
-  }
-  return v;
+  return (x[row * C + c] - mean) * rstd * w + b;
 }
 
 @compute @workgroup_size({{WG}})
@@ -39,36 +36,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let seg0 = info[8u + 4u * s];
   let n = info[9u + 4u * s];
   let sbase = info[10u + 4u * s] * {{SLOT}}u + {{XOFF}}u;
-  let r0 = wid.x * RPW;
+  let r0 = (wid.x / CB) * RPW;
   if (r0 >= n) { return; }
   let r1 = min(n, r0 + RPW);
-  var prev: array<f32, CPT>;
+  let c = (wid.x % CB) * WG + lid;
+  let lw = vecs[{{LNW}}u + c];
+  let lb = vecs[{{LNB}}u + c];
+{{MU_LOAD}}
+  var b = 0.0;
   if (r0 == 0u) {
-    for (var i = 0u; i < CPT; i++) { prev[i] = state[sbase + lid + i * WG]; }
+    b = state[sbase + c];
   } else {
-    prev = ln_load(seg0 + r0 - 1u, lid);
+    b = ln(seg0 + r0 - 1u, c, lid, lw, lb);
   }
   for (var r = r0; r < r1; r++) {
     let t = seg0 + r;
-    let cur = ln_load(t, lid);
-    for (var i = 0u; i < CPT; i++) {
-      let c = lid + i * WG;
-      let a = cur[i];
-      let b = prev[i];
-      for (var j = 0u; j < NMIX; j++) {
-        let mu = vecs[{{MU}}u + j * C + c];
-        out[(t * NOUT + j) * C + c] = {{MIXEXPR}};
-      }
-      if ({{EXTRA}}u == 1u) {
-        out[(t * NOUT + NMIX) * C + c] = b - a;
-        out[(t * NOUT + NMIX + 1u) * C + c] = a;
-      }
-    }
-    prev = cur;
+    let a = ln(t, c, lid, lw, lb);
+    let o = t * NOUT * C + c;
+{{MIX_STORE}}
+    b = a;
   }
   if (r0 == 0u) {
-    var last = prev;
-    if (r1 < n) { last = ln_load(seg0 + n - 1u, lid); }
-    for (var i = 0u; i < CPT; i++) { state[sbase + lid + i * WG] = last[i]; }
+    var last = b;
+    if (r1 < n) { last = ln(seg0 + n - 1u, c, lid, lw, lb); }
+    state[sbase + c] = last;
   }
 }

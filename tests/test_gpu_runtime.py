@@ -130,3 +130,21 @@ def test_fp16_weight_arrays_upload_as_is():
         rt.push(0, toks)
         outs.append(drain(rt, 0))
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("version", ["v4", "v6", "v7"])
+def test_other_kernel_shapes_match(version):
+    """Tuning knobs change work splits only: several channel blocks and row chunks per ln_mix,
+    loop-form wkv state, narrow GEMV rows and small GEMM tiles give the same numbers."""
+    from webrwkv.kernels import Tuning
+    from webrwkv.runtime import Runtime
+
+    info, w = fp16_model(version)
+    tu = Tuning(mix_wg=16, mix_rows=3, wkv_unroll=0, gemv_tpr=8, gemv_rows=2, gemv_unroll=2, gemm_tm=16,
+                gemm_tn=32, submit_ops=5)
+    rt = Runtime(device(), info, w, max_batch=2, token_chunk_size=16, tuning=tu)
+    toks = prompt(41, seed=4)
+    want, want_state = ref.forward(w, info, toks, all_logits=True)
+    rt.push(1, toks)
+    assert rel(drain(rt, 1, all_logits=True), want) <= 1e-3
+    assert state_rel(rt.get_state(1), want_state) <= 1e-3

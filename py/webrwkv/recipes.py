@@ -159,13 +159,19 @@ class LayerBuilder:
 
     def ln_mix(self, i: int, out: Any, nmix: int, nout: int, ln: str, mu: str, lerp_prev: bool,
                xoff: int, extra: int = 0) -> Gen:
-        expr = "b + (a - b) * mu" if lerp_prev else "a + (b - a) * mu"
-        rpw = self.k.tuning.mix_rows
+        expr = "b + (a - b) * m{j}" if lerp_prev else "a + (b - a) * m{j}"
+        mu0 = self.vo[mu]
+        loads = "\n".join(f"  let m{j} = vecs[{mu0 + j * self.C}u + c];" for j in range(nmix))
+        stores = [f"    out[o + {j * self.C}u] = {expr.format(j=j)};" for j in range(nmix)]
+        if extra:  # v6: also d = x'_prev - x' and x' itself
+            stores += [f"    out[o + {nmix * self.C}u] = b - a;", f"    out[o + {(nmix + 1) * self.C}u] = a;"]
+        rpw, wg = self.k.tuning.mix_rows, min(self.k.tuning.mix_wg, self.wg)
+        cb = self.C // wg
         return self.op("mix", [self.b["meta"], self.b["x"], self.vec_bind(i), self.state_bind(i), out],
-                       lambda s: (-(-s[3] // rpw) if s[3] else 1, s[1], 1),
-                       C=self.C, WG=self.wg, NMIX=nmix, NOUT=nout, RPW=rpw, SLOT=self.slot, XOFF=xoff,
-                       LNW=self.vo[ln + ".weight"], LNB=self.vo[ln + ".bias"], MU=self.vo[mu], MIXEXPR=expr,
-                       EXTRA=extra)
+                       lambda s: ((-(-s[3] // rpw) if s[3] else 1) * cb, s[1], 1),
+                       C=self.C, WG=wg, NOUT=nout, RPW=rpw, SLOT=self.slot, XOFF=xoff,
+                       LNW=self.vo[ln + ".weight"], LNB=self.vo[ln + ".bias"], MU_LOAD=loads,
+                       MIX_STORE="\n".join(stores))
 
     # -- blocks ---------------------------------------------------------------------------
     def ffn(self, i: int) -> list[Gen]:
