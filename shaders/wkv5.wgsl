@@ -33,6 +33,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   su[i] = vecs[{{FIRST}}u + c];
   let dec = vecs[{{DECAY}}u + c];
   sw[i] = exp(-exp(dec));
+  let lxw = vecs[{{LNXW}}u + c];
+  let lxb = vecs[{{LNXB}}u + c];
   for (var r = 0u; r < n; r++) {
     let t = seg0 + r;
     sr[i] = proj[t * {{PTS}}u + c];
@@ -46,7 +48,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let mean = wg_sum(acc, i) / f32(HS);
     let d = acc - mean;
     let var_ = wg_sum(d * d, i) / f32(HS);
-    let yn = d * inverseSqrt(var_ + {{EPS}}) * vecs[{{LNXW}}u + c] + vecs[{{LNXB}}u + c];
+    let yn = d * inverseSqrt(var_ + {{EPS}}) * lxw + lxb;
     y[t * C + c] = yn * g / (1.0 + exp(-g));
   }
 {{STORE}}

@@ -37,6 +37,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kkw = vecs[{{KK}}u + c];
   let kaw = vecs[{{KA}}u + c];
   let rk = vecs[{{RK}}u + c];
+  let v0 = vecs[{{V0}}u + c];
+  let lxw = vecs[{{LNXW}}u + c];
+  let lxb = vecs[{{LNXB}}u + c];
   for (var r = 0u; r < n; r++) {
     let t = seg0 + r;
     var v = proj[t * {{PTS}}u + c];
@@ -49,7 +52,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if ({{LAYER0}}u == 1u) {
       vfirst[t * C + c] = v;
     } else {
-      let vg = 1.0 / (1.0 + exp(-(vecs[{{V0}}u + c] + lora[lb + 3u * C])));
+      let vg = 1.0 / (1.0 + exp(-(v0 + lora[lb + 3u * C])));
       v = v + (vfirst[t * C + c] - v) * vg;
     }
     let kk = k * kkw;
@@ -70,7 +73,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let mean = wg_sum(acc, i) / f32(HS);
     let d = acc - mean;
     let var_ = wg_sum(d * d, i) / f32(HS);
-    let yn = d * inverseSqrt(var_ + {{EPS}}) * vecs[{{LNXW}}u + c] + vecs[{{LNXB}}u + c];
+    let yn = d * inverseSqrt(var_ + {{EPS}}) * lxw + lxb;
     y[t * C + c] = (yn + bonus * v) * g;
   }
 {{STORE}}
