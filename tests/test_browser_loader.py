@@ -45,7 +45,7 @@ def test_streamed_load_matches_native_upload(name):
     info2, w = load_weights(GOLDEN / f"{name}.st")
     strip = lambda d: {k: v for k, v in d.items() if k != "path"}  # noqa: E731
     assert strip(info.to_dict()) == strip(info2.to_dict())
-    native = Runtime(dev, info2, w)
+    native = Runtime(dev, info2, w, tuning=rt.k.tuning)  # same kernels; only the upload path differs
     ids = [0, 17, 255, 3, 1000 % info.vocab, 42]
     rt.push(0, ids)
     native.push(0, ids)

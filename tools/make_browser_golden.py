@@ -8,6 +8,7 @@ tests/e2e/engine.spec.js loads the same files in the browser and must produce th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from webrwkv.gpu import open_device
 from webrwkv.models import load_weights
 from webrwkv.runtime import Runtime
 from webrwkv.sampling import SamplerParams
-from webrwkv.tokenizer import default_tokenizer
+from webrwkv.tokenizer import default_tokenizer, load_tokenizer_for_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
@@ -28,12 +29,17 @@ PROMPT = [1, 72, 101, 108, 108, 112, 33, 11, 200, 3]
 MAX_TOKENS = 16
 
 
-def greedy(dev, path: Path, prompt: list[int], max_tokens: int) -> list[int]:
+BUNDLED = ROOT / "models" / "rwkv7-shakespeare.st"
+BUNDLED_PROMPT = "ROMEO:\nBut soft, what light"  # text: the browser tokenizes it with the model's vocabulary
+BUNDLED_TOKENS = 8
+
+
+def greedy(dev, path: Path, prompt: list[int], max_tokens: int, tokenizer=None) -> list[int]:
     info, w = load_weights(path)
     rt = Runtime(dev, info, w)
     ids: list[int] = []
-    for item in generate_stream(rt, default_tokenizer(), prompt, SamplerParams(temperature=0.0), max_tokens,
-                                eos_id=None):
+    for item in generate_stream(rt, tokenizer or default_tokenizer(), prompt, SamplerParams(temperature=0.0),
+                                max_tokens, eos_id=None):
         if not isinstance(item, GenerationStats):
             ids.append(item[0])
     return ids
@@ -65,6 +71,16 @@ def main() -> None:
         if gap < 1e-3:
             raise SystemExit(f"{m}: top-2 logit gap {gap:.2e} is too small for a cross-GPU test; change PROMPT")
         cases.append({"model": m, "prompt_ids": PROMPT, "max_tokens": MAX_TOKENS, "ids": ids, "min_gap": gap})
+    if BUNDLED.is_file():  # the bundled model, from text, as the chat page would run it
+        tok = load_tokenizer_for_model(BUNDLED)
+        prompt = tok.encode(BUNDLED_PROMPT)
+        ids = greedy(dev, BUNDLED, prompt, BUNDLED_TOKENS, tok)
+        gap = margin(BUNDLED, prompt, ids)
+        if gap < 1e-3:
+            raise SystemExit(f"bundled model: top-2 logit gap {gap:.2e} is too small; change BUNDLED_PROMPT")
+        cases.append({"model": BUNDLED.name, "bundled": True, "prompt": BUNDLED_PROMPT, "prompt_ids": prompt,
+                      "max_tokens": BUNDLED_TOKENS, "ids": ids, "min_gap": gap,
+                      "size": BUNDLED.stat().st_size, "sha256": hashlib.sha256(BUNDLED.read_bytes()).hexdigest()})
     doc = {"source": "native backend (wgpu), temperature 0, made by tools/make_browser_golden.py",
            "adapter": dev.adapter_name, "cases": cases}
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")

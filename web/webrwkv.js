@@ -115,9 +115,9 @@ class Engine {
   get stats() { return { adapter: this.adapter, ...this._stats }; }
   onDeviceLost(f) { this._w.listeners.add(f); }
 
-  async load(url, { vocab, onProgress, cache = true } = {}) {
+  async load(url, { vocab, onProgress, cache = true, tuning } = {}) { // tuning: kernel knobs, e.g. {gemv_rows: 4}
     this.model = null;
-    this.model = await this._w.call("load", { url: String(url), vocab, useCache: cache }, { onProgress });
+    this.model = await this._w.call("load", { url: String(url), vocab, useCache: cache, tuning }, { onProgress });
     this._stats.load = this.model.load;
     return this.model;
   }

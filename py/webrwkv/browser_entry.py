@@ -53,7 +53,7 @@ def js_device() -> Any:
     return _dev._dev if _dev is not None else None
 
 
-def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None) -> dict:
+def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: Any = None) -> dict:
     """Parse the header bytes, allocate the model's GPU buffers and say where each file range goes.
 
     Returns {device, size, dataStart, writes: [[file_start, file_end, buffer, offset, tag], ...]}.
@@ -65,7 +65,8 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None) -> dict:
         raise WebRwkvError("the GPU device is not open (it was lost?); load the model again")
     unload()
     data = prefix.to_bytes() if hasattr(prefix, "to_bytes") else bytes(prefix)
-    _load = StreamingLoad(_dev, data, int(size), url, vocab_text)
+    tuning = tuning.to_py() if hasattr(tuning, "to_py") else tuning
+    _load = StreamingLoad(_dev, data, int(size), url, vocab_text, tuning=dict(tuning or {}))
     return {"device": _dev._dev, "size": _load.size, "dataStart": _load.data_start, "writes": _load.writes}
 
 
@@ -94,9 +95,11 @@ async def finish_load() -> dict:
         raise WebRwkvError("no model load is in progress; call load again")
     ld, _load = _load, None
     runtime, tokenizer, info = await ld.finish()
-    for ids in ([0, 0], [0]):  # compile the prefill (GEMM) and decode (GEMV) kernels now, not on first use
+    for ids in ([0, 0], [0]):  # compile the prefill and decode kernels now, not on first use
         runtime.push(0, ids)
         await runtime.run_async()
+    await _dev.sync_async()
+    _dev.raise_errors("preparing the GPU kernels")  # a kernel the browser cannot compile fails here
     _eng.update(runtime=runtime, tokenizer=tokenizer, info=info, name=ld.name)
     reset()
     return {"name": ld.name, **info.to_dict(), "adapter": _dev.adapter_name}
@@ -208,6 +211,7 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
             reason = "stopped"
             break
     t_end = time.perf_counter()
+    dev.raise_errors("generation")  # a GPU validation error would otherwise show only as wrong tokens
     _pending = out_ids[-1:]  # the last sampled token has not been run
     read = text + tok.decode([t for t in out_ids if t != END_OF_TEXT])
     _tail = (_tail + read)[-16:]

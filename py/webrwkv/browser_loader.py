@@ -123,7 +123,7 @@ class StreamingLoad:
     tensors land in a staging buffer (made by JS on demand) and are converted as soon as complete."""
 
     def __init__(self, dev: Any, prefix: bytes, size: int, url: str, vocab_text: str | None,
-                 max_batch: int = 1, token_chunk_size: int = 128) -> None:
+                 max_batch: int = 1, token_chunk_size: int = 128, tuning: dict | None = None) -> None:
         self.dev, self.url = dev, url
         self.name = url.split("?")[0].rstrip("/").split("/")[-1] or url
         src = PrefixSource(prefix, size, self.name)
@@ -140,7 +140,7 @@ class StreamingLoad:
         weights.update({n: GpuMatrix.of(raw) for n, raw in raws.items()})
         with _patched(recipes, "np", _Numpy()), _patched(recipes, "upload_matrix", self.upload_matrix), \
                 _patched(rtmod, "upload_matrix", self.upload_matrix):
-            self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size)
+            self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size, tuning=_tuning(tuning))
         self.writes: list = []
         self.staged: dict[int, Raw] = {}
         self.vec_spans: dict[str, tuple[int, int, int]] = {}
@@ -251,6 +251,23 @@ class StreamingLoad:
         if hasattr(self.dev, "raise_errors"):
             self.dev.raise_errors("loading the model")
         return self.runtime, self.tokenizer, self.info
+
+
+def _tuning(overrides: dict | None) -> Any:
+    """Kernel tuning for the browser: a whole step in one submit (ONE call into JS), plus overrides.
+
+    Prefill also runs on the GEMV kernel: Chrome's WGSL compiler rejects gemm.wgsl (a workgroupBarrier
+    in a loop bounded by a module-scope `var<private>`, which its uniformity analysis calls non-uniform).
+    """
+    t = kmod.Tuning()
+    if hasattr(t, "submit_ops"):
+        t.submit_ops = 1 << 30
+    t.gemv_max_t = 1 << 30
+    for k, v in (overrides or {}).items():
+        if not hasattr(t, k):
+            raise ModelFormatError(f"unknown kernel tuning knob {k!r}; known: {', '.join(vars(t))}")
+        setattr(t, k, int(v))
+    return t
 
 
 def _key(raw: Raw) -> str:
