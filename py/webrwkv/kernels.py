@@ -39,7 +39,6 @@ class Tuning:
     gemm_nn: int = 4            # output rows per thread in the GEMM tile (multiple of 4)
     mix_rows: int = 16          # rows per ln_mix workgroup
     mix_wg: int = 256           # channels per ln_mix workgroup (a power of two dividing C)
-    elem_wg: int = 64           # workgroup size of elementwise kernels
     submit_ops: int = 48        # dispatches per submit (a step is split so the GPU starts early)
     gemm_min_wg: int = 264      # split K when a GEMM grid has fewer workgroups than this
     gemm_max_split: int = 8     # at most this many K slices

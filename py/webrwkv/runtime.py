@@ -54,6 +54,9 @@ class Runtime:
         for name, n in activation_sizes(info, self.rows).items():
             b[name] = dev.buffer(4 * n, label=name)
         self.logit_rows = min(self.rows, dev.limits["max_storage_binding"] // (4 * V))
+        if self.logit_rows < max_batch:
+            raise GpuError(f"logits of {max_batch} slots ({_mib(4 * V * max_batch)}) exceed the adapter's "
+                           "maxStorageBufferBindingSize; lower max_batch")
         b["logits"] = self.logits = dev.buffer(4 * self.logit_rows * V, label="logits")
         self.state = dev.buffer(4 * self.slot_floats * max_batch, label="state")
         self.scratch = dev.buffer(4 * self.slot_floats, label="state-scratch")
@@ -190,7 +193,7 @@ class Runtime:
     # -- steps ---------------------------------------------------------------------------------
     def _schedule(self, all_logits: bool) -> list[tuple[int, list[int], bool]]:
         active = [s for s in range(self.max_batch) if self._pending[s]]
-        budget = min(self.token_chunk_size, self.rows)
+        budget = max(1, min(self.token_chunk_size, self.rows))
         if all_logits:
             budget = min(budget, self.logit_rows)
         plan = []
