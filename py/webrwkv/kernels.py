@@ -24,7 +24,8 @@ ACTS = {"none": "x", "relu2": "max(x, 0.0) * max(x, 0.0)", "sigmoid": "sigmoid(x
 
 @dataclass
 class Tuning:
-    """Kernel shape knobs; change them here (or per runtime) to tune for a GPU."""
+    """Kernel shape knobs; change them here, per runtime, or with $WEBRWKV_TUNING to tune for a GPU.
+    Defaults were the best measured on H100/H200 (Vulkan) with v6/v7 L24 C2048."""
 
     gemv_rows: int = 8          # output rows per GEMV workgroup
     gemv_tpr: int = 32          # threads per output row (power of two)
@@ -101,7 +102,6 @@ class Kernels:
         self.subgroups = "subgroups" in device.features
         self.max_rows = 128  # most tokens per step (the runtime sets it); sizes split-K scratch
         self._scratch: Any = None
-        self.sg_max = int(device.limits.get("subgroup_max_size", 0) or 0)
 
     def source(self, name: str, params: dict) -> str:
         if name not in self._text:
