@@ -20,8 +20,6 @@ const NN: u32 = {{NN}}u;
 var<workgroup> xs: array<vec4<f32>, {{TK}} * {{TM}} / 4>;   // [k][m]
 var<workgroup> ws: array<vec4<f32>, {{TK}} * {{TN}} / 4>;   // [k][n]
 
-var<private> ks: u32;  // split-K slice of this workgroup (SPLIT > 1 writes raw partial sums)
-
 fn sigmoid(x: f32) -> f32 { return 1.0 / (1.0 + exp(-x)); }
 {{ACT}}
 {{GROUPS}}
@@ -31,7 +29,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let T = info[{{TSRC}}u];
   let m0 = wid.y * TM;
   if (m0 >= T) { return; }
-  ks = wid.x / {{NXT}}u;
+  let ks = wid.x / {{NXT}}u;  // split-K slice (a split matmul writes raw partial sums)
   let n0 = (wid.x % {{NXT}}u) * TN;
   let kbeg = ks * {{KC}}u;
   let kend = min(K, kbeg + {{KC}}u);
@@ -71,7 +69,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 {{STORE}}
 }
 
-fn store(t: u32, n: u32, T: u32, g: u32, a: f32) {
+fn store(t: u32, n: u32, T: u32, g: u32, a: f32, ks: u32) {
   if (t < T && n < g_nr(g)) {
     let col = g_col(g) + n;
     let v = act(g, a);

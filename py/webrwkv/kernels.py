@@ -228,7 +228,7 @@ class MatMul:
         inner = "\n".join(f"      let b{q} = ws[kk * (TN / 4u) + tn * {nn // 4}u + {q}u];" for q in range(nn // 4))
         inner += "\n" + "\n".join(f"      let a{p} = xs[kk * (TM / 4u) + tm * {mm // 4}u + {p}u];" for p in range(mm // 4))
         inner += "\n" + "\n".join(f"      c{i}_{q} += a{i // 4}.{'xyzw'[i % 4]} * b{q};" for i, q in accs)
-        store = "\n".join(f"  store(m0 + tm * {mm}u + {i}u, n0 + tn * {nn}u + {4 * q + c}u, T, g, c{i}_{q}.{'xyzw'[c]});"
+        store = "\n".join(f"  store(m0 + tm * {mm}u + {i}u, n0 + tn * {nn}u + {4 * q + c}u, T, g, c{i}_{q}.{'xyzw'[c]}, ks);"
                           for i, q in accs for c in range(4))
         kc = -(-self.K // split // tu.gemm_tk) * tu.gemm_tk
         out = []
