@@ -69,7 +69,7 @@ function showStats(s = {}) {
   const tps = (v) => (v ? `${v.toFixed(1)} tok/s` : "–");
   $("stat-prefill").textContent = tps(s.prefill_tps);
   $("stat-decode").textContent = tps(s.decode_tps);
-  $("stat-py").textContent = s.py_share != null ? `${(100 * s.py_share).toFixed(0)}% (${(1000 * s.py_step_s).toFixed(1)} ms/step)` : "–";
+  $("stat-py").textContent = s.py_share != null ? `${(100 * s.py_share).toFixed(s.py_share < 0.1 ? 1 : 0)}% (${(1000 * s.py_step_s).toFixed(1)} ms/step)` : "–";
   $("stat-adapter").textContent = app.engine?.adapter || "–";
 }
 
