@@ -95,14 +95,32 @@ async def finish_load() -> dict:
         raise WebRwkvError("no model load is in progress; call load again")
     ld, _load = _load, None
     runtime, tokenizer, info = await ld.finish()
-    for ids in ([0, 0], [0]):  # compile the prefill and decode kernels now, not on first use
-        runtime.push(0, ids)
-        await runtime.run_async()
-    await _dev.sync_async()
-    _dev.raise_errors("preparing the GPU kernels")  # a kernel the browser cannot compile fails here
+    _eng["prefill_kernel"] = await _warm_up(runtime)
     _eng.update(runtime=runtime, tokenizer=tokenizer, info=info, name=ld.name)
     reset()
-    return {"name": ld.name, **info.to_dict(), "adapter": _dev.adapter_name}
+    return {"name": ld.name, **info.to_dict(), "adapter": _dev.adapter_name, "prefill_kernel": _eng["prefill_kernel"]}
+
+
+async def _warm_up(rt: Any) -> str:
+    """Compile the prefill and decode kernels now, not on first use. If the browser's WGSL compiler
+    refuses the tiled GEMM kernel (Chrome's uniformity analysis is stricter than wgpu-native's),
+    prefill falls back to the GEMV kernel, token rows in parallel. Returns the prefill kernel."""
+    kernel = "gemm"
+    rt.push(0, [0, 0])
+    await rt.run_async()
+    await _dev.sync_async()
+    if _dev.errors and rt.k.tuning.gemv_max_t < 2:
+        _dev.errors.clear()
+        rt.k.tuning.gemv_max_t = 1 << 30
+        rt._ops.clear()  # the cached per-shape op lists hold the GEMM dispatches
+        rt.push(0, [0, 0])
+        await rt.run_async()
+        kernel = "gemv"
+    rt.push(0, [0])
+    await rt.run_async()
+    await _dev.sync_async()
+    _dev.raise_errors("preparing the GPU kernels")  # a kernel the browser cannot compile fails here
+    return kernel
 
 
 def unload() -> None:
@@ -236,4 +254,4 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
 
 def stats() -> dict:
     """The last generation's numbers, plus the adapter."""
-    return {**_stats, "adapter": _dev.adapter_name if _dev else ""}
+    return {**_stats, "adapter": _dev.adapter_name if _dev else "", "prefill_kernel": _eng.get("prefill_kernel", "")}

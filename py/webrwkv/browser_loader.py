@@ -254,15 +254,10 @@ class StreamingLoad:
 
 
 def _tuning(overrides: dict | None) -> Any:
-    """Kernel tuning for the browser: a whole step in one submit (ONE call into JS), plus overrides.
-
-    Prefill also runs on the GEMV kernel: Chrome's WGSL compiler rejects gemm.wgsl (a workgroupBarrier
-    in a loop bounded by a module-scope `var<private>`, which its uniformity analysis calls non-uniform).
-    """
+    """Kernel tuning for the browser: a whole step in one submit (ONE call into JS), plus overrides."""
     t = kmod.Tuning()
     if hasattr(t, "submit_ops"):
         t.submit_ops = 1 << 30
-    t.gemv_max_t = 1 << 30
     for k, v in (overrides or {}).items():
         if not hasattr(t, k):
             raise ModelFormatError(f"unknown kernel tuning knob {k!r}; known: {', '.join(vars(t))}")
