@@ -339,3 +339,16 @@ def test_async_stream_and_chat_on_reference_runtime():
     st, a, b = asyncio.run(go())
     assert st.ids == reference_greedy(info, w, prompt, 10)
     assert a.ids == b.ids == reference_greedy(info, w, ids_of("User: hi\n\nAssistant:"), len(a.ids))
+
+
+def test_end_of_text_without_eos_stop_decodes_as_nothing():
+    """With eos_id=None a sampled token 0 is not a stop and adds no text (the tokenizer refuses to decode it)."""
+    h, i = ids_of("hi")
+    rt = ScriptedRuntime(lambda data: [h, i, 0][(len(rt.seen[0]) - 1) % 3])  # "hi", end-of-text, again
+    pieces, st = collect(generate_stream(rt, TOK, ids_of(">"), GREEDY, 7, eos_id=None))
+    assert st.ids == [h, i, 0, h, i, 0, h]
+    assert [p for _, p in pieces] == ["h", "i", "", "h", "i", "", "h"]
+    assert (st.text, st.stop_reason) == ("hihih", "max_tokens")
+    assert rt.seen[0] == ids_of(">") + st.ids[:-1]
+    items = list(generate_batch(ScriptedRuntime(lambda data: 0), TOK, [ids_of(">")], GREEDY, 3, eos_id=None))
+    assert items[-1].slots[0].ids == [0, 0, 0] and items[-1].slots[0].text == ""

@@ -76,8 +76,8 @@ class TokenStream:
         st.ids.append(token)
         if token == self.eos_id:
             raw, st.stop_reason = self.decoder.flush(), "eos"
-        else:
-            raw = self.decoder.feed(token)
+        else:  # end-of-text that is not a stop (eos_id=None) has no text: decode it as nothing
+            raw = self.decoder.feed(token) if token != END_OF_TEXT else ""
             if len(st.ids) >= self.max_tokens:
                 raw += self.decoder.flush()
                 st.stop_reason = "max_tokens"
