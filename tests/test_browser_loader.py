@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from gpu_util import GOLDEN, device
 
-from webrwkv.browser_loader import GpuMatrix, PrefixSource, StreamingLoad, _Numpy
+from webrwkv.browser_loader import GpuMatrix, PrefixSource, StreamingLoad
+from webrwkv.recipes import deferred, mat, pad_end, stack
 from webrwkv.errors import ModelFormatError
 
 MODELS = ["v4", "v5", "v6", "v7", "v6-bf16", "v4-converted", "v5-converted", "v6-converted", "v7-converted"]
@@ -75,23 +76,27 @@ def test_matrices_never_reach_python(name, direct):
     ld.cancel()
 
 
-def test_symbolic_numpy_ops():
+def test_deferred_matrix_ops():
+    """The recipes' matrix helpers on GpuMatrix keep track of which rows land where."""
     class R:  # a stand-in raw tensor: only identity matters for the segment bookkeeping
         pass
 
     a, b = R(), R()
     A = GpuMatrix((4, 8), [(a, 0, 4, 0)])
     B = GpuMatrix((4, 8), [(b, 0, 4, 0)])
-    fnp = _Numpy()
-    cat = fnp.concatenate([fnp.pad(A, ((0, 2), (0, 0))), B])
+    assert deferred(A) and mat(A) is A and not deferred(np.ones((2, 2)))
+    cat = stack([pad_end(A, 6, 8), B])
     assert cat.shape == (10, 8)
     assert cat.segs == [(a, 0, 4, 0), (b, 0, 4, 6)]
     three = GpuMatrix((12, 8), [(a, 0, 12, 0)]).reshape(3, 4, 8)
     assert three[2].shape == (4, 8) and three[2].segs == [(a, 8, 4, 0)]
-    assert fnp.pad(A, ((0, 0), (0, 8))).shape == (4, 16)
-    assert np.array_equal(fnp.concatenate([np.ones(2), np.zeros(1)]), [1, 1, 0])  # plain arrays pass through
+    assert pad_end(A, 4, 16).shape == (4, 16)
+    assert np.array_equal(stack([np.ones((1, 2)), np.zeros((1, 2))]), [[1, 1], [0, 0]])  # plain arrays too
+    assert np.array_equal(pad_end(np.ones((1, 2)), 2, 3), [[1, 1, 0], [0, 0, 0]])
     with pytest.raises(ModelFormatError):
         A.reshape(8, 4)
+    with pytest.raises(ModelFormatError):
+        pad_end(A, 3, 8)
 
 
 def test_prefix_source_errors_name_the_problem():

@@ -2,20 +2,20 @@
 buffers; the GPU then converts them (dtype, transpose, padding) into the runtime's packed layout.
 
 Python sees only the header and the small per-channel vectors (read back from the GPU); every
-matrix is handled as a symbolic view (`GpuMatrix`) that the runtime's recipes concatenate, pad and
-slice exactly as they would a numpy array, and whose upload becomes GPU conversion dispatches.
+matrix is a deferred view (`GpuMatrix`, see recipes.deferred) that the runtime's recipes stack, pad
+and slice as they would a numpy array, and the runtime's upload hook turns into GPU conversions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from . import kernels as kmod
-from . import recipes, runtime as rtmod
+from . import runtime as rtmod
 from .errors import ModelFormatError
 from .gpu import UNIFORM
 from .models import TensorRef
@@ -58,7 +58,8 @@ class Raw:
 
 
 class GpuMatrix:
-    """A matrix assembled from rows of streamed tensors: segments (raw, flat src row, rows, dst row)."""
+    """A matrix assembled from rows of streamed tensors: segments (raw, flat src row, rows, dst row).
+    Deferred (recipes.deferred): its values are written by StreamingLoad.upload_matrix's plan."""
 
     def __init__(self, shape: tuple, segs: list) -> None:
         self.shape, self.segs = tuple(shape), segs
@@ -79,6 +80,21 @@ class GpuMatrix:
         per = self.shape[1]
         return GpuMatrix(self.shape[1:], _rows(self.segs, int(j) * per, per))
 
+    def pad_end(self, rows: int, cols: int) -> "GpuMatrix":
+        """Zero rows/columns at the end: the packed buffers start zeroed and those rows get no data."""
+        if rows < self.shape[0] or cols < self.shape[1] or len(self.shape) != 2:
+            raise ModelFormatError(f"cannot pad a {self.shape} matrix to {(rows, cols)} on the GPU")
+        return GpuMatrix((rows, cols), self.segs)
+
+    @staticmethod
+    def concat(mats: list) -> "GpuMatrix":
+        """The matrices one under the other (the widest sets the width)."""
+        segs, row = [], 0
+        for m in mats:
+            segs += [(raw, s0, n, d0 + row) for raw, s0, n, d0 in m.segs]
+            row += m.shape[0]
+        return GpuMatrix((row, max(m.shape[1] for m in mats)), segs)
+
 
 def _rows(segs: list, start: int, n: int) -> list:
     """Rows [start, start + n) of a segment list, renumbered from 0."""
@@ -88,33 +104,6 @@ def _rows(segs: list, start: int, n: int) -> list:
         if hi > lo:
             out.append((raw, s0 + lo - d0, hi - lo, lo - start))
     return out
-
-
-class _Numpy:
-    """numpy for the recipes module, with asarray/pad/concatenate understood on GpuMatrix."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(np, name)
-
-    def asarray(self, a: Any, *args: Any, **kw: Any) -> Any:
-        return a if isinstance(a, GpuMatrix) else np.asarray(a, *args, **kw)
-
-    def pad(self, a: Any, widths: Any, *args: Any, **kw: Any) -> Any:
-        if not isinstance(a, GpuMatrix):
-            return np.pad(a, widths, *args, **kw)
-        (r0, r1), (c0, c1) = widths
-        if r0 or c0:
-            raise ModelFormatError("GPU matrices pad only at the end")
-        return GpuMatrix((a.shape[0] + r1, a.shape[1] + c1), a.segs)
-
-    def concatenate(self, mats: Any, *args: Any, **kw: Any) -> Any:
-        if not any(isinstance(m, GpuMatrix) for m in mats):
-            return np.concatenate(mats, *args, **kw)
-        segs, row = [], 0
-        for m in mats:
-            segs += [(raw, s0, n, d0 + row) for raw, s0, n, d0 in m.segs]
-            row += m.shape[0]
-        return GpuMatrix((row, max(m.shape[1] for m in mats)), segs)
 
 
 class StreamingLoad:
@@ -136,11 +125,11 @@ class StreamingLoad:
         self.segments: dict[str, list] = {}  # tensor -> [(src row, rows, dst buffer, dst row, dst row length)]
         vec_names = [n for n, r in self.refs.items() if len(r.canonical_shape) == 1]
         raws = {n: Raw(r, None, r.offset & ~3) for n, r in self.refs.items() if n not in vec_names}
+        # vectors are zero until finish() reads them back and calls runtime.write_vectors
         weights: dict[str, Any] = {n: np.zeros(self.refs[n].canonical_shape, np.float32) for n in vec_names}
         weights.update({n: GpuMatrix.of(raw) for n, raw in raws.items()})
-        with _patched(recipes, "np", _Numpy()), _patched(recipes, "upload_matrix", self.upload_matrix), \
-                _patched(rtmod, "upload_matrix", self.upload_matrix):
-            self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size, tuning=_tuning(tuning))
+        self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size, tuning=_tuning(tuning),
+                                     upload=self.upload_matrix)
         self.writes: list = []
         self.staged: dict[int, Raw] = {}
         self.vec_spans: dict[str, tuple[int, int, int]] = {}
@@ -241,8 +230,7 @@ class StreamingLoad:
         if self.staged:
             missing = ", ".join(sorted(r.ref.name for r in self.staged.values())[:3])
             raise ModelFormatError(f"the download ended before tensors {missing} arrived; load the model again")
-        packed, _, _ = recipes.pack_vecs(self.info, await self._vectors())
-        self.dev.write(self.runtime.vecs, 0, packed)
+        self.runtime.write_vectors(await self._vectors())
         if hasattr(self.dev, "sync_async"):
             await self.dev.sync_async()
         for b in self._uniforms + [self.vec_buf]:
@@ -268,12 +256,3 @@ def _tuning(overrides: dict | None) -> Any:
 def _key(raw: Raw) -> str:
     return raw.ref.name
 
-
-@contextlib.contextmanager
-def _patched(mod: Any, name: str, value: Any) -> Iterator[None]:
-    old = getattr(mod, name)
-    setattr(mod, name, value)
-    try:
-        yield
-    finally:
-        setattr(mod, name, old)

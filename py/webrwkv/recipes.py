@@ -13,6 +13,7 @@ import numpy as np
 from .kernels import Kernels, MatMul, pow2_divisor, state_code, upload_matrix
 
 Gen = Callable[[tuple], list]
+Upload = Callable[[Any, Any, str], tuple]  # upload(dev, matrix, label) -> (row blocks, padded K)
 
 # Per-layer vectors, in vecs-buffer order (after ln1.w, ln1.b, ln2.w, ln2.b), per version.
 VECS = {
@@ -29,13 +30,33 @@ VECS = {
 HEAD_VECS = ["blocks.0.ln0.weight", "blocks.0.ln0.bias", "ln_out.weight", "ln_out.bias"]
 
 
-def mat(a: Any) -> np.ndarray:
-    """A weight matrix kept in fp16 when it already is (no widening copy), else as float32."""
-    a = np.asarray(a)
-    dtype = getattr(a, "dtype", None)
-    if dtype is None or dtype == np.float16:  # fp16, or a matrix filled later (streamed browser load)
+def deferred(a: Any) -> bool:
+    """A matrix whose values come later (the browser's streamed load): it has shape, reshape and
+    [i] like an array, plus `pad_end(rows, cols)` and `concat(mats)`; its upload hook fills it."""
+    return hasattr(a, "pad_end") and hasattr(a, "concat")
+
+
+def mat(a: Any) -> Any:
+    """A weight matrix kept in fp16 when it already is (no widening copy), else as float32;
+    a deferred matrix passes through as it is."""
+    if deferred(a):
         return a
-    return a.astype(np.float32, copy=False)
+    a = np.asarray(a)
+    return a if a.dtype == np.float16 else a.astype(np.float32, copy=False)
+
+
+def pad_end(a: Any, rows: int, cols: int) -> Any:
+    """Matrix `a` zero-padded at the end to [rows, cols]."""
+    if deferred(a):
+        return a.pad_end(rows, cols)
+    return np.pad(a, ((0, rows - a.shape[0]), (0, cols - a.shape[1])))
+
+
+def stack(mats: list) -> Any:
+    """Matrices of equal width, one under the other."""
+    if len(mats) == 1:
+        return mats[0]
+    return mats[0].concat(mats) if deferred(mats[0]) else np.concatenate(mats)
 
 
 def pad64(n: int) -> int:
@@ -75,11 +96,16 @@ def state_geometry(info: Any) -> tuple[int, dict]:
 
 
 class LayerBuilder:
-    """Uploads one model's weights and makes the per-layer op generators; `bufs` are the activations."""
+    """Uploads one model's weights and makes the per-layer op generators; `bufs` are the activations.
+
+    Every matrix goes through `mat()` / `pad_end()` / `stack()` and then `upload(dev, matrix, label)`
+    (default kernels.upload_matrix), so a loader may pass deferred matrices with its own upload.
+    """
 
     def __init__(self, k: Kernels, info: Any, w: dict, bufs: dict, vecs_buf: Any, vec_off: dict, vs: int,
-                 state: Any, ls: int, slot_stride: int, n_slots: int) -> None:
+                 state: Any, ls: int, slot_stride: int, n_slots: int, upload: Upload = upload_matrix) -> None:
         self.k, self.dev, self.info, self.w, self.b = k, k.dev, info, w, bufs
+        self.upload = upload
         self.vecs, self.vo, self.vs = vecs_buf, vec_off, vs
         self.state, self.ls, self.slot, self.n_slots = state, ls, slot_stride, n_slots
         self.C = info.n_embd
@@ -98,13 +124,13 @@ class LayerBuilder:
         """One grouped matmul over `mats` (equal shapes), or one per group when too big to bind."""
         mats = [mat(m) for m in mats]
         if pad_rows:
-            mats = [np.pad(m, ((0, pad_rows - m.shape[0]), (0, 0))) for m in mats]
+            mats = [pad_end(m, pad_rows, m.shape[1]) for m in mats]
         NR = mats[0].shape[0]
-        cat = np.concatenate(mats) if len(mats) > 1 else mats[0]
+        cat = stack(mats)
         limit = min(self.dev.limits["max_storage_binding"], self.dev.limits["max_buffer_size"])
         Kp = -(-cat.shape[1] // 8) * 8
         if len(mats) == 1 or cat.shape[0] * Kp * 2 <= limit:
-            blocks, Kp = upload_matrix(self.dev, cat, label)
+            blocks, Kp = self.upload(self.dev, cat, label)
             self.weight_bytes += cat.shape[0] * Kp * 2
             self.split_matrices += len(blocks) > 1
             if len(mats) > 1:
@@ -116,7 +142,7 @@ class LayerBuilder:
             mm = []
             self.split_matrices += 1
             for g, m in enumerate(mats):
-                blocks, Kp = upload_matrix(self.dev, m, f"{label}.{g}")
+                blocks, Kp = self.upload(self.dev, m, f"{label}.{g}")
                 self.weight_bytes += m.shape[0] * Kp * 2
                 blocks = [(b, r0 + g * NR, n) for b, r0, n in blocks]
                 mm.append(MatMul(self.k, self.b["meta"], blocks, Kp, 1, NR, x, y, x_off=x_off + g * x_gs,
@@ -131,21 +157,21 @@ class LayerBuilder:
         """
         mats = [mat(m) for m, _, _ in parts]
         cols = np.cumsum([0] + [m.shape[0] for m in mats])
-        cat = np.concatenate(mats)
+        cat = stack(mats)
         limit = min(self.dev.limits["max_storage_binding"], self.dev.limits["max_buffer_size"])
         Kp = -(-cat.shape[1] // 8) * 8
         if cat.shape[0] * Kp * 2 > limit:
             self.split_matrices += 1
             gens = []
             for (m, xo, act), c0 in zip(parts, cols):
-                blocks, Kp = upload_matrix(self.dev, m, label)
+                blocks, Kp = self.upload(self.dev, m, label)
                 self.weight_bytes += m.shape[0] * Kp * 2
                 blocks = [(b, r0 + int(c0), n) for b, r0, n in blocks]
                 mm = MatMul(self.k, self.b["meta"], blocks, Kp, 1, m.shape[0], x, y, x_off=x_off + xo,
                             acts=(act,), **kw)
                 gens.append(lambda s, mm=mm: mm.ops(s[0]))
             return gens
-        blocks, Kp = upload_matrix(self.dev, cat, label)
+        blocks, Kp = self.upload(self.dev, cat, label)
         self.weight_bytes += cat.shape[0] * Kp * 2
         ragged = [(m.shape[0], xo, int(c0)) for m, (_, xo, _), c0 in zip(mats, parts, cols)]
         mm = MatMul(self.k, self.b["meta"], blocks, Kp, len(parts), 0, x, y, x_off=x_off,
@@ -249,7 +275,8 @@ class LayerBuilder:
         Dw = self.info.dims["time_decay"]
         Dwp = -(-Dw // 8) * 8
         pts = 4 * C + Dwp  # proj = [r | k | v | g | decay LoRA hidden]
-        d1 = np.pad(mat(w[a + "time_decay_w1"]), ((0, Dwp - Dw), (0, 0)))
+        d1 = mat(w[a + "time_decay_w1"])
+        d1 = pad_end(d1, Dwp, d1.shape[1])
         parts = [(w[a + n + ".weight"], j * C, "none") for j, n in enumerate(("receptance", "key", "value", "gate"))]
         gens += self.fused(parts + [(d1, 4 * C, "tanh")], b["mix2"], b["proj"], a + "proj", x_ts=5 * C, y_ts=pts)
         gens += self.matmul([w[a + "time_decay_w2"]], b["proj"], b["dd"], a + "decay2", x_off=4 * C, x_ts=pts,
@@ -264,11 +291,10 @@ class LayerBuilder:
         pts = 3 * C + len(names) * dp  # proj = [v | r | k | LoRA hiddens w a g (v)]
         parts = [(w[a + n + ".weight"], (3 + j) * C, "none") for j, n in enumerate(("value", "receptance", "key"))]
         acts = {"w": "tanh", "a": "none", "g": "sigmoid", "v": "none"}
-        parts += [(np.pad(mat(w[a + n + "1"]), ((0, dp - w[a + n + "1"].shape[0]), (0, 0))),
-                   j * C, acts[n]) for j, n in enumerate(names)]
+        parts += [(pad_end(mat(w[a + n + "1"]), dp, w[a + n + "1"].shape[1]), j * C, acts[n])
+                  for j, n in enumerate(names)]
         gens += self.fused(parts, b["mix"], b["proj"], a + "proj", x_ts=6 * C, y_ts=pts)
-        gens += self.matmul([np.pad(mat(w[a + n + "2"]), ((0, 0), (0, dp - w[a + n + "2"].shape[1])))
-                             for n in names], b["proj"], b["l2"], a + "lora2", x_off=3 * C, x_ts=pts, x_gs=dp,
+        gens += self.matmul([pad_end(mat(w[a + n + "2"]), w[a + n + "2"].shape[0], dp) for n in names], b["proj"], b["l2"], a + "lora2", x_off=3 * C, x_ts=pts, x_gs=dp,
                             y_ts=len(names) * C)
         gens.append(self.op("wkv7", [b["meta"], b["proj"], b["l2"], self.vec_bind(i), self.state_bind(i),
                                      b["vfirst"], b["y"]],

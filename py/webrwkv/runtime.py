@@ -13,7 +13,7 @@ import numpy as np
 from .errors import GpuError, WebRwkvError
 from .kernels import Kernels, MatMul, Tuning, pow2_divisor, upload_matrix
 from .models import ModelInfo, init_state, state_layout
-from .recipes import HEAD_VECS, LayerBuilder, activation_sizes, pack_vecs, state_geometry
+from .recipes import HEAD_VECS, LayerBuilder, Upload, activation_sizes, pack_vecs, state_geometry
 
 State = dict[str, np.ndarray]
 
@@ -28,10 +28,13 @@ class Runtime:
     Runtime(device, info, weights, max_batch, token_chunk_size): weights are canonical float32
     arrays (webrwkv.models.load_weights); they are converted to packed fp16 on upload.
     `token_chunk_size` may be lowered later (buffers are sized for the value given here).
+    `upload(dev, matrix, label) -> (row blocks, padded K)` puts each weight matrix on the GPU
+    (default kernels.upload_matrix); a loader whose matrices arrive later passes deferred matrices
+    (see recipes.deferred) with its own upload, and its vectors with write_vectors() once known.
     """
 
     def __init__(self, device: Any, info: ModelInfo, weights: dict, max_batch: int = 1,
-                 token_chunk_size: int = 128, tuning: Tuning | None = None) -> None:
+                 token_chunk_size: int = 128, tuning: Tuning | None = None, upload: Upload = upload_matrix) -> None:
         if max_batch < 1 or token_chunk_size < 1:
             raise WebRwkvError("max_batch and token_chunk_size must be at least 1")
         self.dev, self.info = device, info
@@ -64,9 +67,9 @@ class Runtime:
         self.vecs = dev.buffer(vecs.nbytes, label="vecs")
         dev.write(self.vecs, 0, vecs)
         lb = self.lb = LayerBuilder(self.k, info, weights, b, self.vecs, vec_off, vs, self.state, self.ls,
-                                    self.slot_floats, max_batch)
+                                    self.slot_floats, max_batch, upload)
         self.gens: list = []
-        emb, _ = upload_matrix(dev, weights["emb.weight"], "emb")
+        emb, _ = upload(dev, weights["emb.weight"], "emb")
         lb.weight_bytes += V * C * 2
         lb.split_matrices += len(emb) > 1
         head_base = 4 * vs * info.n_layer
@@ -79,7 +82,7 @@ class Runtime:
             self.gens += lb.att(i) + lb.ffn(i)
         self.gens.append(lb.op("norm", [self.meta, b["x"], gv, b["xo"]], lambda s: (s[2], 1, 1), C=C, WG=wg,
                                LNW=2 * C, LNB=3 * C))
-        blocks, _ = upload_matrix(dev, weights["head.weight"], "head")
+        blocks, _ = upload(dev, weights["head.weight"], "head")
         lb.weight_bytes += V * C * 2
         lb.split_matrices += len(blocks) > 1
         head = MatMul(self.k, self.meta, blocks, C, 1, V, b["xo"], self.logits, x_ts=C, y_ts=V, tsrc=2)
@@ -101,6 +104,12 @@ class Runtime:
 
         info, w = load_weights(path)
         return cls(open_device("native", adapter, **device_options), info, w, max_batch, token_chunk_size)
+
+    def write_vectors(self, weights: dict) -> None:
+        """Replace the per-channel vectors (layer norms, mixes, decays) with those in `weights`
+        (canonical arrays by name, as load_weights gives); the compiled steps stay valid."""
+        packed, _, _ = pack_vecs(self.info, weights)
+        self.dev.write(self.vecs, 0, packed)
 
     # -- limits ------------------------------------------------------------------------------
     def _check_limits(self) -> None:
