@@ -85,18 +85,20 @@ def bench_main(args: Any) -> int:
     from .gpu import open_device
     from .runtime import Runtime
 
-    if getattr(args, "quant", "none") != "none":
-        raise WebRwkvError("bench --quant is not supported by the GPU runtime yet; use --quant none")
+    quant = getattr(args, "quant", "none")
+    if quant == "nf4":
+        raise WebRwkvError("bench --quant nf4 is not supported by the GPU runtime yet; use --quant int8 or none")
     if args.prefill < 1 or args.decode < 1:
         raise WebRwkvError("--prefill and --decode must be at least 1")
     chunk = min(args.prefill, 128)
     if args.random:
         info = parse_random(args.random)
         dev = open_device("native", args.adapter)
-        rt = Runtime(dev, info, random_weights(info), max_batch=1, token_chunk_size=chunk)
+        rt = Runtime(dev, info, random_weights(info), max_batch=1, token_chunk_size=chunk, quant=quant)
         name = f"random {args.random}"
     else:
-        eng = load_engine(args.model, "native", max_batch=1, token_chunk_size=chunk, adapter=args.adapter)
+        eng = load_engine(args.model, "native", max_batch=1, token_chunk_size=chunk, adapter=args.adapter,
+                          quant=quant)
         rt, dev, info, name = eng.runtime, eng.device, eng.info, str(args.model)
     res = _bench(rt, args.prefill, args.decode)
     row = {"model": name, "version": info.version, "layers": info.n_layer, "embd": info.n_embd,

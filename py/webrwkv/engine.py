@@ -76,11 +76,11 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
         from .reference import ReferenceRuntime
 
         return Engine(ReferenceRuntime((info, weights), max_batch, token_chunk_size), info, path, backend)
-    if quant != "none":
-        raise WebRwkvError(f"--quant {quant} is not supported by the GPU runtime yet; use --quant none")
+    if quant == "nf4":
+        raise WebRwkvError("--quant nf4 is not supported by the GPU runtime yet; use --quant int8 or none")
     from .gpu import open_device
     from .runtime import Runtime
 
     dev = device if device is not None else open_device("native", adapter, **device_options)
-    rt = Runtime(dev, info, weights, max_batch=max_batch, token_chunk_size=token_chunk_size)
+    rt = Runtime(dev, info, weights, max_batch=max_batch, token_chunk_size=token_chunk_size, quant=quant)
     return Engine(rt, info, path, backend, dev)

@@ -136,12 +136,13 @@ class MatMul:
     W holds P groups of NR rows each (group g reads X at x_off + g*x_gs and writes columns
     col0 + g*NR ...). W may be given as several row blocks (P == 1 only) when it exceeds the
     binding limit. Ops for a token count come from `ops(T)`: GEMV for few tokens, tiled GEMM else.
+    With int8=True the blocks hold int8 rows plus per-row scales (webrwkv.quant.upload_int8).
     """
 
     def __init__(self, k: Kernels, meta: Any, blocks: Sequence[tuple], K: int, P: int, NR: int, x: Any, y: Any,
                  *, x_off: int = 0, x_ts: int, x_gs: int = 0, y_off: int = 0, y_ts: int, acts: Sequence[str] = ("none",),
                  mode: str = "store", gate: Any = None, g_off: int = 0, g_ts: int = 0, tsrc: int = 0,
-                 ragged: Sequence[tuple] | None = None, mu: Any = None, mu_off: int = 0) -> None:
+                 ragged: Sequence[tuple] | None = None, mu: Any = None, mu_off: int = 0, int8: bool = False) -> None:
         if K % 8 or x_off % 4 or x_ts % 4 or x_gs % 4 or any(xo % 4 for _, xo, _ in ragged or ()):
             raise GpuError(f"matmul shapes must be multiples of 8 (K={K}) and 4 (offsets); pad the weights")
         self.k, self.meta, self.blocks, self.K, self.P, self.NR = k, meta, list(blocks), K, P, NR
@@ -168,6 +169,7 @@ class MatMul:
                "gate": f"y[{yi}] = y[{yi}] + gate[{g_off}u + t * {g_ts}u + col] * v;", "lerp": lerp}[mode]
         self.mode, self.epi = mode, epi
         self.mu = mu
+        self.int8 = int8
         self.p.update(ACT=act, EPILOGUE=epi, GATE_DECL=self._decl(4))
         self._cache: dict[str, list] = {}
 
@@ -190,16 +192,29 @@ class MatMul:
             args = ""
         u = max(1, tu.gemv_unroll)
         unrolled = "\n".join(f"      let q{i} = w[wb + k + {i}u * TPR];" for i in range(u))
-        unrolled += "\n" + "\n".join(
-            f"      acc += dot(vec4<f32>(h2(q{i}.x), h2(q{i}.y)), xv[xb + 2u * (k + {i}u * TPR)]) + "
-            f"dot(vec4<f32>(h2(q{i}.z), h2(q{i}.w)), xv[xb + 2u * (k + {i}u * TPR) + 1u]);" for i in range(u))
+        if self.int8:
+            unrolled += "\n" + "\n".join(
+                f"      acc += dot(i4(q{i}.x), xv[xb + 2u * (k + {i}u * TPR)]) + "
+                f"dot(i4(q{i}.y), xv[xb + 2u * (k + {i}u * TPR) + 1u]);" for i in range(u))
+        else:
+            unrolled += "\n" + "\n".join(
+                f"      acc += dot(vec4<f32>(h2(q{i}.x), h2(q{i}.y)), xv[xb + 2u * (k + {i}u * TPR)]) + "
+                f"dot(vec4<f32>(h2(q{i}.z), h2(q{i}.w)), xv[xb + 2u * (k + {i}u * TPR) + 1u]);" for i in range(u))
         out = []
         for (buf, _, _), groups in zip(self.blocks, self.groups):
-            pipe = k.get("gemv", **self.p, GROUPS=self._group_fns(groups), R=rows, TPR=tpr, WG=rows * tpr,
+            name, q = self._kernel("gemv", groups)
+            pipe = k.get(name, **self.p, **q, GROUPS=self._group_fns(groups), R=rows, TPR=tpr, WG=rows * tpr,
                          UNROLL=u, UNROLLED=unrolled,
                          REDUCE=reduce, SG_ARGS=args, ENABLE=k.dev.subgroup_directive if sub else "")
             out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // rows)))
         return out
+
+    def _kernel(self, name: str, groups: list) -> tuple[str, dict]:
+        """Kernel name and extra template values for one block (int8: its scales follow all its rows)."""
+        if not self.int8:
+            return name, {}
+        rows = max(g[0] + g[1] for g in groups)
+        return name + "_int8", {"SB": rows * self.K // 4}
 
     def _decl(self, first: int) -> str:
         decl = ""
@@ -236,15 +251,17 @@ class MatMul:
             nxt = -(-max(g[0] for g in groups) // tu.gemm_tn)
             p = dict(self.p, GROUPS=self._group_fns(groups), TM=tu.gemm_tm, TN=tu.gemm_tn, TK=tu.gemm_tk, MM=mm, NN=nn,
                      WG=(tu.gemm_tm // mm) * (tu.gemm_tn // nn), ACC_DECL=decl, INNER=inner, STORE=store, NXT=nxt, KC=kc)
+            name, q = self._kernel("gemm", groups)
+            p.update(q)
             if split == 1:
-                pipe = self.k.get("gemm", **p)
+                pipe = self.k.get(name, **p)
                 out.append((pipe, self._bind(pipe, buf), nxt * split))
                 continue
             ntot = sum(g[0] for g in groups)
             scratch = self.k.scratch(split * self.k.max_rows * ntot * 4)
             p.update(ACT="fn act(g: u32, x: f32) -> f32 { return x; }", GATE_DECL="",
                      EPILOGUE=f"y[(ks * {self.k.max_rows}u + t) * {ntot}u + g_row(g) + n] = v;")
-            pipe = self.k.get("gemm", **p)
+            pipe = self.k.get(name, **p)
             out.append((pipe, self.k.dev.bind(pipe, [self.meta, buf, self.x, scratch]), nxt * split))
             red = self.k.get("gemm_sum", ACT=self.p["ACT"], GROUPS=p["GROUPS"], GATE_DECL=self._decl(3),
                              EPILOGUE=self.epi, NTOT=ntot, SPLIT=split, MAXT=self.k.max_rows, P=len(groups),

@@ -31,12 +31,16 @@ class Runtime:
     `upload(dev, matrix, label) -> (row blocks, padded K)` puts each weight matrix on the GPU
     (default kernels.upload_matrix); a loader whose matrices arrive later passes deferred matrices
     (see recipes.deferred) with its own upload, and its vectors with write_vectors() once known.
+    quant="int8" stores the layers' matrices as int8 with per-row scales; embedding and head stay fp16.
     """
 
     def __init__(self, device: Any, info: ModelInfo, weights: dict, max_batch: int = 1,
-                 token_chunk_size: int = 128, tuning: Tuning | None = None, upload: Upload = upload_matrix) -> None:
+                 token_chunk_size: int = 128, tuning: Tuning | None = None, upload: Upload = upload_matrix,
+                 quant: str = "none") -> None:
         if max_batch < 1 or token_chunk_size < 1:
             raise WebRwkvError("max_batch and token_chunk_size must be at least 1")
+        if quant not in ("none", "int8"):
+            raise WebRwkvError(f"the GPU runtime supports quant 'none' or 'int8', not {quant!r}")
         self.dev, self.info = device, info
         self.max_batch, self.token_chunk_size = max_batch, token_chunk_size
         self.rows = max(token_chunk_size, max_batch)
@@ -67,7 +71,7 @@ class Runtime:
         self.vecs = dev.buffer(vecs.nbytes, label="vecs")
         dev.write(self.vecs, 0, vecs)
         lb = self.lb = LayerBuilder(self.k, info, weights, b, self.vecs, vec_off, vs, self.state, self.ls,
-                                    self.slot_floats, max_batch, upload)
+                                    self.slot_floats, max_batch, upload, quant)
         self.gens: list = []
         emb, _ = upload(dev, weights["emb.weight"], "emb")
         lb.weight_bytes += V * C * 2
