@@ -179,6 +179,8 @@ def test_errors_name_the_tensor(tmp_path):
             merge_lora(info, w, p)
     with pytest.raises(ModelFormatError, match="cannot read the LoRA file"):
         merge_lora(info, w, str(tmp_path / "missing.st"))
+    with pytest.raises(ModelFormatError, match="PyTorch checkpoint"):
+        merge_lora(info, w, str(tmp_path / "adapter.pth") + ":16")
     junk = tmp_path / "junk.st"
     junk.write_bytes(b"\x00" * 3)
     with pytest.raises(ModelFormatError):

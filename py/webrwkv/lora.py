@@ -13,8 +13,6 @@ adapter matrices lie (default official, [in, out], so the delta B @ A is transpo
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import numpy as np
 
 from .errors import ModelFormatError, SourceError, WebRwkvError
@@ -43,6 +41,9 @@ def parse_spec(spec: str) -> tuple[str, float | None]:
 
 def read_lora(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """All tensors of a LoRA safetensors file as float32 ({name: array}, metadata)."""
+    if path.endswith((".pth", ".pt")) and "://" not in path:
+        raise ModelFormatError(f"the LoRA file {path!r} is a PyTorch checkpoint; save its tensors as "
+                               "safetensors (same names) and pass that file")
     try:
         src = open_source(path)
     except (OSError, SourceError) as e:
