@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from .errors import ModelFormatError, SourceError, WebRwkvError
-from .models import ModelInfo, VERSIONS
+from .models import ModelInfo
 from .models.loader import canonical_name, is_adapter, stored_shape
 from .safetensors import read_header, tensor_to_numpy
 from .sources import open_source
@@ -100,8 +100,6 @@ def merge_lora(info: ModelInfo, weights: dict[str, np.ndarray], spec: str) -> di
     layout = meta.get("layout", "official")
     if layout not in ("official", "converted"):
         raise ModelFormatError(f"LoRA file {path!r}: metadata layout={layout!r}; use 'official' or 'converted'")
-    if info.version not in VERSIONS:
-        raise WebRwkvError(f"unknown RWKV version {info.version!r}")
     out = dict(weights)
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for name, a in tensors.items():
@@ -121,9 +119,9 @@ def merge_lora(info: ModelInfo, weights: dict[str, np.ndarray], spec: str) -> di
             raise ModelFormatError(f"LoRA file {path!r}: '{base}.{missing}' is missing (each LoRA needs "
                                    f"both {base}.lora_A and {base}.lora_B)")
         A, B = pair["lora_A"], pair["lora_B"]
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1] or A.shape[0] == 0:
             raise ModelFormatError(f"LoRA file {path!r}: '{base}.lora_A' {list(A.shape)} and '{base}.lora_B' "
-                                   f"{list(B.shape)} do not fit: need A [r, in] and B [out, r] of the same rank r")
+                                   f"{list(B.shape)} do not fit: need A [r, in] and B [out, r] of the same rank r > 0")
         cname = _target(base, info, weights, path, base=True)
         if len(weights[cname].shape) != 2:
             raise ModelFormatError(f"LoRA file {path!r}: '{base}' is a LoRA pair but '{cname}' is not a matrix")
