@@ -136,13 +136,15 @@ class MatMul:
     W holds P groups of NR rows each (group g reads X at x_off + g*x_gs and writes columns
     col0 + g*NR ...). W may be given as several row blocks (P == 1 only) when it exceeds the
     binding limit. Ops for a token count come from `ops(T)`: GEMV for few tokens, tiled GEMM else.
-    With int8=True the blocks hold int8 rows plus per-row scales (webrwkv.quant.upload_int8).
+    With int8=True the blocks hold int8 rows plus per-row scales (webrwkv.quant.upload_int8);
+    with nf4=True NF4 codes plus per-64-weight scales (webrwkv.quant.upload_nf4).
     """
 
     def __init__(self, k: Kernels, meta: Any, blocks: Sequence[tuple], K: int, P: int, NR: int, x: Any, y: Any,
                  *, x_off: int = 0, x_ts: int, x_gs: int = 0, y_off: int = 0, y_ts: int, acts: Sequence[str] = ("none",),
                  mode: str = "store", gate: Any = None, g_off: int = 0, g_ts: int = 0, tsrc: int = 0,
-                 ragged: Sequence[tuple] | None = None, mu: Any = None, mu_off: int = 0, int8: bool = False) -> None:
+                 ragged: Sequence[tuple] | None = None, mu: Any = None, mu_off: int = 0, int8: bool = False,
+                 nf4: bool = False) -> None:
         if K % 8 or x_off % 4 or x_ts % 4 or x_gs % 4 or any(xo % 4 for _, xo, _ in ragged or ()):
             raise GpuError(f"matmul shapes must be multiples of 8 (K={K}) and 4 (offsets); pad the weights")
         self.k, self.meta, self.blocks, self.K, self.P, self.NR = k, meta, list(blocks), K, P, NR
@@ -170,6 +172,9 @@ class MatMul:
         self.mode, self.epi = mode, epi
         self.mu = mu
         self.int8 = int8
+        self.nf4 = nf4
+        if nf4 and k.tuning.gemm_tk % 8:
+            raise GpuError(f"NF4 matmuls need gemm_tk to be a multiple of 8, not {k.tuning.gemm_tk}")
         self.p.update(ACT=act, EPILOGUE=epi, GATE_DECL=self._decl(4))
         self._cache: dict[str, list] = {}
 
@@ -192,7 +197,13 @@ class MatMul:
             args = ""
         u = max(1, tu.gemv_unroll)
         unrolled = "\n".join(f"      let q{i} = w[wb + k + {i}u * TPR];" for i in range(u))
-        if self.int8:
+        if self.nf4:
+            unrolled = "\n".join(f"      let q{i} = w[wb + k + {i}u * TPR];" for i in range(u))
+            unrolled += "\n" + "\n".join(
+                f"      acc += bitcast<f32>(w[sb + (k + {i}u * TPR) / 8u]) * "
+                f"(dot(nf(q{i}, 0u), xv[xb + 2u * (k + {i}u * TPR)]) + "
+                f"dot(nf(q{i}, 16u), xv[xb + 2u * (k + {i}u * TPR) + 1u]));" for i in range(u))
+        elif self.int8:
             unrolled += "\n" + "\n".join(
                 f"      acc += dot(i4(q{i}.x), xv[xb + 2u * (k + {i}u * TPR)]) + "
                 f"dot(i4(q{i}.y), xv[xb + 2u * (k + {i}u * TPR) + 1u]);" for i in range(u))
@@ -210,10 +221,12 @@ class MatMul:
         return out
 
     def _kernel(self, name: str, groups: list) -> tuple[str, dict]:
-        """Kernel name and extra template values for one block (int8: its scales follow all its rows)."""
-        if not self.int8:
+        """Kernel name and extra template values for one block (int8, nf4: its scales follow all its rows)."""
+        if not (self.int8 or self.nf4):
             return name, {}
         rows = max(g[0] + g[1] for g in groups)
+        if self.nf4:
+            return name + "_nf4", {"SB": rows * self.K // 8}
         return name + "_int8", {"SB": rows * self.K // 4}
 
     def _decl(self, first: int) -> str:

@@ -1,4 +1,5 @@
-"""Int8 weight quantization: per-output-row absmax scales, int8 values packed 4 per u32 for the GPU."""
+"""Weight quantization: int8 (per-row absmax scales, 4 per u32) and NF4 (4-bit normal-float codes,
+8 per u32, one absmax scale per 64 weights)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,78 @@ def upload_int8(dev: Any, w: Any, label: str, pad_k: int = 8) -> tuple[list[tupl
 def int8_bytes(rows: int, k: int) -> int:
     """GPU bytes of an int8 matrix: one byte per weight plus one f32 scale per row."""
     return rows * (k + 4)
+
+
+# NF4: the 16 normal-float levels (quantiles of N(0, 1) scaled to [-1, 1], QLoRA), blocks of 64 along K
+NF4_LEVELS = np.array([-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0,
+                       0.0795803, 0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229568, 1.0],
+                      np.float32)
+NF4_BLOCK = 64
+
+
+def quantize_nf4(w: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize along the last axis in blocks of 64: code = nearest NF4 level of w / absmax(block).
+
+    Returns (codes uint8 0..15 of w's shape, scales float32 of shape w.shape[:-1] + (ceil(K/64),));
+    an all-zero block gets scale 0 (and code 7, the level 0.0).
+    """
+    w = np.asarray(w, np.float32)
+    if w.ndim < 2:
+        raise WebRwkvError(f"quantize_nf4 needs a matrix, got shape {w.shape}")
+    K = w.shape[-1]
+    nb = -(-K // NF4_BLOCK)
+    wp = np.zeros(w.shape[:-1] + (nb * NF4_BLOCK,), np.float32)
+    wp[..., :K] = w
+    wb = wp.reshape(w.shape[:-1] + (nb, NF4_BLOCK))
+    scales = np.abs(wb).max(axis=-1).astype(np.float32)
+    inv = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
+    x = (wb * inv[..., None]).reshape(wp.shape)[..., :K]
+    mids = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
+    codes = np.searchsorted(mids, x).astype(np.uint8)
+    return codes, scales
+
+
+def dequantize_nf4(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 weights level[code] * block scale (the values the NF4 GPU kernels compute with)."""
+    K = codes.shape[-1]
+    s = np.repeat(np.asarray(scales, np.float32), NF4_BLOCK, axis=-1)[..., :K]
+    return NF4_LEVELS[codes] * s
+
+
+def pack_nf4(codes: np.ndarray) -> np.ndarray:
+    """[N, K] codes (K % 8 == 0) -> [N, K/8] u32, weight k in bits 4*(k%8) of word k/8."""
+    c = codes.astype(np.uint32).reshape(codes.shape[0], -1, 8)
+    return (c << (4 * np.arange(8, dtype=np.uint32))).sum(axis=-1, dtype=np.uint32)
+
+
+def upload_nf4(dev: Any, w: Any, label: str, pad_k: int = 8) -> tuple[list[tuple], int]:
+    """Upload an [N, K] matrix as NF4 row blocks that fit the binding limit; K zero-padded to `pad_k`.
+
+    Each block buffer holds its rows' packed codes (K/8 u32 per row) followed by the rows' f32 block
+    scales (ceil(K/64) per row, row-major). Returns ([(buffer, first_row, rows)], K_padded).
+    """
+    w = np.asarray(w, np.float32)
+    N, K = w.shape
+    Kp = -(-K // pad_k) * pad_k
+    if Kp != K:
+        w = np.pad(w, ((0, 0), (0, Kp - K)))
+    codes, s = quantize_nf4(w)
+    packed = pack_nf4(codes)
+    limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
+    per = max(1, limit // nf4_bytes(1, Kp))
+    if per < N and per >= 64:
+        per -= per % 64
+    blocks = []
+    for r0 in range(0, N, per):
+        n = min(per, N - r0)
+        data = np.concatenate([packed[r0:r0 + n].reshape(-1).view(np.uint8),
+                               np.ascontiguousarray(s[r0:r0 + n]).reshape(-1).view(np.uint8)])
+        buf = dev.buffer(data.nbytes, label=f"{label}[{r0}]")
+        dev.write(buf, 0, data)
+        blocks.append((buf, r0, n))
+    return blocks, Kp
+
+
+def nf4_bytes(rows: int, k: int) -> int:
+    """GPU bytes of an NF4 matrix: half a byte per weight plus one f32 scale per 64-weight block."""
+    return rows * (k // 2 + 4 * -(-k // NF4_BLOCK))
