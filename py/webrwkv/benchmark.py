@@ -86,8 +86,6 @@ def bench_main(args: Any) -> int:
     from .runtime import Runtime
 
     quant = getattr(args, "quant", "none")
-    if quant == "nf4":
-        raise WebRwkvError("bench --quant nf4 is not supported by the GPU runtime yet; use --quant int8 or none")
     if args.prefill < 1 or args.decode < 1:
         raise WebRwkvError("--prefill and --decode must be at least 1")
     chunk = min(args.prefill, 128)

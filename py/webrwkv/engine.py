@@ -76,8 +76,6 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
         from .reference import ReferenceRuntime
 
         return Engine(ReferenceRuntime((info, weights), max_batch, token_chunk_size), info, path, backend)
-    if quant == "nf4":
-        raise WebRwkvError("--quant nf4 is not supported by the GPU runtime yet; use --quant int8 or none")
     from .gpu import open_device
     from .runtime import Runtime
 

@@ -100,7 +100,8 @@ class LayerBuilder:
 
     Every matrix goes through `mat()` / `pad_end()` / `stack()` and then `upload(dev, matrix, label)`
     (default kernels.upload_matrix), so a loader may pass deferred matrices with its own upload.
-    quant="int8" stores these block matrices as int8 with per-row scales (webrwkv.quant) instead.
+    quant="int8" stores these block matrices as int8 with per-row scales (webrwkv.quant) instead;
+    quant="nf4" as NF4 codes with one scale per 64 weights.
     """
 
     def __init__(self, k: Kernels, info: Any, w: dict, bufs: dict, vecs_buf: Any, vec_off: dict, vs: int,
@@ -113,6 +114,11 @@ class LayerBuilder:
             from .quant import upload_int8
 
             self.upload = upload_int8
+        self.nf4 = quant == "nf4"
+        if self.nf4:
+            from .quant import upload_nf4
+
+            self.upload = upload_nf4
         self.vecs, self.vo, self.vs = vecs_buf, vec_off, vs
         self.state, self.ls, self.slot, self.n_slots = state, ls, slot_stride, n_slots
         self.C = info.n_embd
@@ -128,9 +134,15 @@ class LayerBuilder:
         return (self.state, i * self.ls * 4, ((self.n_slots - 1) * self.slot + self.ls) * 4)
 
     def _upload(self, m: Any, label: str) -> tuple[list, int]:
-        """Upload one matrix and count its GPU bytes (fp16: 2 per weight; int8: 1 plus a scale per row)."""
+        """Upload one matrix and count its GPU bytes (fp16: 2 per weight; int8: 1 plus a scale per row;
+        nf4: 1/2 plus a scale per 64 weights)."""
         blocks, Kp = self.upload(self.dev, m, label)
-        self.weight_bytes += m.shape[0] * (Kp + 4) if self.int8 else m.shape[0] * Kp * 2
+        if self.nf4:
+            from .quant import nf4_bytes
+
+            self.weight_bytes += nf4_bytes(m.shape[0], Kp)
+        else:
+            self.weight_bytes += m.shape[0] * (Kp + 4) if self.int8 else m.shape[0] * Kp * 2
         return blocks, Kp
 
     def matmul(self, mats: list, x: Any, y: Any, label: str, pad_rows: int = 0, **kw: Any) -> list[Gen]:
@@ -147,7 +159,8 @@ class LayerBuilder:
             self.split_matrices += len(blocks) > 1
             if len(mats) > 1:
                 blocks = [(blocks[0][0], 0, NR)]
-            mm = [MatMul(self.k, self.b["meta"], blocks, Kp, len(mats), NR, x, y, int8=self.int8, **kw)]
+            mm = [MatMul(self.k, self.b["meta"], blocks, Kp, len(mats), NR, x, y, int8=self.int8, nf4=self.nf4,
+                         **kw)]
         else:
             acts = kw.pop("acts", ("none",))
             x_off, x_gs = kw.pop("x_off", 0), kw.pop("x_gs", 0)
@@ -157,7 +170,7 @@ class LayerBuilder:
                 blocks, Kp = self._upload(m, f"{label}.{g}")
                 blocks = [(b, r0 + g * NR, n) for b, r0, n in blocks]
                 mm.append(MatMul(self.k, self.b["meta"], blocks, Kp, 1, NR, x, y, x_off=x_off + g * x_gs,
-                                 acts=(acts[g % len(acts)],), int8=self.int8, **kw))
+                                 acts=(acts[g % len(acts)],), int8=self.int8, nf4=self.nf4, **kw))
         return [lambda s, m=m: m.ops(s[0]) for m in mm]
 
     def fused(self, parts: list, x: Any, y: Any, label: str, x_off: int = 0, **kw: Any) -> list[Gen]:
@@ -178,13 +191,13 @@ class LayerBuilder:
                 blocks, Kp = self._upload(m, label)
                 blocks = [(b, r0 + int(c0), n) for b, r0, n in blocks]
                 mm = MatMul(self.k, self.b["meta"], blocks, Kp, 1, m.shape[0], x, y, x_off=x_off + xo,
-                            acts=(act,), int8=self.int8, **kw)
+                            acts=(act,), int8=self.int8, nf4=self.nf4, **kw)
                 gens.append(lambda s, mm=mm: mm.ops(s[0]))
             return gens
         blocks, Kp = self._upload(cat, label)
         ragged = [(m.shape[0], xo, int(c0)) for m, (_, xo, _), c0 in zip(mats, parts, cols)]
         mm = MatMul(self.k, self.b["meta"], blocks, Kp, len(parts), 0, x, y, x_off=x_off,
-                    acts=[a for _, _, a in parts], ragged=ragged, int8=self.int8, **kw)
+                    acts=[a for _, _, a in parts], ragged=ragged, int8=self.int8, nf4=self.nf4, **kw)
         return [lambda s: mm.ops(s[0])]
 
     def op(self, name: str, entries: list, dims: Callable[[tuple], tuple], **params: Any) -> Gen:

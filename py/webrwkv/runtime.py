@@ -31,7 +31,8 @@ class Runtime:
     `upload(dev, matrix, label) -> (row blocks, padded K)` puts each weight matrix on the GPU
     (default kernels.upload_matrix); a loader whose matrices arrive later passes deferred matrices
     (see recipes.deferred) with its own upload, and its vectors with write_vectors() once known.
-    quant="int8" stores the layers' matrices as int8 with per-row scales; embedding and head stay fp16.
+    quant="int8" stores the layers' matrices as int8 with per-row scales, quant="nf4" as NF4 codes with one
+    scale per 64 weights; embedding and head stay fp16.
     """
 
     def __init__(self, device: Any, info: ModelInfo, weights: dict, max_batch: int = 1,
@@ -39,8 +40,8 @@ class Runtime:
                  quant: str = "none") -> None:
         if max_batch < 1 or token_chunk_size < 1:
             raise WebRwkvError("max_batch and token_chunk_size must be at least 1")
-        if quant not in ("none", "int8"):
-            raise WebRwkvError(f"the GPU runtime supports quant 'none' or 'int8', not {quant!r}")
+        if quant not in ("none", "int8", "nf4"):
+            raise WebRwkvError(f"the GPU runtime supports quant 'none', 'int8' or 'nf4', not {quant!r}")
         self.dev, self.info = device, info
         self.max_batch, self.token_chunk_size = max_batch, token_chunk_size
         self.rows = max(token_chunk_size, max_batch)
