@@ -6,14 +6,14 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_util import VERSIONS, device, drain, fp16_model, rel
+from gpu_util import VERSIONS, device, fp16_model
+from quant_util import (buf, check_chunks, check_cli_generate, check_grouped_matmul, check_row_blocks,
+                        check_token_by_token, quant_runtime)
 
-from webrwkv import reference as ref
 from webrwkv.errors import WebRwkvError
 from webrwkv.quant import NF4_LEVELS, dequantize_nf4, pack_nf4, quantize_nf4
 
@@ -75,122 +75,33 @@ def test_vector_is_rejected():
         quantize_nf4(np.ones(4, np.float32))
 
 
-def _buf(dev, a):
-    a = np.ascontiguousarray(a)
-    buf = dev.buffer(a.nbytes)
-    dev.write(buf, 0, a)
-    return buf
-
-
-def nf4_round_trip(w):
-    return dequantize_nf4(*quantize_nf4(w))
-
-
 @pytest.mark.parametrize("T,K", [(1, 72), (1, 2056), (37, 72), (37, 2048)])
 @pytest.mark.parametrize("subgroups", [0, 1])
 def test_nf4_grouped_matmul_kernels(T, K, subgroups):
     """GEMV (unrolled loads and a remainder), tiled GEMM, and GEMM split over K, with three groups
     sharing one NF4 buffer, against numpy on the dequantized matrix."""
-    from webrwkv.kernels import Kernels, MatMul, Tuning
-    from webrwkv.quant import upload_nf4
-
-    dev = device()
-    k = Kernels(dev, Tuning(gemv_max_t=1, gemv_subgroups=subgroups, gemv_tpr=16, gemv_rows=4))
-    rng = np.random.default_rng(T + K)
-    P, NR = 3, 40
-    W = rng.standard_normal((P * NR, K)).astype(np.float32) * rng.uniform(0.01, 1, (P * NR, 1)).astype(np.float32)
-    X = rng.standard_normal((T, P, K)).astype(np.float32)
-    Y0 = rng.standard_normal((T, P * NR)).astype(np.float32)
-    meta = _buf(dev, np.array([T, 0, 0, 0] + [0] * 12, np.uint32))
-    Wd = nf4_round_trip(W)
-    want = np.concatenate([np.tanh(X[:, g] @ Wd[g * NR:(g + 1) * NR].T) for g in range(P)], axis=1)
-    yb = _buf(dev, Y0)
-    blocks, Kp = upload_nf4(dev, W, "w")
-    mm = MatMul(k, meta, [(blocks[0][0], 0, NR)], Kp, P, NR, _buf(dev, X), yb, x_ts=P * K, x_gs=K, y_ts=P * NR,
-                acts=("tanh",), mode="add", nf4=True)
-    ops = mm.ops(T)
-    assert len(ops) == (2 if K == 2048 and T > 1 else 1)
-    dev.encode(ops)
-    got = np.frombuffer(dev.read(yb, 0, Y0.nbytes), np.float32).reshape(T, -1)
-    assert rel(got, Y0 + want) <= 2e-5
+    check_grouped_matmul("nf4", T, K, subgroups)
 
 
 @pytest.mark.parametrize("T", [1, 9])
 def test_nf4_row_blocks_past_the_binding_limit(T):
-    from webrwkv.gpu import open_device
-    from webrwkv.kernels import Kernels, MatMul
-    from webrwkv.quant import nf4_bytes, upload_nf4
+    from webrwkv.quant import nf4_bytes
 
-    device()
-    dev = open_device("native", max_binding_override=4096)
-    rng = np.random.default_rng(5)
-    N, K = 300, 200
-    W = rng.standard_normal((N, K)).astype(np.float32)
-    X = rng.standard_normal((T, K)).astype(np.float32)
-    blocks, Kp = upload_nf4(dev, W, "w")
-    # 100 bytes of codes and 4 scales a row: 35 rows fit in 4096 bytes
-    assert len(blocks) == 9 and all(nf4_bytes(n, Kp) <= 4096 for _, _, n in blocks)
-    yb = dev.buffer(4 * T * N)
-    meta = _buf(dev, np.array([0, 0, T, 0] + [0] * 12, np.uint32))
-    mm = MatMul(Kernels(dev), meta, blocks, Kp, 1, N, _buf(dev, X), yb, x_ts=K, y_ts=N, tsrc=2, nf4=True)
-    dev.encode(mm.ops(T))
-    got = np.frombuffer(dev.read(yb, 0, 4 * T * N), np.float32).reshape(T, N)
-    assert rel(got, X @ nf4_round_trip(W).T) <= 1e-5
+    def check_blocks(blocks, Kp):
+        # 100 bytes of codes and 4 scales a row: 35 rows fit in 4096 bytes
+        assert len(blocks) == 9 and all(nf4_bytes(n, Kp) <= 4096 for _, _, n in blocks)
 
-
-@functools.lru_cache(maxsize=None)
-def dequantized_model(version: str):
-    """The fp16 golden model with every layer matrix replaced by its NF4 round trip (what the GPU uses)."""
-    info, w = fp16_model(version)
-    out = dict(w)
-    for k, v in w.items():
-        if k.startswith("blocks.") and v.ndim >= 2:
-            out[k] = nf4_round_trip(v)
-    return info, out
-
-
-@functools.lru_cache(maxsize=None)
-def nf4_runtime(version: str):
-    from webrwkv.runtime import Runtime
-
-    info, w = fp16_model(version)
-    return Runtime(device(), info, w, max_batch=1, token_chunk_size=128, quant="nf4")
-
-
-def prompt(n: int, seed: int = 0) -> list[int]:
-    return np.random.default_rng(seed).integers(0, 256, n).tolist()
+    check_row_blocks("nf4", T, 200, check_blocks)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_nf4_chunks_match_dequantized_reference(version):
-    info, w = dequantized_model(version)
-    toks = prompt(40, seed=2)
-    want, _ = ref.forward(w, info, toks, all_logits=True)
-    rt = nf4_runtime(version)
-    for chunk in (40, 16):
-        rt.reset(0)
-        rt.token_chunk_size = chunk
-        rt.push(0, toks)
-        got = drain(rt, 0, all_logits=True)
-        assert rel(got, want) <= 1e-3, (chunk, rel(got, want))
-    rt.token_chunk_size = 128
-    # the NF4 weights really change the result (the test would notice fp16 weights being used)
-    fp_want, _ = ref.forward(fp16_model(version)[1], info, toks, all_logits=True)
-    assert rel(fp_want, want) > 1e-3
+    check_chunks("nf4", version)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_nf4_token_by_token_matches_dequantized_reference(version):
-    info, w = dequantized_model(version)
-    toks = prompt(40, seed=3)
-    want, _ = ref.forward(w, info, toks, all_logits=True)
-    rt = nf4_runtime(version)
-    rt.reset(0)
-    got = []
-    for t in toks:
-        rt.push(0, [t])
-        got.append(drain(rt, 0))
-    assert rel(np.stack(got), want) <= 1e-3
+    check_token_by_token("nf4", version)
 
 
 @pytest.mark.parametrize("version", ["v6", "v7"])
@@ -199,7 +110,7 @@ def test_nf4_weight_bytes_about_a_quarter(version):
 
     info, w = fp16_model(version)
     fp = Runtime(device(), info, w, max_batch=1, token_chunk_size=8)
-    q4 = nf4_runtime(version)
+    q4 = quant_runtime("nf4", version)
     head = 2 * info.vocab * info.n_embd * 2  # embedding and head stay fp16
     layers_fp, layers_q4 = fp.weight_bytes - head, q4.weight_bytes - head
     # half a byte per weight against two, plus a 4-byte scale per 64 weights (1/32 of fp16)
@@ -207,14 +118,7 @@ def test_nf4_weight_bytes_about_a_quarter(version):
 
 
 def test_cli_generate_nf4_on_bundled_model():
-    device()
-    out = subprocess.run([sys.executable, "-m", "webrwkv", "generate", "--quant", "nf4", "--temperature", "0",
-                          "--max-tokens", "16", "--json", "--prompt", "First Citizen:"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(res["ids"]) == 16 and res["stop_reason"] == "max_tokens"
-    assert isinstance(res["text"], str) and res["text"]
+    check_cli_generate("nf4")
 
 
 def nf4_kernel_sources() -> list[str]:
@@ -230,7 +134,7 @@ def nf4_kernel_sources() -> list[str]:
         dev._webrwkv_pipelines = {}
         for sub in (0, 1):
             k = Kernels(dev, Tuning(gemv_subgroups=sub))
-            meta = _buf(dev, np.array([37] + [0] * 15, np.uint32))
+            meta = buf(dev, np.array([37] + [0] * 15, np.uint32))
             for K in (64, 2048):  # K = 2048 splits over K
                 blocks, kp = upload_nf4(dev, np.ones((40, K), np.float32), "w")
                 mm = MatMul(k, meta, blocks, kp, 1, 40, dev.buffer(4 * K * 37), dev.buffer(4 * 40 * 37),
