@@ -1,12 +1,13 @@
-// fp16 matrix x f32 vector for single tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]).
+// Matrix x f32 vector for single tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]).
 // Group g (workgroup z) has g_nr(g) rows from W row g_row(g), reads X at g_x(g), writes from column g_col(g).
-// Workgroup (row block of R rows, token t, group g); TPR threads per row, each reading vec4<u32>
-// (8 halves) at a time. SUBGROUPS=1 reduces with subgroupAdd (needs subgroup size <= TPR).
+// Workgroup (row block of R rows, token t, group g); TPR threads per row, each reading 8 weights at a time.
+// SUBGROUPS=1 reduces with subgroupAdd (needs subgroup size <= TPR). The weight format (gemv_fp16, gemv_int8
+// or gemv_nf4, included by name) declares the binding `w` (K8 elements a row), dots 8 weights with their
+// activations (dot8) and applies any remaining scale to the row sum (scaled).
 {{ENABLE}}
 #include common
 
 @group(0) @binding(0) var<storage, read> info: array<u32>;
-@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // [rows, K/8]
 @group(0) @binding(2) var<storage, read> xv: array<vec4<f32>>;     // activations, as vec4
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 {{GATE_DECL}}
@@ -14,6 +15,8 @@
 const K8: u32 = {{K}}u / 8u;
 const R: u32 = {{R}}u;
 const TPR: u32 = {{TPR}}u;
+
+#include {{FORMAT}}
 
 {{ACT}}
 {{GROUPS}}
@@ -39,16 +42,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 {{UNROLLED}}
     }
     for (; k < K8; k += TPR) {
-      let q = w[wb + k];
-      let a = xv[xb + 2u * k];
-      let b = xv[xb + 2u * k + 1u];
-      acc += dot(vec4<f32>(h2(q.x), h2(q.y)), a) + dot(vec4<f32>(h2(q.z), h2(q.w)), b);
+      acc += dot8(wb, xb, k);
     }
   }
   {{REDUCE}}
   if (j == 0u && n < nr) {
     let col = g_col(g) + n;
-    let v = act(g, total);
+    let v = act(g, scaled(g_row(g) + n, total));
     {{EPILOGUE}}
   }
 }

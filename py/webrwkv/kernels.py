@@ -88,6 +88,14 @@ def pow2_divisor(n: int, cap: int = 256) -> int:
     return p
 
 
+def _include(text: str) -> str:
+    return re.sub(r"^#include (\w+)\s*$", lambda m: shader_source(m.group(1)), text, flags=re.M)
+
+
+def _fill(text: str, params: dict) -> str:
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: str(params[m.group(1)]) if m.group(1) in params else m.group(0), text)
+
+
 class Kernels:
     """Pipeline factory and cache for one device."""
 
@@ -105,11 +113,10 @@ class Kernels:
 
     def source(self, name: str, params: dict) -> str:
         if name not in self._text:
-            text = shader_source(name)
-            text = re.sub(r"^#include (\w+)\s*$", lambda m: shader_source(m.group(1)), text, flags=re.M)
-            self._text[name] = text
-        text = self._text[name]
-        out = re.sub(r"\{\{(\w+)\}\}", lambda m: str(params[m.group(1)]) if m.group(1) in params else m.group(0), text)
+            self._text[name] = _include(shader_source(name))
+        out = _fill(self._text[name], params)
+        if "#include" in out:  # includes named by template values (a matmul's weight format)
+            out = _fill(_include(out), params)
         missing = set(re.findall(r"\{\{(\w+)\}\}", out))
         if missing:
             raise GpuError(f"kernel {name}: template values {sorted(missing)} not given")
@@ -198,7 +205,7 @@ class MatMul:
         u = max(1, tu.gemv_unroll)
         unrolled = "\n".join(f"      let q{i} = w[wb + k + {i}u * TPR];" for i in range(u))
         if self.nf4:
-            unrolled = "\n".join(f"      let q{i} = w[wb + k + {i}u * TPR];" for i in range(u))
+            unrolled = "      let sb = SB + wb / K8 * NB;\n" + unrolled
             unrolled += "\n" + "\n".join(
                 f"      acc += bitcast<f32>(w[sb + (k + {i}u * TPR) / 8u]) * "
                 f"(dot(nf(q{i}, 0u), xv[xb + 2u * (k + {i}u * TPR)]) + "
@@ -221,13 +228,13 @@ class MatMul:
         return out
 
     def _kernel(self, name: str, groups: list) -> tuple[str, dict]:
-        """Kernel name and extra template values for one block (int8, nf4: its scales follow all its rows)."""
+        """Kernel name and its weight format's template values for one block (int8, nf4: scales follow its rows)."""
         if not (self.int8 or self.nf4):
-            return name, {}
+            return name, {"FORMAT": name + "_fp16"}
         rows = max(g[0] + g[1] for g in groups)
         if self.nf4:
-            return name + "_nf4", {"SB": rows * self.K // 8}
-        return name + "_int8", {"SB": rows * self.K // 4}
+            return name, {"FORMAT": name + "_nf4", "SB": rows * self.K // 8}
+        return name, {"FORMAT": name + "_int8", "SB": rows * self.K // 4}
 
     def _decl(self, first: int) -> str:
         decl = ""
