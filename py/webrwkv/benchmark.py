@@ -88,7 +88,10 @@ def bench_main(args: Any) -> int:
     quant = getattr(args, "quant", "none")
     if args.prefill < 1 or args.decode < 1:
         raise WebRwkvError("--prefill and --decode must be at least 1")
-    chunk = min(args.prefill, 128)
+    chunk = getattr(args, "token_chunk_size", 128)
+    if chunk < 1:
+        raise WebRwkvError("--token-chunk-size must be at least 1")
+    chunk = min(args.prefill, chunk)
     if args.random:
         info = parse_random(args.random)
         dev = open_device("native", args.adapter)
@@ -100,7 +103,7 @@ def bench_main(args: Any) -> int:
         rt, dev, info, name = eng.runtime, eng.device, eng.info, str(args.model)
     res = _bench(rt, args.prefill, args.decode)
     row = {"model": name, "version": info.version, "layers": info.n_layer, "embd": info.n_embd,
-           "weight_bytes": rt.weight_bytes, "adapter": dev.adapter_name,
+           "weight_bytes": rt.weight_bytes, "quant": quant, "token_chunk_size": chunk, "adapter": dev.adapter_name,
            f"pp{args.prefill}_tok_s": round(res["prefill_tok_s"], 1),
            f"tg{args.decode}_tok_s": round(res["decode_tok_s"], 1)}
     if args.json:
