@@ -2,8 +2,9 @@
 // Group g (workgroup z) has g_nr(g) rows from W row g_row(g), reads X at g_x(g), writes from column g_col(g).
 // Workgroup (row block of R rows, token t, group g); TPR threads per row, each reading 8 weights at a time.
 // SUBGROUPS=1 reduces with subgroupAdd (needs subgroup size <= TPR). The weight format (gemv_fp16, gemv_int8
-// or gemv_nf4, included by name) declares the binding `w` (K8 elements a row), dots 8 weights with their
-// activations (dot8) and applies any remaining scale to the row sum (scaled).
+// or gemv_nf4, included by name) declares the binding `w` (K8 elements a row), prepares any workgroup tables
+// (prologue, in uniform control flow), dots 8 weights with their activations (dot8) and applies any remaining
+// scale to the row sum (scaled).
 {{ENABLE}}
 #include common
 
@@ -32,6 +33,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let n = wid.x * R + nl;
   let nr = g_nr(g);
   if (wid.x * R >= nr) { return; }
+  prologue(lid);
   var acc = 0.0;
   if (n < nr) {
     let wb = (g_row(g) + n) * K8;

@@ -2,6 +2,8 @@
 
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;      // [rows, K/8]
 
+fn prologue(lid: u32) {}
+
 // 8 weights (element k of the row starting at wb) dotted with their activations
 fn dot8(wb: u32, xb: u32, k: u32) -> f32 {
   let q = w[wb + k];

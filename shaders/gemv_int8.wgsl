@@ -11,6 +11,8 @@ fn i4(q: u32) -> vec4<f32> {
   return vec4<f32>(s >> vec4<u32>(24u));
 }
 
+fn prologue(lid: u32) {}
+
 fn dot8(wb: u32, xb: u32, k: u32) -> f32 {
   let q = w[wb + k];
   return dot(i4(q.x), xv[xb + 2u * k]) + dot(i4(q.y), xv[xb + 2u * k + 1u]);

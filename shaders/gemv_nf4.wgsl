@@ -9,10 +9,18 @@ const SB: u32 = {{SB}}u;
 const NF4 = array<f32, 16>(-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0,
                            0.0795803, 0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229568, 1.0);
 
+// the two NF4 levels of every byte (low nibble first): one shared-memory read per two weights, where indexing
+// the constant array per weight would copy it to per-thread memory
+var<workgroup> lut: array<vec2<f32>, 256>;
+
+fn prologue(lid: u32) {
+  for (var i = lid; i < 256u; i += R * TPR) { lut[i] = vec2<f32>(NF4[i & 15u], NF4[i >> 4u]); }
+  workgroupBarrier();
+}
+
 // four NF4 levels from the nibbles of q starting at bit `b`
 fn nf(q: u32, b: u32) -> vec4<f32> {
-  return vec4<f32>(NF4[(q >> b) & 15u], NF4[(q >> (b + 4u)) & 15u], NF4[(q >> (b + 8u)) & 15u],
-                   NF4[(q >> (b + 12u)) & 15u]);
+  return vec4<f32>(lut[(q >> b) & 255u], lut[(q >> (b + 8u)) & 255u]);
 }
 
 // 8 weights (u32 k of the row starting at wb) dotted with their activations, times the block scale
