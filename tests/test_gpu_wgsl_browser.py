@@ -53,7 +53,8 @@ const { chromium } = require(process.argv[2]);
 
 @functools.lru_cache(maxsize=None)
 def kernel_sources() -> list[str]:
-    """The WGSL of every pipeline built while running each golden model with GEMM prefill, plus split-K."""
+    """The WGSL of every pipeline built while running each golden model with GEMM prefill, the quantized
+    formats and greedy decode, plus split-K."""
     from webrwkv.kernels import Kernels, MatMul, Tuning, upload_matrix
     from webrwkv.models import load_weights
     from webrwkv.runtime import Runtime
@@ -71,6 +72,12 @@ def kernel_sources() -> list[str]:
             rt.push(1, [3])
             while rt.pending(0):
                 rt.run(all_logits=True)
+        for quant in ("int8", "nf4"):  # the quantized GEMV and GEMM bodies, and greedy argmax
+            rt = Runtime(dev, info, w, 1, 16, quant=quant)
+            rt.push(0, list(range(20)))
+            while rt.pending(0):
+                rt.run()
+            rt.greedy(0, 1, 2)
         k = Kernels(dev)
         meta = dev.buffer(64)
         dev.write(meta, 0, np.array([37] + [0] * 15, np.uint32))

@@ -64,7 +64,8 @@ def generate_main(args: Any) -> int:
     out = sys.stdout
     _utf8(out)
     stats = GenerationStats()
-    for item in generate_stream(runtime, tok, prompt_ids, params, args.max_tokens, args.stop):
+    # greedy tokens are picked on the GPU, 32 steps per read-back (the state is dropped afterwards)
+    for item in generate_stream(runtime, tok, prompt_ids, params, args.max_tokens, args.stop, lookahead=32):
         if isinstance(item, GenerationStats):
             stats = item
         elif not args.json and item[1]:

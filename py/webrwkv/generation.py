@@ -70,7 +70,18 @@ class TokenStream:
         logits = np.asarray(logits).reshape(-1)
         if self.vocab and logits.shape[0] > self.vocab:  # ids with no text are never drawn
             logits = logits[: self.vocab]
-        token = self.sampler.sample(logits)
+        return self.feed(self.sampler.sample(logits))
+
+    def greedy_on(self, runtime: Any) -> bool:
+        """Whether the runtime can pick this stream's tokens itself: a greedy sampler with no penalties
+        or bans, and a runtime with greedy()."""
+        p = self.sampler.params
+        return (p.temperature == 0 and not p.presence_penalty and not p.frequency_penalty and not p.banned
+                and hasattr(runtime, "greedy"))
+
+    def feed(self, token: int) -> tuple[int, str]:
+        """Take the next token (sampled here or chosen elsewhere); returns (token, text it completes)."""
+        token = int(token)
         self.sampler.accept(token)
         st = self.stats
         st.ids.append(token)
@@ -123,7 +134,7 @@ async def prefill_async(runtime: Any, slot: int, ids: Sequence[int]) -> np.ndarr
 def generate_stream(runtime: Any, tokenizer: Any, prompt_ids: Sequence[int],
                     sampler_params: SamplerParams | Sampler | None = None, max_tokens: int = 128,
                     stop: Sequence[str] = (), slot: int = 0, logits: np.ndarray | None = None,
-                    eos_id: int | None = END_OF_TEXT) -> Iterator[StreamItem]:
+                    eos_id: int | None = END_OF_TEXT, lookahead: int = 0) -> Iterator[StreamItem]:
     """Yield (token_id, text_piece) per generated token, then a GenerationStats.
 
     The stream continues from the slot's current state (reset the slot for a fresh start).
@@ -132,6 +143,10 @@ def generate_stream(runtime: Any, tokenizer: Any, prompt_ids: Sequence[int],
     partial stop string or a split UTF-8 character; their concatenation is the text before
     the first stop string. Pass `logits` (and no prompt) to continue from logits already
     computed for this slot's state. A sampled end-of-text (`eos_id`) ends the stream.
+
+    `lookahead` > 1 lets a greedy stream (TokenStream.greedy_on) pick its tokens on the GPU, that many
+    steps per read-back; the tokens are the same, but a stream that stops early (end-of-text, a stop
+    string) leaves the slot up to lookahead - 1 tokens further on: use it only when the state is dropped.
     """
     ts = TokenStream(tokenizer, sampler_params, max_tokens, stop, len(prompt_ids), eos_id)
     t0 = perf_counter()
@@ -144,8 +159,19 @@ def generate_stream(runtime: Any, tokenizer: Any, prompt_ids: Sequence[int],
     item = ts.step(logits)
     ts.stats.prefill_s = perf_counter() - t0
     yield item
+    on_gpu = lookahead > 1 and ts.greedy_on(runtime)
     while not ts.done:
         t0 = perf_counter()
+        if on_gpu:
+            ids = runtime.greedy(slot, item[0], min(lookahead, ts.max_tokens - len(ts.stats.ids)),
+                                 min(ts.vocab or runtime.info.vocab, runtime.info.vocab))
+            ts.stats.decode_s += perf_counter() - t0
+            for t in ids:
+                item = ts.feed(t)
+                yield item
+                if ts.done:
+                    break
+            continue
         item = ts.step(prefill(runtime, slot, [item[0]]))
         ts.stats.decode_s += perf_counter() - t0
         yield item

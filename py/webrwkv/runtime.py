@@ -94,6 +94,7 @@ class Runtime:
         self.gens.append(lambda s: head.ops(s[2]))
         self.weight_bytes, self.split_matrices = lb.weight_bytes, lb.split_matrices
         self._ops: dict[tuple, list] = {}
+        self._ids: tuple | None = None  # greedy decode: (ids buffer, capacity, {vocab: argmax op})
         self._pending: list[list[int]] = [[] for _ in range(max_batch)]
         self._done: list[list[np.ndarray]] = [[] for _ in range(max_batch)]
         self._init = self._pack(init_state(info))
@@ -237,19 +238,22 @@ class Runtime:
         meta[:5] = (T, len(plan), nout, self.tok0, self.out0)
         meta[self.out0: self.out0 + nout] = outs
         self.dev.write(self.meta, 0, meta[: self.out0 + nout] if nout else meta[: self.out0])
-        key = (T, len(plan), nout, max(len(t) for _, t, _ in plan))
+        encode = self.dev.encode
+        for part in self._parts((T, len(plan), nout, max(len(t) for _, t, _ in plan))):
+            encode(part)  # several submits, so the GPU starts while later layers are encoded
+        return segs, nout
+
+    def _parts(self, key: tuple) -> list[list]:
+        """The cached ops of one step shape (rows, segments, outputs, longest segment), in submit-sized parts."""
         parts = self._ops.get(key)
         if parts is None:
             if len(self._ops) > 256:
                 self._ops.clear()
-            gens = self.gens if nout else self.gens[:-2]  # nothing to read: skip the output LN and head
+            gens = self.gens if key[2] else self.gens[:-2]  # nothing to read: skip the output LN and head
             ops = [op for g in gens for op in g(key)]
             n = max(1, self.k.tuning.submit_ops)
             parts = self._ops[key] = [ops[i: i + n] for i in range(0, len(ops), n)]
-        encode = self.dev.encode
-        for part in parts:  # several submits, so the GPU starts while later layers are encoded
-            encode(part)
-        return segs, nout
+        return parts
 
     def _finish(self, segs: list, nout: int, raw: bytes | None, all_logits: bool) -> dict[int, np.ndarray]:
         V = self.info.vocab
@@ -280,3 +284,48 @@ class Runtime:
         segs, nout = sub
         raw = await self.dev.read_async(self.logits, 0, 4 * nout * self.info.vocab) if nout else None
         return self._finish(segs, nout, raw, all_logits)
+
+    # -- greedy decode on the GPU ------------------------------------------------------------
+    def _greedy_submit(self, slot: int, token: int, n: int, vocab: int | None) -> Any:
+        """Queue n one-token steps of `slot`, each followed by the argmax kernel, which writes the chosen id
+        as the next step's token and appends it to the ids buffer (returned; read 4 * (n + 1) bytes)."""
+        s, V = self._slot(slot), self.info.vocab
+        nv = V if vocab is None else int(vocab)
+        if n < 1 or not 0 < nv <= V:
+            raise WebRwkvError(f"greedy decode needs n >= 1 steps and 0 < vocab <= {V}")
+        if any(self._pending) or any(self._done):
+            raise WebRwkvError("greedy decode needs every slot's queued input to be run first")
+        if not 0 <= int(token) < V:
+            raise WebRwkvError(f"token id {token} is outside the vocabulary (0..{V - 1})")
+        meta = np.zeros(self.out0 + 1, np.uint32)
+        meta[:5] = (1, 1, 1, self.tok0, self.out0)
+        meta[8:11] = (0, 1, s)
+        meta[self.tok0], meta[self.out0] = token, 0
+        if self._ids is None or self._ids[1] < n:
+            cap = max(n, 256)
+            self._ids = (self.dev.buffer(4 * (cap + 1), label="greedy-ids"), cap, {})
+        buf, _, ops = self._ids
+        if nv not in ops:
+            pipe = self.k.get("argmax", V=nv, WG=256, TOK0=self.tok0)
+            ops[nv] = (pipe, self.dev.bind(pipe, [self.meta, self.logits, buf]), (1, 1, 1))
+        self.dev.write(self.meta, 0, meta)
+        self.dev.write(buf, 0, np.zeros(1, np.uint32))
+        parts = self._parts((1, 1, 1, 1))
+        steps = parts[:-1] + [parts[-1] + [ops[nv]]]
+        encode = self.dev.encode
+        for _ in range(n):
+            for part in steps:
+                encode(part)
+        return buf
+
+    def greedy(self, slot: int, token: int, n: int, vocab: int | None = None) -> list[int]:
+        """Run `token` in `slot`, then n - 1 more tokens, each the argmax of the logits before it (over the
+        first `vocab` ids, default all), with the argmax on the GPU so the steps queue without reading
+        logits back. Returns the n argmax ids (the last one is not run yet): the same as n rounds of
+        push/run/np.argmax. Needs no other input queued."""
+        buf = self._greedy_submit(slot, token, n, vocab)
+        return np.frombuffer(self.dev.read(buf, 4, 4 * n), np.uint32).tolist()
+
+    async def greedy_async(self, slot: int, token: int, n: int, vocab: int | None = None) -> list[int]:
+        buf = self._greedy_submit(slot, token, n, vocab)
+        return np.frombuffer(await self.dev.read_async(buf, 4, 4 * n), np.uint32).tolist()
