@@ -67,7 +67,7 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
     if quant not in ("none", "int8", "nf4"):
         raise WebRwkvError(f"unknown quantization {quant!r}; use none, int8 or nf4")
     path = model if model is not None else default_model_path()
-    info, weights = load_weights(path)
+    info, weights = load_weights(path, keep_fp16=backend == "native")  # the GPU packs fp16 anyway
     for spec in lora:
         weights = _apply_optional("lora", "merge_lora", "LoRA merging", info, weights, spec)
     if backend == "reference":

@@ -187,19 +187,27 @@ def read_header(source: Any) -> SafetensorsHeader:
     return parse_header(header, size, name)
 
 
-def tensor_to_numpy(info: TensorInfo, raw: bytes) -> Any:
-    """Decode a tensor's raw little-endian bytes to a float32 numpy array of its shape."""
+_STORED = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "I8": "i1", "U8": "u1"}
+
+
+def tensor_view(info: TensorInfo, raw: Any) -> Any:
+    """A tensor's raw little-endian bytes as a numpy array of its stored dtype and shape, without a copy
+    (BF16 as uint16 bit patterns; read-only when `raw` is)."""
     import numpy as np
 
     if len(raw) != info.nbytes:
         raise ModelFormatError(f"tensor '{info.name}': got {len(raw)} bytes, expected {info.nbytes}")
+    return np.frombuffer(raw, dtype=_STORED[info.dtype]).reshape(info.shape)
+
+
+def tensor_to_numpy(info: TensorInfo, raw: Any) -> Any:
+    """Decode a tensor's raw little-endian bytes to a float32 numpy array of its shape."""
+    import numpy as np
+
+    a = tensor_view(info, raw)
     if info.dtype == "BF16":
-        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
-        out = bits.view(np.float32)
-    else:
-        np_dtype = {"F32": "<f4", "F16": "<f2", "I8": "i1", "U8": "u1"}[info.dtype]
-        out = np.frombuffer(raw, dtype=np_dtype).astype(np.float32)
-    return out.reshape(info.shape)
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32)
 
 
 def read_tensor(source: Any, info: TensorInfo) -> Any:

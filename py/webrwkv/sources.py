@@ -4,6 +4,7 @@ through Range requests (coalesced, retried, never the whole file)."""
 from __future__ import annotations
 
 import http.client
+import mmap
 import os
 import re
 import threading
@@ -75,6 +76,7 @@ class LocalFileSource(ByteSource):
         except PermissionError:
             raise SourceError(f"cannot read {self.name}: permission denied; check the file's permissions") from None
         st = os.fstat(self._f.fileno())
+        self._map: memoryview | None = None
         self.size = st.st_size
         self.identity = f"{st.st_size}-{st.st_mtime_ns}"
 
@@ -93,7 +95,21 @@ class LocalFileSource(ByteSource):
             got += len(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def view(self, offset: int, length: int) -> memoryview:
+        """Bytes [offset, offset + length) without reading them now: a read-only view on the file's memory
+        map (the pages are read when used; the map lives as long as any view of it)."""
+        self._check(offset, length)
+        if length == 0:
+            return memoryview(b"")
+        if self._map is None:
+            self._map = memoryview(mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ))
+        view = self._map[offset: offset + length]
+        if len(view) != length:
+            raise SourceError(f"{self.name} got shorter while reading (changed on disk?): load it again")
+        return view
+
     def close(self) -> None:
+        self._map = None  # views handed out keep the map alive; it closes when the last one goes
         self._f.close()
 
 

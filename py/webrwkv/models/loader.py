@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ModelFormatError
-from ..safetensors import SafetensorsHeader, TensorInfo, read_header, tensor_to_numpy
+from ..safetensors import SafetensorsHeader, TensorInfo, read_header, tensor_to_numpy, tensor_view
 from ..sources import open_source
 from . import VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names
 
@@ -162,12 +162,17 @@ def load_index(source_or_path: Any) -> tuple[ModelInfo, dict[str, TensorRef]]:
         return index_header(read_header(src), path)
 
 
-def to_canonical(ref: TensorRef, raw: bytes) -> np.ndarray:
-    """Decode one tensor's stored bytes to its canonical float32 array."""
-    a = tensor_to_numpy(TensorInfo(ref.name, ref.dtype, ref.shape, ref.offset, ref.offset + ref.nbytes), raw)
+def to_canonical(ref: TensorRef, raw: Any, keep_fp16: bool = False) -> np.ndarray:
+    """Decode one tensor's stored bytes to its canonical float32 array; with `keep_fp16` an F16 matrix
+    stays float16 (a view on `raw` unless it needs a transpose), since fp16 -> float32 is exact."""
+    t = TensorInfo(ref.name, ref.dtype, ref.shape, ref.offset, ref.offset + ref.nbytes)
+    if keep_fp16 and ref.dtype == "F16" and len(ref.canonical_shape) >= 2:
+        a = tensor_view(t, raw)
+    else:
+        a = tensor_to_numpy(t, raw)
     if ref.transform == "transpose":
         a = np.swapaxes(a, -1, -2)
-    return np.ascontiguousarray(a.reshape(ref.canonical_shape), dtype=np.float32)
+    return np.ascontiguousarray(a.reshape(ref.canonical_shape))
 
 
 def read_tensor(source: Any, ref: TensorRef) -> np.ndarray:
@@ -175,18 +180,24 @@ def read_tensor(source: Any, ref: TensorRef) -> np.ndarray:
     return to_canonical(ref, source.read(ref.offset, ref.nbytes))
 
 
-def load_weights(source_or_path: Any) -> tuple[ModelInfo, dict[str, np.ndarray]]:
-    """Read the whole model: (ModelInfo, {canonical_name: float32 array})."""
+def load_weights(source_or_path: Any, keep_fp16: bool = False) -> tuple[ModelInfo, dict[str, np.ndarray]]:
+    """Read the whole model: (ModelInfo, {canonical_name: float32 array}).
+
+    `keep_fp16=True` (the GPU runtime, which packs matrices as fp16 anyway) leaves F16 matrices as
+    float16; from a local file they are read-only views on the memory-mapped file, so their bytes are
+    read once, when they go to the GPU, and never copied or widened on the way.
+    """
     with opened(source_or_path) as src:
         path = os.fspath(source_or_path) if isinstance(source_or_path, (str, os.PathLike)) else _source_path(src)
         info, refs = index_header(read_header(src), path)
-        names = list(refs)
-        reader = getattr(src, "read_ranges", None)
-        if reader is not None:  # one batched request per run of tensors on HTTP sources
-            raws = reader([(refs[n].offset, refs[n].nbytes) for n in names])
+        spans = [(r.offset, r.nbytes) for r in refs.values()]
+        if hasattr(src, "view"):  # a local file: zero-copy views on its memory map
+            raws = [src.view(o, n) for o, n in spans]
+        elif hasattr(src, "read_ranges"):  # one batched request per run of tensors on HTTP sources
+            raws = src.read_ranges(spans)
         else:
-            raws = [src.read(refs[n].offset, refs[n].nbytes) for n in names]
-        return info, {n: to_canonical(refs[n], raw) for n, raw in zip(names, raws)}
+            raws = [src.read(o, n) for o, n in spans]
+        return info, {n: to_canonical(r, raw, keep_fp16) for (n, r), raw in zip(refs.items(), raws)}
 
 
 def stored_shape(name: str, shape: tuple, info: ModelInfo, layout: str) -> tuple:
