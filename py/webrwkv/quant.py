@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,19 +41,23 @@ def upload_int8(dev: Any, w: Any, label: str, pad_k: int = 8) -> tuple[list[tupl
     Kp = -(-K // pad_k) * pad_k
     if Kp != K:
         q = np.pad(q, ((0, 0), (0, Kp - K)))
-    limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
-    per = max(1, limit // (Kp + 4))
-    if per < N and per >= 64:
-        per -= per % 64
     blocks = []
-    for r0 in range(0, N, per):
-        n = min(per, N - r0)
+    for r0, n in row_split(dev, N, Kp + 4):
         data = np.concatenate([np.ascontiguousarray(q[r0:r0 + n]).view(np.uint8).reshape(-1),
                                s[r0:r0 + n].view(np.uint8)])
         buf = dev.buffer(data.nbytes, label=f"{label}[{r0}]")
         dev.write(buf, 0, data)
         blocks.append((buf, r0, n))
     return blocks, Kp
+
+
+def row_split(dev: Any, rows: int, row_bytes: int) -> list[tuple[int, int]]:
+    """[(first row, rows)] blocks of at most the binding limit (multiples of 64 rows when split)."""
+    limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
+    per = max(1, limit // row_bytes)
+    if per < rows and per >= 64:
+        per -= per % 64
+    return [(r0, min(per, rows - r0)) for r0 in range(0, rows, per)]
 
 
 def int8_bytes(rows: int, k: int) -> int:
@@ -65,6 +70,7 @@ NF4_LEVELS = np.array([-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.
                        0.0795803, 0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229568, 1.0],
                       np.float32)
 NF4_BLOCK = 64
+NF4_MIDS = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2  # float32 decision boundaries between levels
 
 
 def quantize_nf4(w: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +90,7 @@ def quantize_nf4(w: Any) -> tuple[np.ndarray, np.ndarray]:
     scales = np.abs(wb).max(axis=-1).astype(np.float32)
     inv = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
     x = (wb * inv[..., None]).reshape(wp.shape)[..., :K]
-    mids = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
-    codes = np.searchsorted(mids, x).astype(np.uint8)
+    codes = np.searchsorted(NF4_MIDS, x).astype(np.uint8)
     return codes, scales
 
 
@@ -115,13 +120,8 @@ def upload_nf4(dev: Any, w: Any, label: str, pad_k: int = 8) -> tuple[list[tuple
         w = np.pad(w, ((0, 0), (0, Kp - K)))
     codes, s = quantize_nf4(w)
     packed = pack_nf4(codes)
-    limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
-    per = max(1, limit // nf4_bytes(1, Kp))
-    if per < N and per >= 64:
-        per -= per % 64
     blocks = []
-    for r0 in range(0, N, per):
-        n = min(per, N - r0)
+    for r0, n in row_split(dev, N, nf4_bytes(1, Kp)):
         data = np.concatenate([packed[r0:r0 + n].reshape(-1).view(np.uint8),
                                np.ascontiguousarray(s[r0:r0 + n]).reshape(-1).view(np.uint8)])
         buf = dev.buffer(data.nbytes, label=f"{label}[{r0}]")
@@ -133,3 +133,96 @@ def upload_nf4(dev: Any, w: Any, label: str, pad_k: int = 8) -> tuple[list[tuple
 def nf4_bytes(rows: int, k: int) -> int:
     """GPU bytes of an NF4 matrix: half a byte per weight plus one f32 scale per 64-weight block."""
     return rows * (k // 2 + 4 * -(-k // NF4_BLOCK))
+
+
+# -- on the GPU: fp16 rows already in GPU buffers -> the same int8 / NF4 buffers (shaders/quant.wgsl) --
+QUANT_WG = 64
+PARAM_STRIDE = 256  # uniform binding offsets must be multiples of 256 bytes
+
+
+def quant_row_bytes(fmt: str, k: int) -> int:
+    """GPU bytes of one quantized row of k weights ("int8" or "nf4")."""
+    if fmt not in ("int8", "nf4"):
+        raise WebRwkvError(f"unknown quantization {fmt!r}; use int8 or nf4")
+    return k + 4 if fmt == "int8" else nf4_bytes(1, k)
+
+
+def alloc_quantized(dev: Any, fmt: str, rows: int, k: int, label: str) -> list[tuple]:
+    """Zeroed destination buffers of an [rows, k] quantized matrix, split into row blocks exactly as
+    upload_int8 / upload_nf4 split it. Returns [(buffer, first_row, rows)]."""
+    rb = quant_row_bytes(fmt, k)
+    return [(dev.buffer(n * rb, label=f"{label}[{r0}]"), r0, n) for r0, n in row_split(dev, rows, rb)]
+
+
+def _pipeline(dev: Any, fmt: str) -> Any:
+    from .kernels import Kernels
+
+    k = Kernels(dev)
+    key = ("quant", fmt, QUANT_WG)
+    if key not in k._pipes:  # the device's shared pipeline cache
+        k._pipes[key] = dev.pipeline(k.source("quant", {"WG": QUANT_WG}), fmt)
+    return k._pipes[key]
+
+
+def quantize_on_gpu(dev: Any, fmt: str, src: list[tuple], dst: list[tuple], k: int) -> None:
+    """Quantize an fp16 matrix on the GPU. `src`: its packed fp16 row blocks [(buffer, first_row, rows)]
+    (k halves per row, as kernels.upload_matrix makes them); `dst`: alloc_quantized's blocks. The two
+    may split the rows differently: each overlap of a source and a destination block is one dispatch.
+    The result equals upload_int8 / upload_nf4 of the same fp16 values, byte for byte."""
+    if k % 8:
+        raise WebRwkvError(f"quantized rows need a multiple of 8 weights, not {k}")
+    jobs = []
+    for dbuf, d0, dn in dst:
+        for sbuf, s0, sn in src:
+            lo, hi = max(d0, s0), min(d0 + dn, s0 + sn)
+            if hi > lo:
+                jobs.append((sbuf, dbuf, lo - s0, lo - d0, hi - lo, dn))
+    if not jobs:
+        return
+    pipe = _pipeline(dev, fmt)
+    maxdim = dev.limits.get("max_workgroups_per_dim", 65535)
+    params = np.zeros((len(jobs), PARAM_STRIDE // 4), np.uint32)
+    grids = []
+    for i, (_, _, s, d, n, dn) in enumerate(jobs):
+        wgs = n if fmt == "int8" else -(-n * -(-k // NF4_BLOCK) // QUANT_WG)
+        gx = min(wgs, maxdim)
+        params[i, :6] = (s, d, n, dn, k, gx)
+        grids.append((gx, -(-wgs // gx), 1))
+    from .gpu import UNIFORM
+
+    pbuf = dev.buffer(params.nbytes, UNIFORM, "quant params")
+    dev.write(pbuf, 0, params)
+    ops = [(pipe, dev.bind(pipe, [sbuf, dbuf, (pbuf, i * PARAM_STRIDE, 32)]), grid)
+           for i, ((sbuf, dbuf, *_), grid) in enumerate(zip(jobs, grids))]
+    dev.encode(ops)
+    dev.destroy(pbuf)  # freed once the submitted work is done
+
+
+def gpu_upload(fmt: str, upload: Callable) -> Callable:
+    """upload(dev, w, label) hook: the matrix goes up as fp16 through `upload`, is quantized on the
+    GPU, and its fp16 buffers are freed (peak: the quantized model plus one fp16 matrix)."""
+    def up(dev: Any, w: Any, label: str) -> tuple[list[tuple], int]:
+        src, k = upload(dev, w, label + ".fp16")
+        dst = alloc_quantized(dev, fmt, w.shape[0], k, label)
+        quantize_on_gpu(dev, fmt, src, dst, k)
+        for buf, _, _ in src:
+            dev.destroy(buf)
+        return dst, k
+    return up
+
+
+def layer_upload(fmt: str, upload: Callable) -> Callable:
+    """The upload hook for quantized layer matrices. A hook with a `quant` parameter (a loader whose
+    matrix bytes arrive later) is called with quant=fmt and returns blocks in that format itself. Any
+    other fp16 upload: quantize on the GPU after it (numpy instead when $WEBRWKV_QUANT_ON=cpu, the
+    reference path)."""
+    import inspect
+
+    if "quant" in inspect.signature(upload).parameters:
+        return lambda dev, w, label: upload(dev, w, label, quant=fmt)
+    where = os.environ.get("WEBRWKV_QUANT_ON", "gpu")
+    if where not in ("gpu", "cpu"):
+        raise WebRwkvError(f"WEBRWKV_QUANT_ON must be gpu or cpu, not {where!r}")
+    if where == "cpu":
+        return upload_int8 if fmt == "int8" else upload_nf4
+    return gpu_upload(fmt, upload)

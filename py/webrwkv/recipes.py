@@ -101,7 +101,8 @@ class LayerBuilder:
     Every matrix goes through `mat()` / `pad_end()` / `stack()` and then `upload(dev, matrix, label)`
     (default kernels.upload_matrix), so a loader may pass deferred matrices with its own upload.
     quant="int8" stores these block matrices as int8 with per-row scales (webrwkv.quant) instead;
-    quant="nf4" as NF4 codes with one scale per 64 weights.
+    quant="nf4" as NF4 codes with one scale per 64 weights; both are quantized on the GPU after an
+    fp16 upload (a custom upload hook is called with quant=... and quantizes itself).
     """
 
     def __init__(self, k: Kernels, info: Any, w: dict, bufs: dict, vecs_buf: Any, vec_off: dict, vs: int,
@@ -109,16 +110,11 @@ class LayerBuilder:
                  quant: str = "none") -> None:
         self.k, self.dev, self.info, self.w, self.b = k, k.dev, info, w, bufs
         self.upload = upload
-        self.int8 = quant == "int8"
-        if self.int8:
-            from .quant import upload_int8
+        self.int8, self.nf4 = quant == "int8", quant == "nf4"
+        if quant != "none":  # fp16 up through `upload`, then quantized on the GPU (quant.layer_upload)
+            from .quant import layer_upload
 
-            self.upload = upload_int8
-        self.nf4 = quant == "nf4"
-        if self.nf4:
-            from .quant import upload_nf4
-
-            self.upload = upload_nf4
+            self.upload = layer_upload(quant, upload)
         self.vecs, self.vo, self.vs = vecs_buf, vec_off, vs
         self.state, self.ls, self.slot, self.n_slots = state, ls, slot_stride, n_slots
         self.C = info.n_embd

@@ -1,0 +1,138 @@
+"""Quantization on the GPU (shaders/quant.wgsl): the int8 / NF4 buffers it writes from fp16 rows equal,
+byte for byte, those of the numpy quantizers (webrwkv.quant.upload_int8 / upload_nf4), and a runtime
+loaded with the GPU path computes exactly what one loaded with the numpy path does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gpu_util import device, drain, fp16_model
+
+from webrwkv import quant
+from webrwkv.kernels import upload_matrix
+
+FORMATS = ["int8", "nf4"]
+
+
+def gpu_blocks(dev, fmt: str, w: np.ndarray) -> tuple[list, int]:
+    return quant.gpu_upload(fmt, upload_matrix)(dev, w, "w")
+
+
+def assert_same_buffers(dev, fmt: str, w: np.ndarray) -> int:
+    """GPU-quantized blocks == numpy-quantized blocks (same split, same bytes); returns the block count."""
+    want, kw = getattr(quant, f"upload_{fmt}")(dev, w, "want")
+    got, kg = gpu_blocks(dev, fmt, w)
+    assert kg == kw and [(r0, n) for _, r0, n in got] == [(r0, n) for _, r0, n in want]
+    for (a, r0, n), (b, _, _) in zip(want, got):
+        assert b.size == a.size == n * quant.quant_row_bytes(fmt, kw)
+        ra = np.frombuffer(dev.read(a, 0, a.size), np.uint8)
+        rb = np.frombuffer(dev.read(b, 0, b.size), np.uint8)
+        bad = np.flatnonzero(ra != rb)
+        assert bad.size == 0, f"{fmt} rows {r0}+{n}: {bad.size} bytes differ, first at {bad[:5]}"
+    return len(got)
+
+
+def wide_matrix(rng, n: int, k: int) -> np.ndarray:
+    """fp16 rows whose magnitudes span the fp16 range (subnormals to ~6e4), with zero rows/blocks."""
+    w = rng.standard_normal((n, k)) * 10.0 ** rng.uniform(-7, 4, (n, 1))
+    w = np.clip(w, -65504, 65504).astype(np.float16)
+    w[1] = 0                       # an all-zero row: scale 0
+    w[2, :64] = 0                  # an all-zero 64-block (NF4 scale 0, code 7)
+    w[4, 5] = np.float16(-65504)   # the largest fp16 magnitude
+    return w
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n,k", [(37, 100), (70, 72), (9, 2048), (5, 8), (130, 200)])
+def test_gpu_quantization_equals_numpy(fmt, n, k):
+    """Random matrices, odd K (padded to a multiple of 8, NF4's last block partial), zero rows/blocks."""
+    dev = device()
+    rng = np.random.default_rng(n * 1000 + k)
+    assert_same_buffers(dev, fmt, (rng.standard_normal((n, k)) * 0.05).astype(np.float16))
+    assert_same_buffers(dev, fmt, wide_matrix(rng, max(n, 6), k))
+
+
+def near_boundaries(fmt: str) -> list[tuple[float, float]]:
+    """(absmax, w) fp16 pairs whose scaled value x = w * (1 / scale) lies on or next to a rounding
+    boundary. int8: within 3 f32 ulps of an x.5 step (thousands exactly on it: ties go to even).
+    NF4: for every level midpoint, the reachable x closest to it from each side (x depends only on the
+    two fp16 significands, so this covers every fp16 input). A 1-ulp error in 1/scale, a midpoint that
+    misorders any reachable x, or another tie rule changes some of these codes."""
+    a = np.arange(0x0400, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)  # normal halves
+    if fmt == "int8":
+        s = a / np.float32(127)
+        inv, edges = np.float32(1) / s, (np.arange(127, dtype=np.float32) + np.float32(0.5))[None, :] * s[:, None]
+    else:
+        inv, edges = np.float32(1) / a, quant.NF4_MIDS[None, :] * a[:, None]
+    h = edges.astype(np.float16)[..., None]
+    w = np.concatenate([np.nextafter(h, np.float16(-np.inf)), h, np.nextafter(h, np.float16(np.inf))], -1)
+    x = w.astype(np.float32) * inv[:, None, None]
+    edge = np.floor(x) + np.float32(0.5) if fmt == "int8" else np.broadcast_to(quant.NF4_MIDS[None, :, None], x.shape)
+    d = (x - edge) / np.abs(np.spacing(edge))  # signed distance in ulps
+    ok = w.astype(np.float32) <= a[:, None, None]
+    if fmt == "int8":
+        near = ok & (np.abs(d) <= 3)
+    else:
+        near = np.zeros_like(ok)
+        for j in range(15):
+            dj, okj = d[:, j], ok[:, j]
+            lo = dj[okj & (dj <= 0)].max()
+            hi = dj[okj & (dj > 0)].min()
+            near[:, j] = okj & ((dj == lo) | (dj == hi))
+    i, _, _ = np.nonzero(near)
+    return list(zip(a[i].tolist(), w[near].astype(np.float32).tolist()))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gpu_quantization_at_rounding_boundaries(fmt):
+    dev = device()
+    pairs = near_boundaries(fmt)
+    assert len(pairs) > 100
+    rng = np.random.default_rng(3)
+    pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), min(len(pairs), 2048), replace=False))]
+    # each pair is one 64-weight block: [absmax, w, -w, 0 ...]; 8 blocks a row
+    blocks = np.zeros((len(pairs) + (-len(pairs)) % 8, 64), np.float32)
+    for j, (a, w) in enumerate(pairs):
+        blocks[j, :3] = a, w, -w
+    if fmt == "int8":  # int8 scales per row: one pair per row of 64
+        w = blocks.astype(np.float16)
+        q, _ = quant.quantize_int8(np.float32([[127, -126.5, -125.5, -124.5]]))
+        assert q[0, 1:].tolist() == [-126, -126, -124]  # ties round half to even
+    else:
+        w = blocks.reshape(-1, 512).astype(np.float16)
+    assert_same_buffers(dev, fmt, w)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gpu_quantization_row_blocks_at_a_small_binding_limit(fmt):
+    """A 4096-byte binding limit splits the fp16 rows (72 per block) and the quantized rows (60 or
+    64 per block) differently: one dispatch per overlap still writes the numpy blocks."""
+    from webrwkv.gpu import open_device
+
+    device()
+    dev = open_device("native", max_binding_override=4096)
+    rng = np.random.default_rng(7)
+    w = wide_matrix(rng, 300, 24)
+    src, _ = upload_matrix(dev, w, "fp16")
+    assert len(src) > 1
+    assert assert_same_buffers(dev, fmt, w) > 1
+    w = (rng.standard_normal((200, 56)) * 0.02).astype(np.float16)
+    assert assert_same_buffers(dev, fmt, w) > 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("version", ["v5", "v7"])
+def test_runtime_gpu_quantized_equals_numpy_quantized(fmt, version, monkeypatch):
+    """The whole model: a runtime quantized on the GPU gives the same logits, bit for bit, as one
+    quantized in numpy (WEBRWKV_QUANT_ON=cpu)."""
+    from webrwkv.runtime import Runtime
+
+    info, w = fp16_model(version)
+    toks = np.random.default_rng(1).integers(0, 256, 12).tolist()
+    out = {}
+    for where in ("cpu", "gpu"):
+        monkeypatch.setenv("WEBRWKV_QUANT_ON", where)
+        rt = Runtime(device(), info, w, max_batch=1, token_chunk_size=8, quant=fmt)
+        rt.push(0, toks)
+        out[where] = drain(rt, 0, all_logits=True)
+    assert np.array_equal(out["cpu"], out["gpu"])
