@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpu_util import device, drain, fp16_model
+from gpu_util import GOLDEN, device, drain, fp16_model
 
 from webrwkv import quant
 from webrwkv.kernels import upload_matrix
@@ -136,3 +136,49 @@ def test_runtime_gpu_quantized_equals_numpy_quantized(fmt, version, monkeypatch)
         rt.push(0, toks)
         out[where] = drain(rt, 0, all_logits=True)
     assert np.array_equal(out["cpu"], out["gpu"])
+
+
+def stream_quantized(path, dev, fmt: str):
+    """web/loader.js's part of a streamed load with quant=fmt (writes in file order, staging buffers for
+    tensors that need a conversion); returns the load and the most matrices alive in fp16 at once."""
+    from webrwkv.browser_loader import StreamingLoad
+
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    ld = StreamingLoad(dev, data[: 8 + n], len(data), path.as_uri(), None, quant=fmt)
+    most = 0
+    for a0, a1, buf, off, tag in sorted(ld.writes, key=lambda w: w[0]):
+        staged = buf is None
+        if staged:
+            buf = dev.buffer(a1 - a0, label="staging")
+        chunk = data[a0:a1]
+        dev.write(buf, off, chunk + b"\0" * (a1 - a0 - len(chunk)))
+        ld.write_done(tag, buf if staged else None)
+        most = max(most, sum(any(b is not None for b in j.src) for j in ld.jobs))
+    return ld, most
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", ["v7", "v6-bf16", "v5-converted", "v4"])
+def test_streamed_load_quantizes_like_native(fmt, name):
+    """The browser's streamed load with quant: every layer matrix is quantized on the GPU once its rows
+    have arrived, only a few matrices exist in fp16 at a time, and the logits equal, bit for bit,
+    the native runtime's with the same quant (fp32 / bf16 files go through the fp16 conversion first)."""
+    import asyncio
+
+    from webrwkv.models import load_weights
+    from webrwkv.runtime import Runtime
+
+    dev = device()
+    path = GOLDEN / f"{name}.st"
+    ld, most = stream_quantized(path, dev, fmt)
+    rt, _, info = asyncio.run(ld.finish())
+    assert ld.jobs and all(j.done and j.src == [None] * len(j.split) for j in ld.jobs)
+    assert most <= 3 < len(ld.jobs), (most, len(ld.jobs))
+    _, w = load_weights(path)
+    native = Runtime(dev, info, w, tuning=rt.k.tuning, quant=fmt)
+    assert native.weight_bytes == rt.weight_bytes
+    ids = [0, 17, 255, 3, 1000 % info.vocab, 42]
+    rt.push(0, ids)
+    native.push(0, ids)
+    np.testing.assert_array_equal(rt.run(all_logits=True)[0], native.run(all_logits=True)[0])

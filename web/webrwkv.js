@@ -1,5 +1,5 @@
 // webrwkv for embedding: RWKV in a Web Worker on WebGPU, behind a small async API.
-//   const engine = await createEngine({ model: URL, onProgress });
+//   const engine = await createEngine({ model: URL, onProgress });   // quant: "int8" | "nf4" to quantize on load
 //   for await (const { token, text } of engine.generate("Hello", { maxTokens: 50 })) ...
 //   engine.chat.completions.create({ messages, stream: true })  // OpenAI-shaped
 export class WebRwkvError extends Error {
@@ -88,14 +88,14 @@ export function formatChat(messages) {
   return turns.join("\n\n") + "\n\nAssistant:";
 }
 
-export async function createEngine({ model, vocab, onProgress, workerUrl, cache = true } = {}) {
+export async function createEngine({ model, vocab, onProgress, workerUrl, cache = true, quant } = {}) {
   const support = await webgpuSupport();
   if (!support.ok) throw new WebRwkvError("nowebgpu", support.message);
   const w = new Worker_(workerUrl || new URL("./worker.js", import.meta.url));
   const engine = new Engine(w);
   try {
     engine.adapter = (await w.call("init", {}, { onProgress })).adapter;
-    if (model) await engine.load(model, { vocab, onProgress, cache });
+    if (model) await engine.load(model, { vocab, onProgress, cache, quant });
   } catch (e) {
     w.terminate();
     throw e;
@@ -115,9 +115,10 @@ class Engine {
   get stats() { return { adapter: this.adapter, ...this._stats }; }
   onDeviceLost(f) { this._w.listeners.add(f); }
 
-  async load(url, { vocab, onProgress, cache = true, tuning } = {}) { // tuning: kernel knobs, e.g. {gemv_rows: 4}
+  // tuning: kernel knobs, e.g. {gemv_rows: 4}; quant: "none" (fp16), "int8" or "nf4" weights, quantized on the GPU
+  async load(url, { vocab, onProgress, cache = true, tuning, quant = "none" } = {}) {
     this.model = null;
-    this.model = await this._w.call("load", { url: String(url), vocab, useCache: cache, tuning }, { onProgress });
+    this.model = await this._w.call("load", { url: String(url), vocab, useCache: cache, tuning, quant }, { onProgress });
     this._stats.load = this.model.load;
     return this.model;
   }

@@ -79,7 +79,7 @@ async function vocabFor(url, override) {
   } catch { return null; }
 }
 
-async function load(id, { url, vocab, useCache = true, tuning }) {
+async function load(id, { url, vocab, useCache = true, tuning, quant }) {
   loadAbort?.abort();
   const ctrl = new AbortController();
   loadAbort = ctrl;
@@ -89,7 +89,7 @@ async function load(id, { url, vocab, useCache = true, tuning }) {
   entry.trace_memory(true); // Python's own allocations during the load (weights must not be among them)
   let result, pyPeak;
   try {
-    result = await loadSteps(id, new URL(url, base).href, vocab, useCache, ctrl, tuning);
+    result = await loadSteps(id, new URL(url, base).href, vocab, useCache, ctrl, tuning, quant);
   } finally {
     pyPeak = entry.trace_memory(false);
     if (loadAbort === ctrl) loadAbort = null;
@@ -99,14 +99,15 @@ async function load(id, { url, vocab, useCache = true, tuning }) {
   return result;
 }
 
-async function loadSteps(id, url, vocab, useCache, ctrl, tuning) {
+async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   await watchDevice();
   const progress = (p) => post({ id, type: "progress", ...p });
   progress({ phase: "header", text: "Reading the model header…" });
   const { prefix, size, etag } = await fetchHeader(url, ctrl.signal);
   const vocabText = await vocabFor(url, vocab);
   progress({ phase: "plan", text: "Planning GPU buffers…" });
-  const planPy = entry.plan_load(prefix, size, url, vocabText, tuning ? py.toPy(tuning) : null);
+  // quant "int8" / "nf4": the layers' matrices are quantized on the GPU as their bytes arrive
+  const planPy = entry.plan_load(prefix, size, url, vocabText, tuning ? py.toPy(tuning) : null, quant || "none");
   const plan = planPy.toJs({ dict_converter: Object.fromEntries, create_pyproxies: false });
   planPy.destroy();
   const ident = await identity(plan.size, etag, prefix);

@@ -53,8 +53,10 @@ def js_device() -> Any:
     return _dev._dev if _dev is not None else None
 
 
-def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: Any = None) -> dict:
+def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: Any = None,
+              quant: str | None = None) -> dict:
     """Parse the header bytes, allocate the model's GPU buffers and say where each file range goes.
+    quant "int8" / "nf4" quantizes the layers' matrices on the GPU as their bytes arrive.
 
     Returns {device, size, dataStart, writes: [[file_start, file_end, buffer, offset, tag], ...]}.
     """
@@ -66,7 +68,8 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: 
     unload()
     data = prefix.to_bytes() if hasattr(prefix, "to_bytes") else bytes(prefix)
     tuning = tuning.to_py() if hasattr(tuning, "to_py") else tuning
-    _load = StreamingLoad(_dev, data, int(size), url, vocab_text, tuning=dict(tuning or {}))
+    _load = StreamingLoad(_dev, data, int(size), url, vocab_text, tuning=dict(tuning or {}),
+                          quant=str(quant or "none"))
     return {"device": _dev._dev, "size": _load.size, "dataStart": _load.data_start, "writes": _load.writes}
 
 
@@ -98,7 +101,8 @@ async def finish_load() -> dict:
     _eng["prefill_kernel"] = await _warm_up(runtime)
     _eng.update(runtime=runtime, tokenizer=tokenizer, info=info, name=ld.name)
     reset()
-    return {"name": ld.name, **info.to_dict(), "adapter": _dev.adapter_name, "prefill_kernel": _eng["prefill_kernel"]}
+    return {"name": ld.name, **info.to_dict(), "adapter": _dev.adapter_name, "prefill_kernel": _eng["prefill_kernel"],
+            "quant": ld.quant, "weight_bytes": runtime.weight_bytes}
 
 
 async def _warm_up(rt: Any) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels as kmod
+from . import quant as qmod
 from . import runtime as rtmod
 from .errors import ModelFormatError
 from .gpu import UNIFORM
@@ -96,6 +97,38 @@ class GpuMatrix:
         return GpuMatrix((row, max(m.shape[1] for m in mats)), segs)
 
 
+class QuantJob:
+    """One quantized layer matrix of a streamed load: its fp16 row blocks are made when their first
+    rows arrive, quantized on the GPU into `dst` (the runtime's buffers) once every row has arrived,
+    then freed, so only the matrices in flight exist in fp16."""
+
+    def __init__(self, dev: Any, fmt: str, split: list, kp: int, dst: list, label: str) -> None:
+        self.dev, self.fmt, self.split, self.kp, self.dst, self.label = dev, fmt, split, kp, dst, label
+        self.src: list = [None] * len(split)
+        self.left = 0  # rows still to arrive
+        self.done = False
+
+    def block(self, i: int) -> Any:
+        """The fp16 buffer of row block i (made zeroed on first use)."""
+        if self.src[i] is None:
+            r0, n = self.split[i]
+            self.src[i] = self.dev.buffer(n * self.kp * 2, label=f"{self.label}.fp16[{r0}]")
+        return self.src[i]
+
+    def arrived(self, rows: int) -> None:
+        self.left -= rows
+        if self.left == 0:
+            self.run()
+
+    def run(self) -> None:
+        """Quantize (rows that got no data, e.g. padding, are zeros) and free the fp16 blocks."""
+        blocks = [(self.block(i), r0, n) for i, (r0, n) in enumerate(self.split)]
+        qmod.quantize_on_gpu(self.dev, self.fmt, blocks, self.dst, self.kp)
+        for buf, _, _ in blocks:
+            self.dev.destroy(buf)
+        self.src, self.done = [None] * len(self.split), True
+
+
 def _rows(segs: list, start: int, n: int) -> list:
     """Rows [start, start + n) of a segment list, renumbered from 0."""
     out = []
@@ -112,8 +145,12 @@ class StreamingLoad:
     tensors land in a staging buffer (made by JS on demand) and are converted as soon as complete."""
 
     def __init__(self, dev: Any, prefix: bytes, size: int, url: str, vocab_text: str | None,
-                 max_batch: int = 1, token_chunk_size: int = 128, tuning: dict | None = None) -> None:
-        self.dev, self.url = dev, url
+                 max_batch: int = 1, token_chunk_size: int = 128, tuning: dict | None = None,
+                 quant: str = "none") -> None:
+        if quant not in ("none", "int8", "nf4"):
+            raise ModelFormatError(f"unknown quantization {quant!r}; use none, int8 or nf4")
+        self.dev, self.url, self.quant = dev, url, quant
+        self.jobs: list[QuantJob] = []
         self.name = url.split("?")[0].rstrip("/").split("/")[-1] or url
         src = PrefixSource(prefix, size, self.name)
         header = read_header(src)
@@ -122,14 +159,15 @@ class StreamingLoad:
         self.tokenizer = Tokenizer.from_text(vocab_text, self.name + ".vocab.txt") if vocab_text else default_tokenizer()
         self._pipes: dict = {}
         self._uniforms: list = []
-        self.segments: dict[str, list] = {}  # tensor -> [(src row, rows, dst buffer, dst row, dst row length)]
+        # tensor -> [(src row, rows, dst buffer or (QuantJob, row block), dst row, dst row length)]
+        self.segments: dict[str, list] = {}
         vec_names = [n for n, r in self.refs.items() if len(r.canonical_shape) == 1]
         raws = {n: Raw(r, None, r.offset & ~3) for n, r in self.refs.items() if n not in vec_names}
         # vectors are zero until finish() reads them back and calls runtime.write_vectors
         weights: dict[str, Any] = {n: np.zeros(self.refs[n].canonical_shape, np.float32) for n in vec_names}
         weights.update({n: GpuMatrix.of(raw) for n, raw in raws.items()})
         self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size, tuning=_tuning(tuning),
-                                     upload=self.upload_matrix)
+                                     upload=self.upload_matrix, quant=quant)
         self.writes: list = []
         self.staged: dict[int, Raw] = {}
         self.vec_spans: dict[str, tuple[int, int, int]] = {}
@@ -147,7 +185,8 @@ class StreamingLoad:
             segs, r = self.segments.get(_key(raw), []), raw.ref
             if not segs:
                 continue  # not used by this runtime
-            if r.dtype == "F16" and r.transform != "transpose" and raw.shift == 0 and all(kp == raw.k for *_, kp in segs):
+            direct = all(kp == raw.k and not isinstance(dst, tuple) for _, _, dst, _, kp in segs)
+            if r.dtype == "F16" and r.transform != "transpose" and raw.shift == 0 and direct:
                 for s0, cnt, buf, d0, kp in segs:  # already packed fp16 rows: straight to their place
                     a0 = r.offset + s0 * raw.k * 2
                     self.writes.append([a0, a0 + cnt * kp * 2, buf, d0 * kp * 2, len(self.writes)])
@@ -164,8 +203,14 @@ class StreamingLoad:
         if buf is None:
             raise ModelFormatError(f"no staging buffer came with tensor '{raw.ref.name}'; load the model again")
         raw.buf = buf
+        arrived = []
         for s0, n, dst, d0, kp in self.segments[_key(raw)]:
+            if isinstance(dst, tuple):  # rows of a matrix quantized once complete
+                arrived.append((dst[0], n))
+                dst = dst[0].block(dst[1])
             self._convert(raw, s0, n, dst, d0, kp)
+        for job, n in arrived:
+            job.arrived(n)
         self.dev.destroy(buf)
 
     def cancel(self) -> None:
@@ -206,19 +251,28 @@ class StreamingLoad:
         self.dev.encode([(pipe, group, (x, -(-wgs // x), 1))])
         self._uniforms.append(ubuf)
 
-    def upload_matrix(self, dev: Any, w: Any, label: str, pad_k: int = 8) -> tuple[list[tuple], int]:
-        """kernels.upload_matrix for GpuMatrix: the same row blocks, their rows filled later."""
+    def upload_matrix(self, dev: Any, w: Any, label: str, pad_k: int = 8,
+                      quant: str = "none") -> tuple[list[tuple], int]:
+        """kernels.upload_matrix for GpuMatrix: the same row blocks, their rows filled later. With quant
+        int8/nf4 the runtime gets the quantized buffers now; the fp16 rows go to a QuantJob."""
         if not isinstance(w, GpuMatrix):
+            if quant != "none":
+                return qmod.gpu_upload(quant, kmod.upload_matrix)(dev, w, label)
             return kmod.upload_matrix(dev, w, label, pad_k)
         N, K = w.shape
         Kp = -(-K // pad_k) * pad_k
-        limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
-        per = max(1, limit // (Kp * 2))
-        if per < N and per >= 64:
-            per -= per % 64
+        split = qmod.row_split(dev, N, Kp * 2)
+        if quant != "none":
+            dst = qmod.alloc_quantized(dev, quant, N, Kp, label)
+            job = QuantJob(dev, quant, split, Kp, dst, label)
+            self.jobs.append(job)
+            for i, (r0, nr) in enumerate(split):
+                for raw, s0, n, d0 in _rows(w.segs, r0, nr):
+                    self.segments.setdefault(_key(raw), []).append((s0, n, (job, i), d0, Kp))
+                    job.left += n
+            return dst, Kp
         blocks = []
-        for r0 in range(0, N, per):
-            nr = min(per, N - r0)
+        for r0, nr in split:
             buf = dev.buffer(nr * Kp * 2, label=f"{label}[{r0}]")
             for raw, s0, n, d0 in _rows(w.segs, r0, nr):
                 self.segments.setdefault(_key(raw), []).append((s0, n, buf, d0, Kp))
@@ -230,6 +284,9 @@ class StreamingLoad:
         if self.staged:
             missing = ", ".join(sorted(r.ref.name for r in self.staged.values())[:3])
             raise ModelFormatError(f"the download ended before tensors {missing} arrived; load the model again")
+        for job in self.jobs:  # matrices that got no bytes at all (all padding)
+            if not job.done and job.left == 0:
+                job.run()
         self.runtime.write_vectors(await self._vectors())
         if hasattr(self.dev, "sync_async"):
             await self.dev.sync_async()
