@@ -11,6 +11,7 @@ from . import STORAGE, Device
 
 # wgpu-native logs to XDG_RUNTIME_DIR when it is unset; give it a harmless default.
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+WRITE_SLICE = 32 << 20  # bytes per queue write of a large upload
 
 
 def _wgpu():
@@ -149,7 +150,12 @@ class NativeDevice(Device):
         self._check()
         mv = memoryview(data).cast("B")
         try:
-            self._queue.write_buffer(buf, int(offset), mv)
+            # Large writes go in slices, each submitted: wgpu then reuses its staging memory instead of
+            # holding a copy of everything until the next submit, and copies one slice while the next is staged.
+            for o in range(0, len(mv), WRITE_SLICE):
+                self._queue.write_buffer(buf, int(offset) + o, mv[o: o + WRITE_SLICE])
+                if len(mv) > WRITE_SLICE:
+                    self._queue.submit([])
         except Exception as e:  # noqa: BLE001
             raise self._fail(e, "a buffer write") from e
 
