@@ -1,5 +1,7 @@
 """Fast native loading: fp16 matrices kept as views on the memory-mapped file, sliced GPU writes."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,23 @@ def test_sliced_writes_land_in_place(monkeypatch):
     got = np.frombuffer(dev.read(buf, 0, 4 * 1100), np.float32)
     np.testing.assert_array_equal(got[16:1016], data)
     assert not got[:16].any() and not got[1016:].any()
+
+
+def test_bench_reports_load_time(capsys):
+    """`webrwkv bench --model` adds the load seconds to its JSON and table; random weights have none."""
+    from types import SimpleNamespace
+
+    from webrwkv.benchmark import bench_main
+
+    device()
+    args = SimpleNamespace(model=str(GOLDEN / "v6-converted.st"), random=None, adapter=None, prefill=4, decode=2,
+                           quant="none", json=True)
+    assert bench_main(args) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["version"] == "v6" and 0 < row["load_s"] < 60
+    args.json = False
+    assert bench_main(args) == 0
+    assert "load s" in capsys.readouterr().out
+    args.model, args.random, args.json = None, "v5:L1:C64", True
+    assert bench_main(args) == 0
+    assert json.loads(capsys.readouterr().out)["load_s"] is None
