@@ -119,3 +119,17 @@ def test_bench_reports_load_time(capsys):
     args.model, args.random, args.json = None, "v5:L1:C64", True
     assert bench_main(args) == 0
     assert json.loads(capsys.readouterr().out)["load_s"] is None
+
+
+def test_local_view_falls_back_to_reading(tmp_path, monkeypatch):
+    """A file that cannot be memory-mapped is read instead, with the same bytes."""
+    import mmap
+
+    def refuse(*args, **kwargs):
+        raise OSError("no mmap here")
+
+    path = tmp_path / "bytes.bin"
+    path.write_bytes(bytes(range(200)))
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    with LocalFileSource(path) as src:
+        assert bytes(src.view(10, 20)) == bytes(range(10, 30))

@@ -102,7 +102,10 @@ class LocalFileSource(ByteSource):
         if length == 0:
             return memoryview(b"")
         if self._map is None:
-            self._map = memoryview(mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ))
+            try:
+                self._map = memoryview(mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ))
+            except (OSError, ValueError):  # a file that cannot be mapped: read it instead
+                return memoryview(self.read(offset, length))
         view = self._map[offset: offset + length]
         if len(view) != length:
             raise SourceError(f"{self.name} got shorter while reading (changed on disk?): load it again")
