@@ -108,14 +108,15 @@ async function loadModel() {
   $("model-info").textContent = "";
   try {
     const engine = await ensureEngine();
-    const info = await engine.load(url, { onProgress: setProgress });
+    const info = await engine.load(url, { onProgress: setProgress, quant: $("quant").value });
     app.model = info;
     const l = info.load;
     $("progress-fill").style.width = "100%";
     $("progress").classList.remove("indeterminate");
     $("progress-text").textContent = `${fmtBytes(l.total)} in ${l.seconds.toFixed(1)} s` +
       (l.fetched ? ` · ${(l.fetched / 1e6 / Math.max(l.seconds, 1e-3)).toFixed(1)} MB/s` : " · from cache");
-    $("model-info").textContent = `${info.name} · RWKV ${info.version} · ${info.n_layer} layers × ${info.n_embd} · vocab ${info.vocab}`;
+    $("model-info").textContent = `${info.name} · RWKV ${info.version} · ${info.n_layer} layers × ${info.n_embd} · vocab ${info.vocab}` +
+      (info.quant && info.quant !== "none" ? ` · ${info.quant} weights` : "");
     newChat(false);
   } catch (e) {
     $("progress").hidden = true;

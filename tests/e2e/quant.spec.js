@@ -5,6 +5,7 @@ const { test, expect } = require('@playwright/test');
 const fs = require('fs');
 const path = require('path');
 const { hostModels, golden, url, startEngine, generateIds, GOLDEN } = require('./models');
+const { loadViaUi } = require('./ui');
 
 const quantGolden = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'browser_quant_greedy.json'), 'utf8'));
 
@@ -47,4 +48,10 @@ test('An unknown quantization is refused with a message that says what to use', 
   }, url(baseURL, c.model));
   expect(err).not.toBeNull();
   expect(err.message).toMatch(/int8|nf4/);
+});
+
+test('The chat page loads the model with the weights chosen in its select', async ({ baseURL }) => {
+  await page.selectOption('#quant', 'nf4');
+  await loadViaUi(page, url(baseURL, 'v7.st'));
+  await expect(page.locator('#model-info')).toContainText('nf4 weights');
 });
