@@ -20,8 +20,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-var<workgroup> amax: array<u32, {{WG}}>;
-
 // Midpoints between consecutive NF4 levels as numpy computes them in float32 ((a + b) / 2),
 // written as exact hexadecimal floats (decimal: -0.84809637, -0.61063296, ..., 0.86147839).
 const MIDS = array<f32, 15>(-0x1.b239b0p-1f, -0x1.38a4e2p-1f, -0x1.d70902p-2f, -0x1.5bd4eep-2f,
@@ -65,22 +63,15 @@ fn div_rn(num: u32, den: u32, e: i32) -> f32 {
 
 fn abs_bits(w: u32) -> u32 { return max(w & 0x7fffu, (w >> 16u) & 0x7fffu); }
 
-// One workgroup per row: absmax (as |fp16| bits, which order like the values), then 4 codes per thread step.
+// One thread per row: absmax (as |fp16| bits, which order like the values), then 4 codes a step.
 @compute @workgroup_size({{WG}})
 fn int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = wid.y * p.gx + wid.x;
+  let row = (wid.y * p.gx + wid.x) * {{WG}}u + lid;
   if (row >= p.rows) { return; }
   let hk = p.k / 2u;
   let s0 = (p.src_row + row) * hk;
-  var m = 0u;
-  for (var j = lid; j < hk; j += {{WG}}u) { m = max(m, abs_bits(src[s0 + j])); }
-  amax[lid] = m;
-  workgroupBarrier();
-  for (var s = {{WG}}u / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { amax[lid] = max(amax[lid], amax[lid + s]); }
-    workgroupBarrier();
-  }
-  let a = amax[0];
+  var a = 0u;
+  for (var j = 0u; j < hk; j++) { a = max(a, abs_bits(src[s0 + j])); }
   var scale = 0.0;
   var inv = 0.0;
   if (a != 0u) {
@@ -91,14 +82,14 @@ fn int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   let qk = p.k / 4u;
   let d0 = (p.dst_row + row) * qk;
-  for (var j = lid; j < qk; j += {{WG}}u) {
+  for (var j = 0u; j < qk; j++) {
     let u = src[s0 + 2u * j];
     let v = src[s0 + 2u * j + 1u];
     let x = vec4<f32>(half(u & 0xffffu), half(u >> 16u), half(v & 0xffffu), half(v >> 16u)) * inv;
     let q = bitcast<vec4<u32>>(vec4<i32>(clamp(round(x), vec4<f32>(-127.0), vec4<f32>(127.0)))) & vec4<u32>(255u);
     dst[d0 + j] = q.x | (q.y << 8u) | (q.z << 16u) | (q.w << 24u);
   }
-  if (lid == 0u) { dst[p.dst_rows * qk + p.dst_row + row] = bitcast<u32>(scale); }
+  dst[p.dst_rows * qk + p.dst_row + row] = bitcast<u32>(scale);
 }
 
 // NF4 code of x: numpy searchsorted(MIDS, x), side left.

@@ -184,7 +184,7 @@ def quantize_on_gpu(dev: Any, fmt: str, src: list[tuple], dst: list[tuple], k: i
     params = np.zeros((len(jobs), PARAM_STRIDE // 4), np.uint32)
     grids = []
     for i, (_, _, s, d, n, dn) in enumerate(jobs):
-        wgs = n if fmt == "int8" else -(-n * -(-k // NF4_BLOCK) // QUANT_WG)
+        wgs = -(-n * (1 if fmt == "int8" else -(-k // NF4_BLOCK)) // QUANT_WG)  # a thread per row / block
         gx = min(wgs, maxdim)
         params[i, :6] = (s, d, n, dn, k, gx)
         grids.append((gx, -(-wgs // gx), 1))
