@@ -1,7 +1,8 @@
 // Load-time quantization of a packed fp16 matrix (two halves per u32, element 2i in the low half)
-// into the layouts gemv/gemm read; entry points `int8` and `nf4`. Bit for bit the numpy quantizers
-// of webrwkv.quant: their divisions are correctly rounded f32, and WGSL's f32 division need not
-// be, so every division here is an exact integer long division (div_rn).
+// into the layouts gemv/gemm read; the FORMAT template value (int8 or nf4) picks the function that
+// `main` runs. Bit for bit the numpy quantizers of webrwkv.quant: their divisions are correctly
+// rounded f32, and WGSL's f32 division need not be, so every division here is an exact integer
+// long division (div_rn).
 //   int8: per row, scale = absmax / 127, q = clamp(round_half_even(w * (1 / scale)), -127, 127);
 //         the destination holds rows of K bytes (4 per u32, little endian), then one f32 scale per row.
 //   nf4:  per block of 64 along the row, scale = absmax, x = w * (1 / scale), code = how many
@@ -64,8 +65,7 @@ fn div_rn(num: u32, den: u32, e: i32) -> f32 {
 fn abs_bits(w: u32) -> u32 { return max(w & 0x7fffu, (w >> 16u) & 0x7fffu); }
 
 // One thread per row: absmax (as |fp16| bits, which order like the values), then 4 codes a step.
-@compute @workgroup_size({{WG}})
-fn int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn int8(wid: vec3<u32>, lid: u32) {
   let row = (wid.y * p.gx + wid.x) * {{WG}}u + lid;
   if (row >= p.rows) { return; }
   let hk = p.k / 2u;
@@ -100,8 +100,7 @@ fn nf4_code(x: f32) -> u32 {
 }
 
 // One thread per 64-weight block of a row.
-@compute @workgroup_size({{WG}})
-fn nf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn nf4(wid: vec3<u32>, lid: u32) {
   let nb = (p.k + 63u) / 64u;
   let t = (wid.y * p.gx + wid.x) * {{WG}}u + lid;
   if (t >= p.rows * nb) { return; }
@@ -128,4 +127,9 @@ fn nf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     dst[d0 + j] = word;
   }
   dst[p.dst_rows * qk + (p.dst_row + row) * nb + blk] = bitcast<u32>(half(a));
+}
+
+@compute @workgroup_size({{WG}})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  {{FORMAT}}(wid, lid);
 }

@@ -157,11 +157,7 @@ def alloc_quantized(dev: Any, fmt: str, rows: int, k: int, label: str) -> list[t
 def _pipeline(dev: Any, fmt: str) -> Any:
     from .kernels import Kernels
 
-    k = Kernels(dev)
-    key = ("quant", fmt, QUANT_WG)
-    if key not in k._pipes:  # the device's shared pipeline cache
-        k._pipes[key] = dev.pipeline(k.source("quant", {"WG": QUANT_WG}), fmt)
-    return k._pipes[key]
+    return Kernels(dev).get("quant", WG=QUANT_WG, FORMAT=fmt)
 
 
 def quantize_on_gpu(dev: Any, fmt: str, src: list[tuple], dst: list[tuple], k: int) -> None:
