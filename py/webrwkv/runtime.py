@@ -108,7 +108,7 @@ class Runtime:
         from .gpu import open_device
         from .models import load_weights
 
-        info, w = load_weights(path)
+        info, w = load_weights(path, keep_fp16=True)  # fp16 matrices as file views: no float32 copy
         return cls(open_device("native", adapter, **device_options), info, w, max_batch, token_chunk_size)
 
     def write_vectors(self, weights: dict) -> None:
