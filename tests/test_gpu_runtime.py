@@ -40,6 +40,27 @@ def test_long_prompt_every_chunk_size(version):
     rt.token_chunk_size = 128
 
 
+def test_big_chunks_cap_all_logits_runs():
+    """A 512-token chunk (the native default) prefills 300 tokens in one run, but a run asked for every
+    token's logits takes at most 128 tokens (the logits buffer's rows); both match the reference."""
+    from webrwkv.runtime import ALL_LOGITS_ROWS, Runtime
+
+    info, w = fp16_model("v6")
+    toks = prompt(300, seed=4)
+    want, want_state = ref.forward(w, info, toks, all_logits=True)
+    rt = Runtime(device(), info, w, max_batch=1, token_chunk_size=512)
+    assert rt.logit_rows == ALL_LOGITS_ROWS == 128
+    rt.push(0, toks)
+    out = rt.run()
+    assert rel(out[0], want[-1]) <= 1e-3 and state_rel(rt.get_state(0), want_state) <= 1e-3
+    rt.reset(0)
+    rt.push(0, toks)
+    runs, out = 0, {}
+    while 0 not in out:
+        out, runs = rt.run(all_logits=True), runs + 1
+    assert runs == 3 and rel(out[0], want) <= 1e-3
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_token_by_token(version):
     info, w = fp16_model(version)

@@ -19,7 +19,7 @@ END_OF_TEXT = 0
 HELP = "Commands: '+' regenerates the last reply, /reset starts over, /quit exits; Ctrl-C stops a reply."
 
 
-def load_engine_for(args: Any, max_batch: int = 1, token_chunk_size: int = 128) -> tuple[Any, Any]:
+def load_engine_for(args: Any, max_batch: int = 1, token_chunk_size: int = 512) -> tuple[Any, Any]:
     """(runtime, tokenizer) for the engine options of a command."""
     from .engine import load_engine
 

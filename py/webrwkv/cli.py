@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     p.add_argument("--prompts", required=True, help="text file, one prompt per line")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--token-chunk-size", type=int, default=128)
+    p.add_argument("--token-chunk-size", type=int, default=512)
 
     p = sub.add_parser("bench", help="prefill/decode speed table")
     g = p.add_mutually_exclusive_group()
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--quant", choices=["none", "int8", "nf4"], default="none")
-    p.add_argument("--token-chunk-size", type=int, default=128, help="tokens per prefill run (at most --prefill)")
+    p.add_argument("--token-chunk-size", type=int, default=512, help="tokens per prefill run (at most --prefill)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("logits", help="write float32 logits to a .npy file")

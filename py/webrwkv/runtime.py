@@ -16,6 +16,11 @@ from .models import ModelInfo, init_state, state_layout
 from .recipes import HEAD_VECS, LayerBuilder, Upload, activation_sizes, pack_vecs, state_geometry
 
 State = dict[str, np.ndarray]
+# tokens per run by default: 512-token chunks give 1.3-1.5x the prefill of 128 on large models (bench/RESULTS.md)
+DEFAULT_CHUNK = 512
+# at most this many rows of logits per run when every token's logits are asked for (128 rows of a 65536
+# vocabulary are 32 MiB); such runs take fewer tokens
+ALL_LOGITS_ROWS = 128
 
 
 def _mib(n: int) -> str:
@@ -36,7 +41,7 @@ class Runtime:
     """
 
     def __init__(self, device: Any, info: ModelInfo, weights: dict, max_batch: int = 1,
-                 token_chunk_size: int = 128, tuning: Tuning | None = None, upload: Upload = upload_matrix,
+                 token_chunk_size: int = DEFAULT_CHUNK, tuning: Tuning | None = None, upload: Upload = upload_matrix,
                  quant: str = "none") -> None:
         if max_batch < 1 or token_chunk_size < 1:
             raise WebRwkvError("max_batch and token_chunk_size must be at least 1")
@@ -61,7 +66,7 @@ class Runtime:
         b = {"meta": self.meta}
         for name, n in activation_sizes(info, self.rows).items():
             b[name] = dev.buffer(4 * n, label=name)
-        self.logit_rows = min(self.rows, dev.limits["max_storage_binding"] // (4 * V))
+        self.logit_rows = min(self.rows, max(ALL_LOGITS_ROWS, max_batch), dev.limits["max_storage_binding"] // (4 * V))
         if self.logit_rows < max_batch:
             raise GpuError(f"logits of {max_batch} slots ({_mib(4 * V * max_batch)}) exceed the adapter's "
                            "maxStorageBufferBindingSize; lower max_batch")
@@ -71,7 +76,7 @@ class Runtime:
         vecs, vec_off, vs = pack_vecs(info, weights)
         self.vecs = dev.buffer(vecs.nbytes, label="vecs")
         dev.write(self.vecs, 0, vecs)
-        lb = self.lb = LayerBuilder(self.k, info, weights, b, self.vecs, vec_off, vs, self.state, self.ls,
+        lb = LayerBuilder(self.k, info, weights, b, self.vecs, vec_off, vs, self.state, self.ls,
                                     self.slot_floats, max_batch, upload, quant)
         self.gens: list = []
         emb, _ = upload(dev, weights["emb.weight"], "emb")
@@ -100,9 +105,10 @@ class Runtime:
         self._init = self._pack(init_state(info))
         for s in range(max_batch):
             dev.write(self.state, 4 * s * self.slot_floats, self._init)
+        lb.w = {}  # every matrix is on the GPU (or in a deferred upload): let go of the arrays / file views
 
     @classmethod
-    def from_path(cls, path: Any, adapter: Any = None, max_batch: int = 1, token_chunk_size: int = 128,
+    def from_path(cls, path: Any, adapter: Any = None, max_batch: int = 1, token_chunk_size: int = DEFAULT_CHUNK,
                   **device_options: Any) -> "Runtime":
         """Load a model file and open the native device in one call."""
         from .gpu import open_device
