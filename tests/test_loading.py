@@ -133,3 +133,22 @@ def test_local_view_falls_back_to_reading(tmp_path, monkeypatch):
     monkeypatch.setattr(mmap, "mmap", refuse)
     with LocalFileSource(path) as src:
         assert bytes(src.view(10, 20)) == bytes(range(10, 30))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="needs /proc/self/maps")
+def test_loaded_engine_lets_go_of_the_file(tmp_path):
+    """Once the weights are on the GPU the model file is no longer mapped (it may then change on disk
+    without touching the running engine)."""
+    import gc
+    import shutil
+
+    from webrwkv.engine import load_engine
+
+    device()
+    path = tmp_path / "model.st"
+    shutil.copy(GOLDEN / "v7-converted.st", path)
+    eng = load_engine(path, "native", device=device())
+    gc.collect()
+    assert str(path) not in open("/proc/self/maps").read()
+    eng.runtime.push(0, [1, 2, 3])
+    assert np.isfinite(drain(eng.runtime)).all()
