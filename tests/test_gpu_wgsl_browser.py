@@ -92,12 +92,17 @@ def kernel_sources() -> list[str]:
     return [("enable subgroups;\n" + s) if "subgroup" in s else s for s in seen]
 
 
-def test_every_kernel_compiles_in_chromium(tmp_path):
+def skip_without_chromium() -> Path:
+    """The npm playwright package, or skip the test when it or Chromium is missing."""
     playwright = ROOT / "node_modules" / "playwright"
     if not (Path(CHROMIUM).exists() and playwright.is_dir() and shutil.which("node")):
         pytest.skip("needs Chromium and the npm playwright package (run the project's setup)")
-    srcs = kernel_sources()
-    assert len(srcs) > 25
+    return playwright
+
+
+def chromium_errors(tmp_path: Path, srcs: list[str]) -> list[list[str]]:
+    """Each WGSL source's compile and pipeline errors in headless Chromium's WebGPU."""
+    playwright = skip_without_chromium()
     (tmp_path / "index.html").write_text(PAGE)
     (tmp_path / "srcs.json").write_text(json.dumps(srcs))
     (tmp_path / "driver.js").write_text(DRIVER)
@@ -112,6 +117,13 @@ def test_every_kernel_compiles_in_chromium(tmp_path):
     finally:
         srv.shutdown()
     assert res.returncode == 0, res.stderr[-2000:]
-    errors = json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_every_kernel_compiles_in_chromium(tmp_path):
+    skip_without_chromium()
+    srcs = kernel_sources()
+    assert len(srcs) > 25
+    errors = chromium_errors(tmp_path, srcs)
     bad = {srcs[i].splitlines()[1 if srcs[i].startswith("enable") else 0][:80]: e for i, e in enumerate(errors) if e}
     assert not bad, bad

@@ -3,11 +3,6 @@ against the numpy reference run on the dequantized weights (GEMM chunks and GEMV
 
 from __future__ import annotations
 
-import functools
-import json
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 from gpu_util import VERSIONS, device, fp16_model
@@ -17,7 +12,6 @@ from quant_util import (buf, check_chunks, check_cli_generate, check_grouped_mat
 from webrwkv.errors import WebRwkvError
 from webrwkv.quant import NF4_LEVELS, dequantize_nf4, pack_nf4, quantize_nf4
 
-ROOT = Path(__file__).resolve().parents[1]
 HALF_GAP = float(np.diff(NF4_LEVELS).max()) / 2
 
 
@@ -147,30 +141,10 @@ def nf4_kernel_sources() -> list[str]:
 
 
 def test_nf4_kernels_compile_in_chromium(tmp_path):
-    import http.server
-    import shutil
-    import threading
+    from test_gpu_wgsl_browser import chromium_errors, skip_without_chromium
 
-    from test_gpu_wgsl_browser import CHROMIUM, DRIVER, PAGE
-
-    playwright = ROOT / "node_modules" / "playwright"
-    if not (Path(CHROMIUM).exists() and playwright.is_dir() and shutil.which("node")):
-        pytest.skip("needs Chromium and the npm playwright package (run the project's setup)")
+    skip_without_chromium()
     srcs = nf4_kernel_sources()
     assert len(srcs) >= 5  # GEMV x2 (K), GEMM, split-K GEMM x2 (K slices), GEMV with subgroups if any
-    (tmp_path / "index.html").write_text(PAGE)
-    (tmp_path / "srcs.json").write_text(json.dumps(srcs))
-    (tmp_path / "driver.js").write_text(DRIVER)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a: None
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/index.html"
-        res = subprocess.run(["node", str(tmp_path / "driver.js"), str(playwright), CHROMIUM, url,
-                              str(tmp_path / "srcs.json")], capture_output=True, text=True, timeout=240)
-    finally:
-        srv.shutdown()
-    assert res.returncode == 0, res.stderr[-2000:]
-    errors = json.loads(res.stdout.strip().splitlines()[-1])
+    errors = chromium_errors(tmp_path, srcs)
     assert not any(errors), [e for e in errors if e]

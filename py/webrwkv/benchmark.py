@@ -89,12 +89,12 @@ def bench_main(args: Any) -> int:
     """`webrwkv bench (--model M | --random v7:L24:C2048) [--prefill N] [--decode N] [--json]`."""
     from .engine import load_engine
     from .gpu import open_device
-    from .runtime import Runtime
+    from .runtime import DEFAULT_CHUNK, Runtime
 
     quant = getattr(args, "quant", "none")
     if args.prefill < 1 or args.decode < 1:
         raise WebRwkvError("--prefill and --decode must be at least 1")
-    chunk = getattr(args, "token_chunk_size", 128)
+    chunk = getattr(args, "token_chunk_size", DEFAULT_CHUNK)
     if chunk < 1:
         raise WebRwkvError("--token-chunk-size must be at least 1")
     chunk = min(args.prefill, chunk)

@@ -261,7 +261,7 @@ class StreamingLoad:
             return kmod.upload_matrix(dev, w, label, pad_k)
         N, K = w.shape
         Kp = -(-K // pad_k) * pad_k
-        split = qmod.row_split(dev, N, Kp * 2)
+        split = kmod.row_split(dev, N, Kp * 2)
         if quant != "none":
             dst = qmod.alloc_quantized(dev, quant, N, Kp, label)
             job = QuantJob(dev, quant, split, Kp, dst, label)

@@ -13,13 +13,14 @@ from typing import Any, TextIO
 from .errors import TokenizerError, WebRwkvError
 from .chat_session import ChatFormat, ChatSession
 from .generation import BatchStats, GenerationStats, generate_batch, generate_stream
+from .runtime import DEFAULT_CHUNK
 from .sampling import SamplerParams
 
 END_OF_TEXT = 0
 HELP = "Commands: '+' regenerates the last reply, /reset starts over, /quit exits; Ctrl-C stops a reply."
 
 
-def load_engine_for(args: Any, max_batch: int = 1, token_chunk_size: int = 512) -> tuple[Any, Any]:
+def load_engine_for(args: Any, max_batch: int = 1, token_chunk_size: int = DEFAULT_CHUNK) -> tuple[Any, Any]:
     """(runtime, tokenizer) for the engine options of a command."""
     from .engine import load_engine
 

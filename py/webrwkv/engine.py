@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from .errors import TokenizerError, WebRwkvError
 from .models import ModelInfo, default_model_path, load_weights
+from .runtime import DEFAULT_CHUNK
 
 
 class Engine:
@@ -54,7 +55,7 @@ def _apply_optional(module: str, func: str, what: str, *args: Any) -> Any:
     return getattr(mod, func)(*args)
 
 
-def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, token_chunk_size: int = 512,
+def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, token_chunk_size: int = DEFAULT_CHUNK,
                 adapter: Any = None, quant: str = "none", lora: Sequence[str] = (), *,
                 device: Any = None, **device_options: Any) -> Engine:
     """Load `model` (path/URL/byte source; None = the bundled model) for `backend` ("native" | "reference").

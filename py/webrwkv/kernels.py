@@ -336,20 +336,25 @@ def upload_matrix(dev: Any, w: np.ndarray, label: str, pad_k: int = 8) -> tuple[
     return upload_fp16_rows(dev, memoryview(h).cast("B"), N, Kp, label), Kp
 
 
+def row_split(dev: Any, rows: int, row_bytes: int) -> list[tuple[int, int]]:
+    """[(first row, rows)] blocks of at most the binding limit (multiples of 64 rows when split); every
+    weight format splits its matrices this way."""
+    limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
+    per = max(1, limit // row_bytes)
+    if per < rows and per >= 64:
+        per -= per % 64
+    return [(r0, min(per, rows - r0)) for r0 in range(0, rows, per)]
+
+
 def upload_fp16_rows(dev: Any, data: Any, N: int, K: int, label: str) -> list[tuple]:
     """Byte-oriented upload: `data` holds N rows of K little-endian fp16 values (K % 8 == 0).
 
     Splits the rows into blocks within min(maxStorageBufferBindingSize, maxBufferSize); returns
     [(buffer, first_row, rows)]. Raw fp16 bytes from a file can go straight through this path.
     """
-    limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
-    per = max(1, limit // (K * 2))
-    if per < N and per >= 64:
-        per -= per % 64
     mv = memoryview(data).cast("B")
     blocks = []
-    for r0 in range(0, N, per):
-        n = min(per, N - r0)
+    for r0, n in row_split(dev, N, K * 2):
         buf = dev.buffer(n * K * 2, label=f"{label}[{r0}]")
         dev.write(buf, 0, mv[r0 * K * 2: (r0 + n) * K * 2])
         blocks.append((buf, r0, n))

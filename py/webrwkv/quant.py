@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import WebRwkvError
+from .kernels import Kernels, row_split
 
 
 def quantize_int8(w: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -49,15 +50,6 @@ def upload_int8(dev: Any, w: Any, label: str, pad_k: int = 8) -> tuple[list[tupl
         dev.write(buf, 0, data)
         blocks.append((buf, r0, n))
     return blocks, Kp
-
-
-def row_split(dev: Any, rows: int, row_bytes: int) -> list[tuple[int, int]]:
-    """[(first row, rows)] blocks of at most the binding limit (multiples of 64 rows when split)."""
-    limit = min(dev.limits["max_storage_binding"], dev.limits["max_buffer_size"])
-    per = max(1, limit // row_bytes)
-    if per < rows and per >= 64:
-        per -= per % 64
-    return [(r0, min(per, rows - r0)) for r0 in range(0, rows, per)]
 
 
 def int8_bytes(rows: int, k: int) -> int:
@@ -155,8 +147,6 @@ def alloc_quantized(dev: Any, fmt: str, rows: int, k: int, label: str) -> list[t
 
 
 def _pipeline(dev: Any, fmt: str) -> Any:
-    from .kernels import Kernels
-
     return Kernels(dev).get("quant", WG=QUANT_WG, FORMAT=fmt)
 
 
