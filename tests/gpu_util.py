@@ -42,6 +42,16 @@ def state_rel(s1: dict, s2: dict) -> float:
     return max(rel(s1[k], s2[k]) for k in s1 if np.linalg.norm(s2[k]) > 0)
 
 
+def one_by_one(rt, toks, slot: int = 0) -> np.ndarray:
+    """Logits of each token of `toks` run one token per step on `slot`, from a fresh state."""
+    rt.reset(slot)
+    got = []
+    for t in toks:
+        rt.push(slot, [t])
+        got.append(drain(rt, slot))
+    return np.stack(got)
+
+
 def drain(rt, slot: int = 0, all_logits: bool = False):
     """Run until `slot` returns its logits."""
     out = {}

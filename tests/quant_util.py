@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from gpu_util import device, drain, fp16_model, rel
+from gpu_util import device, drain, fp16_model, one_by_one, rel
 
 from webrwkv import quant
 from webrwkv import reference as ref
@@ -124,13 +124,7 @@ def check_token_by_token(kind: str, version: str) -> None:
     info, w = dequantized_model(kind, version)
     toks = prompt(40, seed=3)
     want, _ = ref.forward(w, info, toks, all_logits=True)
-    rt = quant_runtime(kind, version)
-    rt.reset(0)
-    got = []
-    for t in toks:
-        rt.push(0, [t])
-        got.append(drain(rt, 0))
-    assert rel(np.stack(got), want) <= 1e-3
+    assert rel(one_by_one(quant_runtime(kind, version), toks), want) <= 1e-3
 
 
 def check_cli_generate(kind: str) -> None:

@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 import pytest
-from gpu_util import GOLDEN, VERSIONS, device, drain, fp16_model, rel, state_rel
+from gpu_util import GOLDEN, VERSIONS, device, drain, fp16_model, one_by_one, rel, state_rel
 
 from webrwkv import reference as ref
 
@@ -66,13 +66,7 @@ def test_token_by_token(version):
     info, w = fp16_model(version)
     toks = prompt(40, seed=1)
     want, _ = ref.forward(w, info, toks, all_logits=True)
-    rt = runtime(version)
-    rt.reset(0)
-    got = []
-    for t in toks:
-        rt.push(0, [t])
-        got.append(drain(rt, 0))
-    assert rel(np.stack(got), want) <= 1e-3
+    assert rel(one_by_one(runtime(version), toks), want) <= 1e-3
 
 
 @pytest.mark.parametrize("version", VERSIONS)
