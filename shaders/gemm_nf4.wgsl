@@ -2,11 +2,10 @@
 // NF4 levels, with one f32 scale per 64 weights of a row at u32 index SB + row * NB + k / 64; weights are
 // dequantized (scaled) as the tile is loaded. TK must be a multiple of 8.
 
+#include nf4
+
 const NB: u32 = (K + 63u) / 64u;
 const SB: u32 = {{SB}}u;
-
-const NF4 = array<f32, 16>(-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0,
-                           0.0795803, 0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229568, 1.0);
 
 // the NF4 level of the 4-bit code at bit `b` of q
 fn lv(q: u32, b: u32) -> f32 { return NF4[(q >> b) & 15u]; }

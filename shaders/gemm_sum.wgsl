@@ -4,13 +4,10 @@
 @group(0) @binding(0) var<storage, read> info: array<u32>;
 @group(0) @binding(1) var<storage, read> part: array<f32>;     // [SPLIT, max tokens, NTOT]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
-{{GATE_DECL}}
 
 const NTOT: u32 = {{NTOT}}u;
 
-fn sigmoid(x: f32) -> f32 { return 1.0 / (1.0 + exp(-x)); }
-{{ACT}}
-{{GROUPS}}
+#include matmul
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -21,7 +18,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   for (var s = 0u; s < {{SPLIT}}u; s++) { a += part[(s * {{MAXT}}u + t) * NTOT + r]; }
   var g = 0u;
   for (var q = 1u; q < {{P}}u; q++) { if (r >= g_row(q)) { g = q; } }
-  let col = g_col(g) + r - g_row(g);
-  let v = act(g, a);
-  {{EPILOGUE}}
+  emit(t, g_col(g) + r - g_row(g), act(g, a));
 }

@@ -1,30 +1,33 @@
-// Matrix x f32 vector for single tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]).
-// Group g (workgroup z) has g_nr(g) rows from W row g_row(g), reads X at g_x(g), writes from column g_col(g).
-// Workgroup (row block of R rows, token t, group g); TPR threads per row, each reading 8 weights at a time.
-// SUBGROUPS=1 reduces with subgroupAdd (needs subgroup size <= TPR). The weight format (gemv_fp16, gemv_int8
-// or gemv_nf4, included by name) declares the binding `w` (K8 elements a row), prepares any workgroup tables
-// (prologue, in uniform control flow), dots 8 weights with their activations (dot8) and applies any remaining
-// scale to the row sum (scaled).
-{{ENABLE}}
+// Matrix x f32 vector for single tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]), groups and
+// epilogue as in matmul.wgsl. Workgroup (row block of R rows, token t, group g); TPR threads per row, each
+// reading 8 weights at a time, UNROLL loads in flight. SUBGROUPS=1 reduces with subgroup shuffles (up to TPR
+// lanes), then partial sums through shared memory. The weight format (gemv_fp16, gemv_int8 or gemv_nf4,
+// included by name) declares the binding `w` (K8 elements a row), prepares any workgroup tables (prologue, in
+// uniform control flow), loads 8 weights (wload), dots them with their activations (wdot) and applies any
+// remaining scale to the row sum (scaled).
+#if ENABLE_SUBGROUPS
+enable subgroups;
+#endif
 #include common
 
 @group(0) @binding(0) var<storage, read> info: array<u32>;
 @group(0) @binding(2) var<storage, read> xv: array<vec4<f32>>;     // activations, as vec4
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-{{GATE_DECL}}
 
 const K8: u32 = {{K}}u / 8u;
 const R: u32 = {{R}}u;
 const TPR: u32 = {{TPR}}u;
 
 #include {{FORMAT}}
-
-{{ACT}}
-{{GROUPS}}
+#include matmul
 
 @compute @workgroup_size({{WG}})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32
-        {{SG_ARGS}}) {
+#if SUBGROUPS
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_id: u32) {
+#else
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+#endif
   let t = wid.y;
   if (t >= info[{{TSRC}}u]) { return; }
   let g = wid.z;
@@ -41,16 +44,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // UNROLL independent 16-byte loads in flight per thread, then the remainder one at a time
     var k = j;
     for (; k + ({{UNROLL}}u - 1u) * TPR < K8; k += {{UNROLL}}u * TPR) {
-{{UNROLLED}}
+#for u in 0..UNROLL
+      let q${u} = wload(wb, k + ${u}u * TPR);
+#endfor
+#for u in 0..UNROLL
+      acc += wdot(q${u}, wb, xb, k + ${u}u * TPR);
+#endfor
     }
     for (; k < K8; k += TPR) {
-      acc += dot8(wb, xb, k);
+      acc += wdot(wload(wb, k), wb, xb, k);
     }
   }
-  {{REDUCE}}
+#if SUBGROUPS
+  // butterfly over the lanes of one subgroup (up to TPR wide), then the lanes' partials through shared memory
+  let wd = min(sg_size, TPR);
+  var v = acc;
+  for (var m = 1u; m < wd; m = m << 1u) { v += subgroupShuffleXor(v, m); }
+  if (sg_id % wd == 0u) { red[lid / wd] = v; }
+  workgroupBarrier();
+  var total = 0.0;
+  if (j == 0u) { let per = TPR / wd; for (var q = 0u; q < per; q++) { total += red[nl * per + q]; } }
+#else
+  red[lid] = acc;
+  workgroupBarrier();
+  for (var s = TPR / 2u; s > 0u; s = s >> 1u) { if (j < s) { red[lid] += red[lid + s]; } workgroupBarrier(); }
+  let total = red[lid];
+#endif
   if (j == 0u && n < nr) {
     let col = g_col(g) + n;
-    let v = act(g, scaled(g_row(g) + n, total));
-    {{EPILOGUE}}
+    emit(t, col, act(g, scaled(g_row(g) + n, total)));
   }
 }

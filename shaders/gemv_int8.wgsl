@@ -13,8 +13,9 @@ fn i4(q: u32) -> vec4<f32> {
 
 fn prologue(lid: u32) {}
 
-fn dot8(wb: u32, xb: u32, k: u32) -> f32 {
-  let q = w[wb + k];
+fn wload(wb: u32, k: u32) -> vec2<u32> { return w[wb + k]; }
+
+fn wdot(q: vec2<u32>, wb: u32, xb: u32, k: u32) -> f32 {
   return dot(i4(q.x), xv[xb + 2u * k]) + dot(i4(q.y), xv[xb + 2u * k + 1u]);
 }
 

@@ -1,13 +1,11 @@
 // NF4 weights for gemv.wgsl: W rows are 4-bit codes (8 per u32, low nibble first) indexing the NF4 levels,
 // with one f32 scale per 64 weights of a row stored after the block's rows (at u32 index SB + row * NB + k / 64).
+#include nf4
 
 @group(0) @binding(1) var<storage, read> w: array<u32>;            // [rows, K/8] codes, then [rows, NB] f32 scales
 
 const NB: u32 = ({{K}}u + 63u) / 64u;
 const SB: u32 = {{SB}}u;
-
-const NF4 = array<f32, 16>(-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0,
-                           0.0795803, 0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229568, 1.0);
 
 // the two NF4 levels of every byte (low nibble first): one shared-memory read per two weights, where indexing
 // the constant array per weight would copy it to per-thread memory
@@ -23,9 +21,10 @@ fn nf(q: u32, b: u32) -> vec4<f32> {
   return vec4<f32>(lut[(q >> b) & 255u], lut[(q >> (b + 8u)) & 255u]);
 }
 
+fn wload(wb: u32, k: u32) -> u32 { return w[wb + k]; }
+
 // 8 weights (u32 k of the row starting at wb) dotted with their activations, times the block scale
-fn dot8(wb: u32, xb: u32, k: u32) -> f32 {
-  let q = w[wb + k];
+fn wdot(q: u32, wb: u32, xb: u32, k: u32) -> f32 {
   let sb = SB + wb / K8 * NB;
   return bitcast<f32>(w[sb + k / 8u]) * (dot(nf(q, 0u), xv[xb + 2u * k]) + dot(nf(q, 16u), xv[xb + 2u * k + 1u]));
 }

@@ -2,7 +2,8 @@
 // Workgroup (channel block cb, row chunk) of segment wid.y; thread = one channel c. For each row of
 // the chunk it computes the row's LN statistics over all C channels (redundantly per channel block),
 // then out[t, j, c] = lerp of LN(x[t])[c] and the previous row's (or, for the segment's first row,
-// the slot's saved shift) by mu_j[c]. The first chunk of a segment also saves the segment's last LN
+// the slot's saved shift) by mu_j[c] (LERP_PREV=1: prev + (x' - prev) * mu, else x' + (prev - x') * mu; v6's
+// EXTRA=1 also writes d = prev - x' and x' after the NMIX mixes). The first chunk of a segment also saves the segment's last LN
 // row into the state, after reading the old one. All loads of a row are issued before its stores.
 #include common
 
@@ -42,7 +43,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let c = (wid.x % CB) * WG + lid;
   let lw = vecs[{{LNW}}u + c];
   let lb = vecs[{{LNB}}u + c];
-{{MU_LOAD}}
+#for j in 0..NMIX
+  let m${j} = vecs[${MU + j * C}u + c];
+#endfor
   var b = 0.0;
   if (r0 == 0u) {
     b = state[sbase + c];
@@ -53,7 +56,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let t = seg0 + r;
     let a = ln(t, c, lid, lw, lb);
     let o = t * NOUT * C + c;
-{{MIX_STORE}}
+#for j in 0..NMIX
+#if LERP_PREV
+    out[o + ${j * C}u] = b + (a - b) * m${j};
+#else
+    out[o + ${j * C}u] = a + (b - a) * m${j};
+#endif
+#endfor
+#if EXTRA
+    out[o + ${NMIX * C}u] = b - a;
+    out[o + ${(NMIX + 1) * C}u] = a;
+#endif
     b = a;
   }
   if (r0 == 0u) {

@@ -21,11 +21,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-// Midpoints between consecutive NF4 levels as numpy computes them in float32 ((a + b) / 2),
-// written as exact hexadecimal floats (decimal: -0.84809637, -0.61063296, ..., 0.86147839).
-const MIDS = array<f32, 15>(-0x1.b239b0p-1f, -0x1.38a4e2p-1f, -0x1.d70902p-2f, -0x1.5bd4eep-2f,
-  -0x1.e079d8p-3f, -0x1.1a7174p-3f, -0x1.74f0d8p-5f, 0x1.45f5fep-5f, 0x1.ec90c4p-4f, 0x1.a0cfc0p-3f,
-  0x1.2b05a8p-2f, 0x1.8ea7f0p-2f, 0x1.00da06p-1f, 0x1.491b5cp-1f, 0x1.b913b2p-1f);
+// Midpoints between consecutive NF4 levels as numpy computes them in float32 ((a + b) / 2): the template
+// value NF4_MIDS, exact hexadecimal floats made from webrwkv.quant.NF4_MIDS.
+const MIDS = array<f32, 15>({{NF4_MIDS}});
 
 // fp16 bits -> f32, exact also for subnormal halves (whatever the GPU does with f32 denormals).
 fn half(h: u32) -> f32 {
@@ -131,5 +129,9 @@ fn nf4(wid: vec3<u32>, lid: u32) {
 
 @compute @workgroup_size({{WG}})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  {{FORMAT}}(wid, lid);
+#if FORMAT == "int8"
+  int8(wid, lid);
+#else
+  nf4(wid, lid);
+#endif
 }

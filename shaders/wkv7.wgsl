@@ -1,5 +1,5 @@
 // v7 time mixing: per head and segment, the generalized delta-rule recurrence, GroupNorm,
-// the r.k bonus and the gate. Thread i owns value row i of the state S[j, i] (j = key).
+// the r.k bonus and the gate. Thread i owns value row i of the state S[j, i] (j = key), in registers s0 .. s{HS-1}.
 // Inputs: proj = [v, r, k], lora = [w, a, g, v] LoRA outputs (v only after layer 0).
 #include common
 
@@ -12,7 +12,7 @@
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;      // [T, C]
 
 const C: u32 = {{C}}u;
-const HS: u32 = {{WG}}u;
+const HS: u32 = {{HS}}u;
 const NL: u32 = {{NL}}u;
 
 var<workgroup> sr: array<f32, {{WG}}>;
@@ -30,8 +30,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let n = info[9u + 4u * s];
   let sb = info[10u + 4u * s] * {{SLOT}}u + {{KV}}u + h * HS * HS + i;
   let c = h * HS + i;
-{{DECL}}
-{{LOAD}}
+#for j in 0..HS
+  var s${j} = state[sb + ${j}u * HS];
+#endfor
   let w0 = vecs[{{W0}}u + c];
   let a0 = vecs[{{A0}}u + c];
   let kkw = vecs[{{KK}}u + c];
@@ -66,9 +67,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     sab[i] = kn * a;
     workgroupBarrier();
     var sa = 0.0;
-{{SA}}
+#for j in 0..HS
+    sa -= s${j} * skk[${j}u];
+#endfor
     var acc = 0.0;
-{{UPD}}
+#for j in 0..HS
+    s${j} = s${j} * sw[${j}u] + sk[${j}u] * v + sa * sab[${j}u];
+    acc += sr[${j}u] * s${j};
+#endfor
     let bonus = wg_sum(rr * k * rk, i);
     let mean = wg_sum(acc, i) / f32(HS);
     let d = acc - mean;
@@ -76,5 +82,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let yn = d * inverseSqrt(var_ + {{EPS}}) * lxw + lxb;
     y[t * C + c] = (yn + bonus * v) * g;
   }
-{{STORE}}
+#for j in 0..HS
+  state[sb + ${j}u * HS] = s${j};
+#endfor
 }

@@ -14,6 +14,7 @@ import numpy as np
 from gpu_util import device, drain, fp16_model, one_by_one, rel
 
 from webrwkv import quant
+from webrwkv.formats import weight_format
 from webrwkv import reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,9 +52,9 @@ def check_grouped_matmul(kind: str, T: int, K: int, subgroups: int) -> None:
     Wd = round_trip(kind, W)
     want = np.concatenate([np.tanh(X[:, g] @ Wd[g * NR:(g + 1) * NR].T) for g in range(P)], axis=1)
     yb = buf(dev, Y0)
-    blocks, Kp = getattr(quant, f"upload_{kind}")(dev, W, "w")
+    blocks, Kp = weight_format(kind).upload_cpu(dev, W, "w")
     mm = MatMul(k, meta, [(blocks[0][0], 0, NR)], Kp, P, NR, xb, yb, x_ts=P * K, x_gs=K, y_ts=P * NR,
-                acts=("tanh",), mode="add", **{kind: True})
+                acts=("tanh",), mode="add", fmt=weight_format(kind))
     ops = mm.ops(T)
     assert len(ops) == (2 if K == 2048 and T > 1 else 1)
     dev.encode(ops)
@@ -72,11 +73,11 @@ def check_row_blocks(kind: str, T: int, K: int, check_blocks: Callable[[list, in
     N = 300
     W = rng.standard_normal((N, K)).astype(np.float32)
     X = rng.standard_normal((T, K)).astype(np.float32)
-    blocks, Kp = getattr(quant, f"upload_{kind}")(dev, W, "w")
+    blocks, Kp = weight_format(kind).upload_cpu(dev, W, "w")
     check_blocks(blocks, Kp)
     yb = dev.buffer(4 * T * N)
     meta = buf(dev, np.array([0, 0, T, 0] + [0] * 12, np.uint32))
-    mm = MatMul(Kernels(dev), meta, blocks, Kp, 1, N, buf(dev, X), yb, x_ts=K, y_ts=N, tsrc=2, **{kind: True})
+    mm = MatMul(Kernels(dev), meta, blocks, Kp, 1, N, buf(dev, X), yb, x_ts=K, y_ts=N, tsrc=2, fmt=weight_format(kind))
     dev.encode(mm.ops(T))
     got = np.frombuffer(dev.read(yb, 0, 4 * T * N), np.float32).reshape(T, N)
     assert rel(got, X @ round_trip(kind, W).T) <= 1e-5

@@ -10,7 +10,7 @@ import pytest
 from gpu_util import GOLDEN, device
 
 from webrwkv.browser_loader import GpuMatrix, PrefixSource, StreamingLoad
-from webrwkv.recipes import deferred, mat, pad_end, stack
+from webrwkv.layers import deferred, mat, pad_end, stack
 from webrwkv.errors import ModelFormatError
 
 MODELS = ["v4", "v5", "v6", "v7", "v6-bf16", "v4-converted", "v5-converted", "v6-converted", "v7-converted"]
@@ -77,7 +77,7 @@ def test_matrices_never_reach_python(name, direct):
 
 
 def test_deferred_matrix_ops():
-    """The recipes' matrix helpers on GpuMatrix keep track of which rows land where."""
+    """The layer toolkit's matrix helpers on GpuMatrix keep track of which rows land where."""
     class R:  # a stand-in raw tensor: only identity matters for the segment bookkeeping
         pass
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from gpu_util import device, rel
 
-from webrwkv.kernels import Kernels, MatMul, Tuning, upload_matrix
+from webrwkv.formats import FP16
+from webrwkv.kernels import Kernels, MatMul, Tuning
 
 ACT = {"none": lambda x: x, "relu2": lambda x: np.maximum(x, 0) ** 2, "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
        "tanh": np.tanh}
@@ -46,9 +47,9 @@ def test_grouped_matmul_with_activations_and_gate(T, K, subgroups):
     want = np.concatenate([ACT[a](X[:, g] @ W[g * NR:(g + 1) * NR].T) for g, a in enumerate(acts)], axis=1)
     for mode in ("store", "add", "gate"):
         yb = _f32(dev, Y0)
-        blocks, Kp = upload_matrix(dev, W, "w")
+        blocks, Kp = FP16.upload(dev, W, "w")
         mm = MatMul(k, meta, [(blocks[0][0], 0, NR)], Kp, P, NR, xb, yb, x_ts=P * K, x_gs=K, y_ts=P * NR,
-                    acts=acts, mode=mode, gate=gb if mode == "gate" else None, g_ts=P * NR)
+                    acts=acts, mode=mode, gate=gb if mode == "gate" else None, g_ts=P * NR, fmt=FP16)
         ops = mm.ops(T)
         assert len(ops) == (2 if K == 2048 and T > 1 else 1)  # the split-K reduction is a second dispatch
         dev.encode(ops)
@@ -67,10 +68,10 @@ def test_row_blocks_cover_a_matrix_larger_than_the_binding_limit(T):
     N, K = 300, 64  # 38 KB of fp16: 10 blocks of 32 rows
     W = rng.standard_normal((N, K)).astype(np.float16).astype(np.float32)
     X = rng.standard_normal((T, K)).astype(np.float32)
-    blocks, Kp = upload_matrix(dev, W, "w")
+    blocks, Kp = FP16.upload(dev, W, "w")
     assert len(blocks) == 10 and all(n * K * 2 <= 4096 for _, _, n in blocks)
     yb = dev.buffer(4 * T * N)
-    mm = MatMul(k, _meta(dev, 0, T), blocks, Kp, 1, N, _f32(dev, X), yb, x_ts=K, y_ts=N, tsrc=2)
+    mm = MatMul(k, _meta(dev, 0, T), blocks, Kp, 1, N, _f32(dev, X), yb, x_ts=K, y_ts=N, tsrc=2, fmt=FP16)
     dev.encode(mm.ops(T))
     got = np.frombuffer(dev.read(yb, 0, 4 * T * N), np.float32).reshape(T, N)
     assert rel(got, X @ W.T) <= 1e-5

@@ -1,5 +1,5 @@
 """Quantization on the GPU (shaders/quant.wgsl): the int8 / NF4 buffers it writes from fp16 rows equal,
-byte for byte, those of the numpy quantizers (webrwkv.quant.upload_int8 / upload_nf4), and a runtime
+byte for byte, those of the numpy quantizers (WeightFormat.upload_cpu, webrwkv.quant), and a runtime
 loaded with the GPU path computes exactly what one loaded with the numpy path does."""
 
 from __future__ import annotations
@@ -9,22 +9,22 @@ import pytest
 from gpu_util import GOLDEN, device, drain, fp16_model
 
 from webrwkv import quant
-from webrwkv.kernels import upload_matrix
+from webrwkv.formats import FP16, weight_format
 
 FORMATS = ["int8", "nf4"]
 
 
 def gpu_blocks(dev, fmt: str, w: np.ndarray) -> tuple[list, int]:
-    return quant.gpu_upload(fmt, upload_matrix)(dev, w, "w")
+    return weight_format(fmt).upload(dev, w, "w")
 
 
 def assert_same_buffers(dev, fmt: str, w: np.ndarray) -> int:
     """GPU-quantized blocks == numpy-quantized blocks (same split, same bytes); returns the block count."""
-    want, kw = getattr(quant, f"upload_{fmt}")(dev, w, "want")
+    want, kw = weight_format(fmt).upload_cpu(dev, w, "want")
     got, kg = gpu_blocks(dev, fmt, w)
     assert kg == kw and [(r0, n) for _, r0, n in got] == [(r0, n) for _, r0, n in want]
     for (a, r0, n), (b, _, _) in zip(want, got):
-        assert b.size == a.size == n * quant.quant_row_bytes(fmt, kw)
+        assert b.size == a.size == n * weight_format(fmt).row_bytes(kw)
         ra = np.frombuffer(dev.read(a, 0, a.size), np.uint8)
         rb = np.frombuffer(dev.read(b, 0, b.size), np.uint8)
         bad = np.flatnonzero(ra != rb)
@@ -113,7 +113,7 @@ def test_gpu_quantization_row_blocks_at_a_small_binding_limit(fmt):
     dev = open_device("native", max_binding_override=4096)
     rng = np.random.default_rng(7)
     w = wide_matrix(rng, 300, 24)
-    src, _ = upload_matrix(dev, w, "fp16")
+    src, _ = FP16.upload(dev, w, "fp16")
     assert len(src) > 1
     assert assert_same_buffers(dev, fmt, w) > 1
     w = (rng.standard_normal((200, 56)) * 0.02).astype(np.float16)

@@ -155,7 +155,7 @@ def test_other_kernel_shapes_match(version):
     from webrwkv.runtime import Runtime
 
     info, w = fp16_model(version)
-    tu = Tuning(mix_wg=16, mix_rows=3, wkv_unroll=0, gemv_tpr=8, gemv_rows=2, gemv_unroll=2, gemm_tm=16,
+    tu = Tuning(mix_wg=16, mix_rows=3, gemv_tpr=8, gemv_rows=2, gemv_unroll=2, gemm_tm=16,
                 gemm_tn=32, submit_ops=5)
     rt = Runtime(device(), info, w, max_batch=2, token_chunk_size=16, tuning=tu)
     toks = prompt(41, seed=4)

@@ -55,7 +55,8 @@ const { chromium } = require(process.argv[2]);
 def kernel_sources() -> list[str]:
     """The WGSL of every pipeline built while running each golden model with GEMM prefill, the quantized
     formats and greedy decode, plus split-K."""
-    from webrwkv.kernels import Kernels, MatMul, Tuning, upload_matrix
+    from webrwkv.formats import FP16
+    from webrwkv.kernels import Kernels, MatMul, Tuning
     from webrwkv.models import load_weights
     from webrwkv.runtime import Runtime
 
@@ -64,7 +65,7 @@ def kernel_sources() -> list[str]:
     real = dev.pipeline
     dev.pipeline = lambda wgsl, entry="main", constants=None: seen.setdefault(wgsl) or real(wgsl, entry, constants)
     try:
-        dev._webrwkv_pipelines = {}  # rebuild every pipeline so each source is seen
+        dev.pipeline_cache.clear()  # rebuild every pipeline so each source is seen
         for v in ("v4", "v5", "v6", "v7"):
             info, w = load_weights(GOLDEN / f"{v}.st")
             rt = Runtime(dev, info, w, 2, 16, tuning=Tuning(gemv_max_t=1))
@@ -81,13 +82,13 @@ def kernel_sources() -> list[str]:
         k = Kernels(dev)
         meta = dev.buffer(64)
         dev.write(meta, 0, np.array([37] + [0] * 15, np.uint32))
-        blocks, kp = upload_matrix(dev, np.ones((40, 2048), np.float32), "w")
-        mm = MatMul(k, meta, blocks, kp, 1, 40, dev.buffer(4 * 2048 * 37), dev.buffer(4 * 40 * 37), x_ts=2048, y_ts=40)
+        blocks, kp = FP16.upload(dev, np.ones((40, 2048), np.float32), "w")
+        mm = MatMul(k, meta, blocks, kp, 1, 40, dev.buffer(4 * 2048 * 37), dev.buffer(4 * 40 * 37), x_ts=2048, y_ts=40, fmt=FP16)
         assert len(mm.ops(37)) == 2  # split over K + reduction
         k.get("softmax", V=256, WG=64)
     finally:
         del dev.pipeline
-        dev._webrwkv_pipelines = {}
+        dev.pipeline_cache.clear()
     # browsers need the directive wgpu-native rejects
     return [("enable subgroups;\n" + s) if "subgroup" in s else s for s in seen]
 

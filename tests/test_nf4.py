@@ -79,11 +79,11 @@ def test_nf4_grouped_matmul_kernels(T, K, subgroups):
 
 @pytest.mark.parametrize("T", [1, 9])
 def test_nf4_row_blocks_past_the_binding_limit(T):
-    from webrwkv.quant import nf4_bytes
+    from webrwkv.formats import NF4_FORMAT
 
     def check_blocks(blocks, Kp):
         # 100 bytes of codes and 4 scales a row: 35 rows fit in 4096 bytes
-        assert len(blocks) == 9 and all(nf4_bytes(n, Kp) <= 4096 for _, _, n in blocks)
+        assert len(blocks) == 9 and all(NF4_FORMAT.nbytes(n, Kp) <= 4096 for _, _, n in blocks)
 
     check_row_blocks("nf4", T, 200, check_blocks)
 
@@ -118,25 +118,25 @@ def test_cli_generate_nf4_on_bundled_model():
 def nf4_kernel_sources() -> list[str]:
     """The WGSL of the NF4 GEMV (with and without subgroups), tiled GEMM and split-K GEMM pipelines."""
     from webrwkv.kernels import Kernels, MatMul, Tuning
-    from webrwkv.quant import upload_nf4
+    from webrwkv.formats import NF4_FORMAT
 
     dev = device()
     seen: dict[str, None] = {}
     real = dev.pipeline
     dev.pipeline = lambda wgsl, entry="main", constants=None: seen.setdefault(wgsl) or real(wgsl, entry, constants)
     try:
-        dev._webrwkv_pipelines = {}
+        dev.pipeline_cache.clear()
         for sub in (0, 1):
             k = Kernels(dev, Tuning(gemv_subgroups=sub))
             meta = buf(dev, np.array([37] + [0] * 15, np.uint32))
             for K in (64, 2048):  # K = 2048 splits over K
-                blocks, kp = upload_nf4(dev, np.ones((40, K), np.float32), "w")
+                blocks, kp = NF4_FORMAT.upload_cpu(dev, np.ones((40, K), np.float32), "w")
                 mm = MatMul(k, meta, blocks, kp, 1, 40, dev.buffer(4 * K * 37), dev.buffer(4 * 40 * 37),
-                            x_ts=K, y_ts=40, nf4=True)
+                            x_ts=K, y_ts=40, fmt=NF4_FORMAT)
                 mm.ops(1), mm.ops(37)
     finally:
         del dev.pipeline
-        dev._webrwkv_pipelines = {}
+        dev.pipeline_cache.clear()
     return [("enable subgroups;\n" + s) if "subgroup" in s else s for s in seen if "NF4" in s]
 
 

@@ -10,35 +10,45 @@ from typing import Any
 import numpy as np
 
 from .errors import WebRwkvError
-from .models import ModelInfo, model_shapes
-
-FFN = {"v4": 4.0, "v5": 4.0, "v6": 3.5, "v7": 4.0}
-
+from .models import VERSIONS, ModelInfo, model_shapes
 
 def parse_random(spec: str) -> ModelInfo:
     """'v7:L24:C2048' -> ModelInfo of a released-like model (vocab 65536, head size 64)."""
-    m = re.fullmatch(r"(v[4-7]):L(\d+):C(\d+)", spec.strip())
-    if not m:
-        raise WebRwkvError(f"--random {spec!r} is not VERSION:L<layers>:C<embd>, e.g. v7:L24:C2048")
+    m = re.fullmatch(r"(v\d+):L(\d+):C(\d+)", spec.strip())
+    if not m or m.group(1) not in VERSIONS:
+        raise WebRwkvError(f"--random {spec!r} is not VERSION:L<layers>:C<embd> with VERSION one of "
+                           f"{', '.join(sorted(VERSIONS))}, e.g. v7:L24:C2048")
     v, L, C = m.group(1), int(m.group(2)), int(m.group(3))
     if C % 64:
         raise WebRwkvError(f"C={C} must be a multiple of the head size 64")
-    H = 1 if v == "v4" else C // 64
-    F = int(C * FFN[v]) // 32 * 32
-    dims = {}
-    if v == "v6":
-        dims = {"time_maa": 32 if C < 4096 else 64, "time_decay": 64 if C < 4096 else 128}
-    if v == "v7":
-        # adapter sizes follow the released models' rule of thumb (multiples of 32, grow ~sqrt(C))
-        r32 = lambda x: max(32, int(round(x / 32)) * 32)  # noqa: E731
-        dims = {"w": r32(1.8 * C ** 0.5), "a": r32(1.8 * C ** 0.5), "v": r32(1.3 * C ** 0.5),
-                "g": r32(0.6 * C ** 0.8)}
+    H, F, dims = VERSIONS[v].released_shapes(C)
     return ModelInfo(v, L, C, H, C // H, 65536, F, dims, "official", "fp16", f"random:{spec}")
 
 
+POOL = 1 << 22  # random normals per pool; matrices are slices of it from random offsets
+
+
+def _matrix(rng: np.random.Generator, pools: dict, shape: tuple, scale: float) -> np.ndarray:
+    """An fp16 matrix of N(0, scale^2) values copied from a pool at a random offset: drawing each of a
+    billion weights afresh would take longer than the benchmark, and the speed does not depend on them."""
+    pool = pools.get(scale)
+    if pool is None:
+        pool = pools[scale] = (pools["normal"] * np.float32(scale)).astype(np.float16)
+    n = int(np.prod(shape))
+    out = np.empty(n, np.float16)
+    pos, src = 0, int(rng.integers(POOL))
+    while pos < n:
+        k = min(n - pos, POOL - src)
+        out[pos: pos + k] = pool[src: src + k]
+        pos, src = pos + k, 0
+    return out.reshape(shape)
+
+
 def random_weights(info: ModelInfo, seed: int = 0) -> dict[str, np.ndarray]:
-    """Small random weights of the model's canonical shapes (values keep activations finite)."""
+    """Small random weights of the model's canonical shapes (values keep activations finite); matrices
+    are fp16, vectors float32."""
     rng = np.random.default_rng(seed)
+    pools = {"normal": rng.standard_normal(POOL, dtype=np.float32)}
     out = {}
     for name, shape in model_shapes(info).items():
         fan_in = shape[-1] if len(shape) > 1 else 1
@@ -50,7 +60,7 @@ def random_weights(info: ModelInfo, seed: int = 0) -> dict[str, np.ndarray]:
             if name.endswith("time_decay") or name.endswith("w0"):
                 a = rng.uniform(-3, 0, shape).astype(np.float32)
         else:
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.5 / np.sqrt(fan_in))
+            a = _matrix(rng, pools, shape, 0.5 / np.sqrt(fan_in))
         out[name] = a
     return out
 

@@ -2,7 +2,7 @@
 buffers; the GPU then converts them (dtype, transpose, padding) into the runtime's packed layout.
 
 Python sees only the header and the small per-channel vectors (read back from the GPU); every
-matrix is a deferred view (`GpuMatrix`, see recipes.deferred) that the runtime's recipes stack, pad
+matrix is a deferred view (`GpuMatrix`, see layers.deferred) that the version recipes stack, pad
 and slice as they would a numpy array, and the runtime's upload hook turns into GPU conversions.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from . import kernels as kmod
-from . import quant as qmod
 from . import runtime as rtmod
+from .formats import FP16, WeightFormat, padded, weight_format
 from .errors import ModelFormatError
 from .gpu import UNIFORM
 from .models import TensorRef
@@ -60,7 +60,7 @@ class Raw:
 
 class GpuMatrix:
     """A matrix assembled from rows of streamed tensors: segments (raw, flat src row, rows, dst row).
-    Deferred (recipes.deferred): its values are written by StreamingLoad.upload_matrix's plan."""
+    Deferred (layers.deferred): its values are written by StreamingLoad.upload_matrix's plan."""
 
     def __init__(self, shape: tuple, segs: list) -> None:
         self.shape, self.segs = tuple(shape), segs
@@ -102,7 +102,7 @@ class QuantJob:
     rows arrive, quantized on the GPU into `dst` (the runtime's buffers) once every row has arrived,
     then freed, so only the matrices in flight exist in fp16."""
 
-    def __init__(self, dev: Any, fmt: str, split: list, kp: int, dst: list, label: str) -> None:
+    def __init__(self, dev: Any, fmt: WeightFormat, split: list, kp: int, dst: list, label: str) -> None:
         self.dev, self.fmt, self.split, self.kp, self.dst, self.label = dev, fmt, split, kp, dst, label
         self.src: list = [None] * len(split)
         self.left = 0  # rows still to arrive
@@ -123,7 +123,7 @@ class QuantJob:
     def run(self) -> None:
         """Quantize (rows that got no data, e.g. padding, are zeros) and free the fp16 blocks."""
         blocks = [(self.block(i), r0, n) for i, (r0, n) in enumerate(self.split)]
-        qmod.quantize_on_gpu(self.dev, self.fmt, blocks, self.dst, self.kp)
+        self.fmt.quantize(self.dev, blocks, self.dst, self.kp)
         for buf, _, _ in blocks:
             self.dev.destroy(buf)
         self.src, self.done = [None] * len(self.split), True
@@ -149,6 +149,7 @@ class StreamingLoad:
                  quant: str = "none") -> None:
         if quant not in ("none", "int8", "nf4"):
             raise ModelFormatError(f"unknown quantization {quant!r}; use none, int8 or nf4")
+        weight_format(quant)
         self.dev, self.url, self.quant = dev, url, quant
         self.jobs: list[QuantJob] = []
         self.name = url.split("?")[0].rstrip("/").split("/")[-1] or url
@@ -251,20 +252,18 @@ class StreamingLoad:
         self.dev.encode([(pipe, group, (x, -(-wgs // x), 1))])
         self._uniforms.append(ubuf)
 
-    def upload_matrix(self, dev: Any, w: Any, label: str, pad_k: int = 8,
-                      quant: str = "none") -> tuple[list[tuple], int]:
-        """kernels.upload_matrix for GpuMatrix: the same row blocks, their rows filled later. With quant
-        int8/nf4 the runtime gets the quantized buffers now; the fp16 rows go to a QuantJob."""
+    def upload_matrix(self, dev: Any, w: Any, label: str, fmt: WeightFormat) -> tuple[list[tuple], int]:
+        """The runtime's upload hook: a numpy matrix goes up as fmt.upload does; a GpuMatrix gets the same
+        row blocks, their rows filled by the plan later. A quantized format gets its buffers now, and the
+        fp16 rows go to a QuantJob that quantizes them once all have arrived."""
         if not isinstance(w, GpuMatrix):
-            if quant != "none":
-                return qmod.gpu_upload(quant, kmod.upload_matrix)(dev, w, label)
-            return kmod.upload_matrix(dev, w, label, pad_k)
+            return fmt.upload(dev, w, label)
         N, K = w.shape
-        Kp = -(-K // pad_k) * pad_k
-        split = kmod.row_split(dev, N, Kp * 2)
-        if quant != "none":
-            dst = qmod.alloc_quantized(dev, quant, N, Kp, label)
-            job = QuantJob(dev, quant, split, Kp, dst, label)
+        Kp = padded(K)
+        split = FP16.split(dev, N, Kp)
+        if fmt.quantized:
+            dst = fmt.alloc(dev, N, Kp, label)
+            job = QuantJob(dev, fmt, split, Kp, dst, label)
             self.jobs.append(job)
             for i, (r0, nr) in enumerate(split):
                 for raw, s0, n, d0 in _rows(w.segs, r0, nr):
@@ -288,21 +287,18 @@ class StreamingLoad:
             if not job.done and job.left == 0:
                 job.run()
         self.runtime.write_vectors(await self._vectors())
-        if hasattr(self.dev, "sync_async"):
-            await self.dev.sync_async()
+        await self.dev.sync_async()
         for b in self._uniforms + [self.vec_buf]:
             self.dev.destroy(b)
         self._uniforms = []
-        if hasattr(self.dev, "raise_errors"):
-            self.dev.raise_errors("loading the model")
+        self.dev.raise_errors("loading the model")
         return self.runtime, self.tokenizer, self.info
 
 
 def _tuning(overrides: dict | None) -> Any:
     """Kernel tuning for the browser: a whole step in one submit (ONE call into JS), plus overrides."""
     t = kmod.Tuning()
-    if hasattr(t, "submit_ops"):
-        t.submit_ops = 1 << 30
+    t.submit_ops = 1 << 30
     for k, v in (overrides or {}).items():
         if not hasattr(t, k):
             raise ModelFormatError(f"unknown kernel tuning knob {k!r}; known: {', '.join(vars(t))}")

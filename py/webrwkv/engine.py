@@ -6,6 +6,7 @@ import importlib
 from typing import Any, Sequence
 
 from .errors import TokenizerError, WebRwkvError
+from .formats import weight_format
 from .models import ModelInfo, default_model_path, load_weights
 from .runtime import DEFAULT_CHUNK
 
@@ -65,8 +66,7 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
     """
     if backend not in ("native", "reference"):
         raise WebRwkvError(f"unknown backend {backend!r}; use 'native' or 'reference'")
-    if quant not in ("none", "int8", "nf4"):
-        raise WebRwkvError(f"unknown quantization {quant!r}; use none, int8 or nf4")
+    weight_format(quant)  # an unknown name fails here, before anything is read
     path = model if model is not None else default_model_path()
     info, weights = load_weights(path, keep_fp16=backend == "native")  # the GPU packs fp16 anyway
     for spec in lora:

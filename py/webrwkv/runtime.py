@@ -11,9 +11,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import GpuError, WebRwkvError
-from .kernels import Kernels, MatMul, Tuning, pow2_divisor, upload_matrix
-from .models import ModelInfo, init_state, state_layout
-from .recipes import HEAD_VECS, LayerBuilder, Upload, activation_sizes, pack_vecs, state_geometry
+from .formats import weight_format
+from .kernels import Kernels, Tuning
+from .layers import LayerBuilder, Upload, base_activations, build, default_upload, pack_vecs, state_geometry
+from .models import VERSIONS, ModelInfo, init_state, state_layout
 
 State = dict[str, np.ndarray]
 # tokens per run by default: 512-token chunks give 1.3-1.5x the prefill of 128 on large models (bench/RESULTS.md)
@@ -30,30 +31,30 @@ def _mib(n: int) -> str:
 class Runtime:
     """The runtime API of docs/ARCHITECTURE.md on a webrwkv.gpu Device.
 
-    Runtime(device, info, weights, max_batch, token_chunk_size): weights are canonical float32
-    arrays (webrwkv.models.load_weights); they are converted to packed fp16 on upload.
+    Runtime(device, info, weights, max_batch, token_chunk_size): weights are canonical arrays
+    (webrwkv.models.load_weights); they are converted to packed fp16 on upload.
     `token_chunk_size` may be lowered later (buffers are sized for the value given here).
-    `upload(dev, matrix, label) -> (row blocks, padded K)` puts each weight matrix on the GPU
-    (default kernels.upload_matrix); a loader whose matrices arrive later passes deferred matrices
-    (see recipes.deferred) with its own upload, and its vectors with write_vectors() once known.
-    quant="int8" stores the layers' matrices as int8 with per-row scales, quant="nf4" as NF4 codes with one
-    scale per 64 weights; embedding and head stay fp16.
+    `upload(dev, matrix, label, fmt) -> (row blocks, padded K)` puts each weight matrix on the GPU
+    (default: fmt.upload); a loader whose matrices arrive later passes deferred matrices
+    (see layers.deferred) with its own upload, and its vectors with write_vectors() once known.
+    quant names the layers' weight format (webrwkv.formats): "none" (fp16), "int8" (per-row scales) or
+    "nf4" (NF4 codes, one scale per 64 weights); embedding and head stay fp16.
     """
 
     def __init__(self, device: Any, info: ModelInfo, weights: dict, max_batch: int = 1,
-                 token_chunk_size: int = DEFAULT_CHUNK, tuning: Tuning | None = None, upload: Upload = upload_matrix,
-                 quant: str = "none") -> None:
+                 token_chunk_size: int = DEFAULT_CHUNK, tuning: Tuning | None = None, upload: Upload = default_upload,
+                 quant: Any = "none") -> None:
         if max_batch < 1 or token_chunk_size < 1:
             raise WebRwkvError("max_batch and token_chunk_size must be at least 1")
-        if quant not in ("none", "int8", "nf4"):
-            raise WebRwkvError(f"the GPU runtime supports quant 'none', 'int8' or 'nf4', not {quant!r}")
-        self.dev, self.info = device, info
+        fmt = weight_format(quant)
+        self.dev, self.info, self.version = device, info, VERSIONS[info.version]
         self.max_batch, self.token_chunk_size = max_batch, token_chunk_size
         self.rows = max(token_chunk_size, max_batch)
         C, V = info.n_embd, info.vocab
         if C % 32:
             raise GpuError(f"n_embd {C} is not a multiple of 32; the GPU kernels need that")
-        self.ls, self.offs = state_geometry(info)
+        self.geometry = state_geometry(state_layout(info))
+        self.ls, self.offs = self.geometry
         self.slot_floats = self.ls * info.n_layer
         self._check_limits()
         self.k = Kernels(device, tuning)
@@ -64,7 +65,7 @@ class Runtime:
         self.out0 = self.tok0 + self.rows
         self.meta = dev.buffer(4 * (self.out0 + self.rows), label="meta")
         b = {"meta": self.meta}
-        for name, n in activation_sizes(info, self.rows).items():
+        for name, n in self._activations().items():
             b[name] = dev.buffer(4 * n, label=name)
         self.logit_rows = min(self.rows, max(ALL_LOGITS_ROWS, max_batch), dev.limits["max_storage_binding"] // (4 * V))
         if self.logit_rows < max_batch:
@@ -73,30 +74,12 @@ class Runtime:
         b["logits"] = self.logits = dev.buffer(4 * self.logit_rows * V, label="logits")
         self.state = dev.buffer(4 * self.slot_floats * max_batch, label="state")
         self.scratch = dev.buffer(4 * self.slot_floats, label="state-scratch")
-        vecs, vec_off, vs = pack_vecs(info, weights)
+        vecs, vec_off, vs = pack_vecs(info, weights, self.version.VECS)
         self.vecs = dev.buffer(vecs.nbytes, label="vecs")
         dev.write(self.vecs, 0, vecs)
-        lb = LayerBuilder(self.k, info, weights, b, self.vecs, vec_off, vs, self.state, self.ls,
-                                    self.slot_floats, max_batch, upload, quant)
-        self.gens: list = []
-        emb, _ = upload(dev, weights["emb.weight"], "emb")
-        lb.weight_bytes += V * C * 2
-        lb.split_matrices += len(emb) > 1
-        head_base = 4 * vs * info.n_layer
-        gv = (self.vecs, head_base, 4 * len(HEAD_VECS) * C)
-        wg = pow2_divisor(C)
-        for buf, r0, nr in emb:
-            self.gens.append(lb.op("embed", [self.meta, buf, gv, b["x"]], lambda s: (s[0], 1, 1), C=C, WG=wg,
-                                   V0=r0, NV=nr, LNW=0, LNB=C))
-        for i in range(info.n_layer):
-            self.gens += lb.att(i) + lb.ffn(i)
-        self.gens.append(lb.op("norm", [self.meta, b["x"], gv, b["xo"]], lambda s: (s[2], 1, 1), C=C, WG=wg,
-                               LNW=2 * C, LNB=3 * C))
-        blocks, _ = upload(dev, weights["head.weight"], "head")
-        lb.weight_bytes += V * C * 2
-        lb.split_matrices += len(blocks) > 1
-        head = MatMul(self.k, self.meta, blocks, C, 1, V, b["xo"], self.logits, x_ts=C, y_ts=V, tsrc=2)
-        self.gens.append(lambda s: head.ops(s[2]))
+        lb = LayerBuilder(self.k, info, weights, b, self.vecs, vec_off, vs, self.state, self.geometry,
+                          self.slot_floats, max_batch, upload, fmt)
+        self.gens = build(lb, self.version, info, self.logits)
         self.weight_bytes, self.split_matrices = lb.weight_bytes, lb.split_matrices
         self._ops: dict[tuple, list] = {}
         self._ids: tuple | None = None  # greedy decode: (ids buffer, capacity, {vocab: argmax op})
@@ -120,10 +103,14 @@ class Runtime:
     def write_vectors(self, weights: dict) -> None:
         """Replace the per-channel vectors (layer norms, mixes, decays) with those in `weights`
         (canonical arrays by name, as load_weights gives); the compiled steps stay valid."""
-        packed, _, _ = pack_vecs(self.info, weights)
+        packed, _, _ = pack_vecs(self.info, weights, self.version.VECS)
         self.dev.write(self.vecs, 0, packed)
 
     # -- limits ------------------------------------------------------------------------------
+    def _activations(self) -> dict[str, int]:
+        """Float counts of every activation buffer (the version's and the common ones)."""
+        return {**base_activations(self.info, self.rows), **self.version.activations(self.info, self.rows)}
+
     def _check_limits(self) -> None:
         """Refuse, before allocating anything, a model/batch the adapter's limits cannot hold."""
         info, lim = self.info, self.dev.limits
@@ -135,7 +122,7 @@ class Runtime:
                            "this adapter cannot run the model, even with quantization")
         need = {"the state of all slots": 4 * self.slot_floats * self.max_batch,
                 "one logits row": 4 * V}
-        need.update({f"activation '{k}'": 4 * n for k, n in activation_sizes(info, self.rows).items()})
+        need.update({f"activation '{k}'": 4 * n for k, n in self._activations().items()})
         for what, n in need.items():
             if n > binding or n > maxbuf:
                 lname = "maxStorageBufferBindingSize" if n > binding else "maxBufferSize"

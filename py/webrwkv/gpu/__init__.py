@@ -34,7 +34,8 @@ Op = tuple
 
 
 class Device:
-    """Abstract GPU device. Subclasses implement every method below.
+    """The GPU device the engine drives. Backends implement the memory and kernel methods; every other
+    method has a default here that fits a backend with nothing special to do.
 
     Attributes
     ----------
@@ -48,15 +49,35 @@ class Device:
     features : set[str]
         Normalised feature names; "subgroups" when subgroup operations
         (subgroupAdd, ...) are usable in WGSL. "shader-f16" is never required.
-    subgroup_directive : str
-        Text prepended to WGSL that uses subgroup builtins ("enable subgroups;"
-        in browsers, "" on wgpu-native whose compiler rejects the directive).
+    subgroups_directive : bool
+        Whether WGSL that uses subgroup builtins must start with `enable subgroups;`
+        (browsers: yes; wgpu-native's compiler rejects the directive).
+    lost : str | None
+        Why the device was lost, once it is.
+    wait_s, js_calls : float, int
+        Time spent waiting for GPU results and calls into JS (the browser counts them; a decode
+        step's cost outside the GPU).
+    handle : Any
+        The backend's own device object (the browser's GPUDevice, for JS code that writes into
+        the engine's buffers), or None.
     """
 
     adapter_name: str = "?"
     limits: dict
     features: set
-    subgroup_directive: str = ""
+    subgroups_directive: bool = False
+    lost: str | None = None
+    wait_s: float = 0.0
+    js_calls: int = 0
+    handle: Any = None
+
+    @property
+    def pipeline_cache(self) -> dict:
+        """Compiled pipelines by kernel and template values; runtimes on one device share them."""
+        cache = self.__dict__.get("_pipeline_cache")
+        if cache is None:
+            cache = self.__dict__["_pipeline_cache"] = {}
+        return cache
 
     # -- memory ---------------------------------------------------------------
     def buffer(self, nbytes: int, usage: str = STORAGE, label: str = "") -> Any:
@@ -75,15 +96,21 @@ class Device:
         raise NotImplementedError
 
     def read(self, buf: Any, offset: int, nbytes: int) -> bytes:
-        """Wait for queued work and return `nbytes` from `buf` (native backends only)."""
-        raise NotImplementedError
+        """Wait for queued work and return `nbytes` from `buf` (backends that can block)."""
+        from ..errors import GpuError
+
+        raise GpuError(f"{type(self).__name__} cannot read GPU buffers synchronously: use `await read_async(...)`")
 
     async def read_async(self, buf: Any, offset: int, nbytes: int) -> bytes:
-        """Asynchronous `read`; every backend implements it."""
-        raise NotImplementedError
+        """Asynchronous `read`; every backend has it."""
+        return self.read(buf, offset, nbytes)
 
     def destroy(self, buf: Any) -> None:
         """Free a buffer now rather than at garbage collection."""
+
+    def free_owned(self) -> None:
+        """Free every buffer made since the last call (a model's whole footprint), where the backend
+        keeps track of them."""
 
     # -- kernels --------------------------------------------------------------
     def pipeline(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
@@ -93,6 +120,10 @@ class Device:
         (see webrwkv.kernels); backends need not.
         """
         raise NotImplementedError
+
+    async def pipeline_async(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
+        """`pipeline`, compiled without blocking where the backend can (several compile in parallel)."""
+        return self.pipeline(wgsl, entry, constants)
 
     def bind(self, pipeline: Any, entries: Sequence[Binding]) -> Any:
         """Make a bind group for group 0 of `pipeline`; entry i goes to @binding(i)."""
@@ -106,9 +137,30 @@ class Device:
         """
         raise NotImplementedError
 
+    # -- synchronisation and errors -------------------------------------------
     def sync(self) -> None:
-        """Block until all queued work has finished (native backends only)."""
-        raise NotImplementedError
+        """Block until all queued work has finished: a 4-byte read of a small buffer."""
+        buf = self.__dict__.get("_sync_buf")
+        if buf is None:
+            buf = self.__dict__["_sync_buf"] = self.buffer(4, label="sync")
+        self.read(buf, 0, 4)
+
+    async def sync_async(self) -> None:
+        """Wait until all queued work has finished."""
+        self.sync()
+
+    def raise_errors(self, what: str) -> None:
+        """Raise DeviceLostError if the device is lost, or the first GPU error reported since the last
+        call by backends whose errors arrive asynchronously; `what` says what was being done."""
+        if self.lost is not None:
+            from ..errors import DeviceLostError
+
+            raise DeviceLostError(f"the GPU device was lost ({self.lost}) during {what}; load the model again")
+
+    def lose(self) -> None:
+        """Destroy the device now, as a driver reset would (to test recovery)."""
+        self.close()
+        self.lost = self.lost or "device destroyed"
 
     def close(self) -> None:
         """Release the device."""

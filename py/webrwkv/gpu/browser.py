@@ -56,7 +56,8 @@ class BrowserDevice(Device):
         self._dev, self._queue, self._h = device, device.queue, _helper()
         self.adapter_name = adapter_name or "WebGPU"
         self.features = set(features)
-        self.subgroup_directive = "enable subgroups;" if "subgroups" in self.features else ""
+        self.subgroups_directive = "subgroups" in self.features
+        self.handle = device
         lim = device.limits
         binding = int(lim.maxStorageBufferBindingSize)
         if max_binding_override:
@@ -161,9 +162,6 @@ class BrowserDevice(Device):
         self._h.copyBuffer(self._dev, src, int(src_offset), dst, int(dst_offset), int(nbytes))
         self.js_calls += 1
 
-    def read(self, buf: Any, offset: int, nbytes: int) -> bytes:
-        raise GpuError("the browser cannot read GPU buffers synchronously: use `await read_async(...)`")
-
     async def read_async(self, buf: Any, offset: int, nbytes: int) -> bytes:
         self._check()
         t0 = time.perf_counter()
@@ -179,14 +177,15 @@ class BrowserDevice(Device):
         except Exception:  # noqa: BLE001
             pass
 
-    def sync(self) -> None:
-        raise GpuError("the browser cannot wait synchronously: use `await sync_async()`")
-
     async def sync_async(self) -> None:
         t0 = time.perf_counter()
         await self._h.onDone(self._dev)
         self.wait_s += time.perf_counter() - t0
         self._check()
+
+    def lose(self) -> None:
+        """Destroy the GPUDevice as a driver reset would (the page's recovery is tested with it)."""
+        self._dev.destroy()
 
     def close(self) -> None:
         self._progs.clear()

@@ -87,11 +87,9 @@ class NativeDevice(Device):
             self._dev = a.request_device_sync(required_features=feats, required_limits=want)
         except Exception as e:  # noqa: BLE001
             raise GpuError(f"could not open a device on {_describe(a)}: {e}") from e
-        self._lost = None
         self.adapter_name = _describe(a)
         self.adapter_type = a.info.get("adapter_type", "")
         self.features = {"subgroups"} if feats else set()
-        self.subgroup_directive = ""
         lim = self._dev.limits
         binding = lim["max-storage-buffer-binding-size"]
         if max_binding_override:
@@ -108,11 +106,11 @@ class NativeDevice(Device):
             if feats else 0,
         }
         self._queue = self._dev.queue
+        self.handle = self._dev
         self._usage = {
             STORAGE: wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST,
             "uniform": wgpu.BufferUsage.UNIFORM | wgpu.BufferUsage.COPY_DST,
         }
-        self._staging: dict = {}
         self._raw: dict = {}
         from wgpu.backends.wgpu_native._ffi import ffi, lib  # noqa: PLC0415
 
@@ -123,15 +121,15 @@ class NativeDevice(Device):
 
     # -- error mapping ----------------------------------------------------------
     def _check(self) -> None:
-        if self._lost is not None:
-            raise DeviceLostError(f"the GPU device was lost ({self._lost}); recreate the engine")
+        if self.lost is not None:
+            raise DeviceLostError(f"the GPU device was lost ({self.lost}); recreate the engine")
 
     def _fail(self, e: Exception, what: str) -> GpuError:
         msg = str(e).strip()
         low = msg.lower()
-        if self._lost is not None or "lost" in low or "destroyed" in low:
-            self._lost = self._lost or (msg.splitlines()[0] if msg else "device lost")
-            return DeviceLostError(f"the GPU device was lost during {what}: {self._lost}; recreate the engine")
+        if self.lost is not None or "lost" in low or "destroyed" in low:
+            self.lost = self.lost or (msg.splitlines()[0] if msg else "device lost")
+            return DeviceLostError(f"the GPU device was lost during {what}: {self.lost}; recreate the engine")
         return GpuError(f"GPU error during {what}: {msg}")
 
     # -- memory -------------------------------------------------------------------
@@ -184,24 +182,17 @@ class NativeDevice(Device):
         except Exception:  # noqa: BLE001
             pass
 
-    def sync(self) -> None:
-        self._check()
-        # (wgpu-py 0.32's on_submitted_work_done_sync is broken; a tiny read waits the same way)
-        if "sync" not in self._staging:
-            self._staging["sync"] = self.buffer(4, label="sync")
-        self.read(self._staging["sync"], 0, 4)
-
     def close(self) -> None:
         try:
             self._dev.destroy()
         except Exception:  # noqa: BLE001
             pass
-        self._lost = self._lost or "device closed"
+        self.lost = self.lost or "device closed"
 
     def lose(self) -> None:
         """Destroy the device now, as a driver reset would (for tests of DeviceLostError)."""
         self._dev.destroy()
-        self._lost = "device destroyed"
+        self.lost = "device destroyed"
 
     # -- kernels ------------------------------------------------------------------
     def pipeline(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:

@@ -1,8 +1,8 @@
-"""RWKV model definitions: version detection, the canonical model form, loading and state layout.
+"""RWKV models: the registry of versions, the canonical model form, loading and state layout.
 
-One short file per version (v4, v5 = 5.2, v6, v7) holds its names, shapes and state layout;
-the shared loader maps the official and converted layouts to the canonical form of
-docs/ARCHITECTURE.md.
+One file per version (v4, v5 = 5.2, v6, v7) tells that version's whole story: names, shapes and
+detection, state layout, the numpy time and channel mix, and the GPU layer recipe. The shared loader
+maps the official and converted layouts to the canonical form of docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 from ..errors import ModelFormatError, WebRwkvError
 from . import v4, v5, v6, v7
 
-VERSIONS = {"v4": v4, "v5": v5, "v6": v6, "v7": v7}
+# every supported version, newest first (detection tries them in this order)
+VERSIONS = {m.VERSION: m for m in (v7, v6, v5, v4)}
 
 
 @dataclass
@@ -60,8 +61,8 @@ class TensorRef:
 def detect_version(names) -> str:
     """'v4' | 'v5' | 'v6' | 'v7' from tensor names (official or converted)."""
     names = set(names)
-    for version in ("v7", "v6", "v5", "v4"):
-        if VERSIONS[version].detect(names):
+    for version, mod in VERSIONS.items():
+        if mod.detect(names):
             return version
     raise ModelFormatError(
         "cannot tell the RWKV version from the tensor names (expected e.g. blocks.0.att.time_first, "
@@ -93,11 +94,10 @@ def state_layout(info: ModelInfo) -> list[tuple[str, tuple]]:
 
 
 def init_state(info: ModelInfo) -> dict[str, np.ndarray]:
-    """A fresh slot state: zeros, and -1e38 for v4's att_pp."""
-    state = {}
-    for name, shape in state_layout(info):
-        state[name] = np.full(shape, -1e38 if name.endswith("att_pp") else 0.0, dtype=np.float32)
-    return state
+    """A fresh slot state: zeros, except where the version's STATE_INIT says (v4's running maximum)."""
+    init = getattr(VERSIONS[info.version], "STATE_INIT", {})
+    return {name: np.full(shape, init.get(name.rsplit(".", 1)[1], 0.0), dtype=np.float32)
+            for name, shape in state_layout(info)}
 
 
 def default_model_path() -> str:

@@ -71,19 +71,8 @@ def is_adapter(name: str, version: str) -> bool:
 
 
 def _detect_layout(version: str, names: set, shapes: dict, meta: dict, C: int) -> str:
-    if version == "v5":
-        return "converted" if "blocks.0.att.time_first" in names else "official"
-    if version == "v6":
-        return "converted" if "blocks.0.att.time_mix_x" in names else "official"
     hint = meta.get("layout", "official")
-    hint = hint if hint in ("official", "converted") else "official"
-    if version == "v7":
-        rows, cols = shapes["blocks.0.att.w1"][:2]
-        if rows == C and cols != C:
-            return "official"
-        if cols == C and rows != C:
-            return "converted"
-    return hint
+    return VERSIONS[version].detect_layout(names, shapes, hint if hint in ("official", "converted") else "official", C)
 
 
 def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, dict[str, TensorRef]]:
@@ -116,6 +105,8 @@ def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, 
         H, S, dims = VERSIONS[version].sizes(cshapes, C)
     except KeyError as e:
         raise ModelFormatError(f"{path}: tensor '{e.args[0]}' is missing; the checkpoint is incomplete") from None
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{path}: {e}") from None
     if H <= 0 or C % H:
         raise ModelFormatError(f"{path}: {C} channels do not split into {H} heads; the checkpoint is damaged")
     F = cshapes["blocks.0.ffn.key.weight"][0]
@@ -126,8 +117,6 @@ def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, 
     nbytes = max([t.end for t in header.tensors.values()] + [header.data_start])
     info = ModelInfo(version, n_layer, C, H, S, V, F, dims, layout, dtype, path, nbytes)
 
-    if version == "v5" and int(np.prod(cshapes.get("blocks.0.att.time_decay", (C,)))) != C:
-        raise ModelFormatError(f"{path}: this is RWKV v5.0/5.1 (per-head decay); only v5.2 is supported")
     refs: dict[str, TensorRef] = {}
     optional = optional_names(info)
     for cname, want in model_shapes(info).items():

@@ -1,9 +1,25 @@
-"""RWKV v5.2: canonical tensor names and shapes, detection rule, state layout."""
+"""RWKV v5.2, whole: tensor names and shapes, detection, state, the numpy time mix, the GPU recipe.
+
+Time mix: r, k, v, g from lerp token shifts; per head (size S) a matrix state S[j, i] (j key, i value):
+y_i = sum_j r_j (u_j k_j v_i + S_ji), S_ji <- w_j S_ji + k_j v_i with w = exp(-exp(time_decay)),
+u = time_faaaa; GroupNorm per head (ln_x), times silu(g), then W_o. Channel mix: v4's.
+"""
 
 from __future__ import annotations
 
-VERSION = "v5"
+from typing import Any
 
+import numpy as np
+
+from ..errors import ModelFormatError
+from .nn import GN_EPS, group_norm, linear, shifted, sigmoid
+from .v4 import channel_mix, receptance_ffn
+
+VERSION = "v5"
+KERNEL = "wkv5"  # shaders/wkv5.wgsl (v6 shares it)
+__all__ = ["channel_mix"]
+
+# -- names and shapes ----------------------------------------------------------------------------
 RENAMES = {"time_faaaa": "time_first"}
 ADAPTERS: tuple[str, ...] = ()
 # stored shapes of vectors that are not [C] in the checkpoint files (canonical: flat [C])
@@ -16,9 +32,16 @@ def detect(names: set[str]) -> bool:
     return "blocks.0.att.gate.weight" in names and "blocks.0.att.ln_x.weight" in names
 
 
+def detect_layout(names: set[str], shapes: dict, hint: str, C: int) -> str:
+    """The converted layout renames time_faaaa to time_first."""
+    return "converted" if "blocks.0.att.time_first" in names else "official"
+
+
 def sizes(shape: dict[str, tuple], n_embd: int) -> tuple[int, int, dict[str, int]]:
     """(n_head, head_size, adapter dims); the head count is time_faaaa's first dimension."""
     H = shape["blocks.0.att.time_faaaa"][0]
+    if int(np.prod(shape.get("blocks.0.att.time_decay", (n_embd,)))) != n_embd:
+        raise ModelFormatError("this is RWKV v5.0/5.1 (per-head decay); only v5.2 is supported")
     return H, n_embd // H, {}
 
 
@@ -34,6 +57,12 @@ def layer_shapes(i: int, C: int, H: int, S: int, F: int, dims: dict[str, int]) -
     return out
 
 
+def released_shapes(C: int) -> tuple[int, int, dict[str, int]]:
+    """(heads, FFN width, adapter dims) of a released model of width C (bench's random models)."""
+    return C // 64, 4 * C, {}
+
+
+# -- state ------------------------------------------------------------------------------------------
 def state_layout(n_layer: int, C: int, H: int, S: int) -> list[tuple[str, tuple]]:
     """Per-slot state: previous LN outputs and the per-head kv matrix [h, key, value]."""
     out = []
@@ -41,3 +70,72 @@ def state_layout(n_layer: int, C: int, H: int, S: int) -> list[tuple[str, tuple]
         b = f"blocks.{i}."
         out += [(b + "att_x", (C,)), (b + "att_kv", (H, S, S)), (b + "ffn_x", (C,))]
     return out
+
+
+# -- reference (numpy) --------------------------------------------------------------------------------
+def wkv5(r, k, v, decay, u, S):
+    """Per-head linear attention with decay: r, k, v [T, H, N]; decay [H, N] or [T, H, N]; S [H, N(key), N(value)]."""
+    out = np.empty_like(v)
+    for t in range(len(r)):
+        kv = k[t][:, :, None] * v[t][:, None, :]
+        out[t] = np.einsum("hj,hji->hi", r[t], u[:, :, None] * kv + S)
+        d = decay[t] if decay.ndim == 3 else decay
+        S = kv + d[:, :, None] * S
+    return out, S
+
+
+def heads_out(w: dict, info: Any, i: int, y: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """GroupNorm per head (ln_x), times the gate, then W_o (v6 ends the same way)."""
+    a = f"blocks.{i}.att."
+    y = group_norm(y.reshape(len(y), -1), info.n_head, w[a + "ln_x.weight"], w[a + "ln_x.bias"])
+    return linear(y * g, w[a + "output.weight"])
+
+
+def time_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, v_first: Any) -> tuple[np.ndarray, Any]:
+    a, s = f"blocks.{i}.att.", f"blocks.{i}."
+    T, H, N = len(x), info.n_head, info.head_size
+    sx = shifted(x, state[s + "att_x"])
+    mix = lambda m: x * w[a + m] + sx * (1 - w[a + m])  # noqa: E731
+    r = linear(mix("time_mix_r"), w[a + "receptance.weight"]).reshape(T, H, N)
+    k = linear(mix("time_mix_k"), w[a + "key.weight"]).reshape(T, H, N)
+    v = linear(mix("time_mix_v"), w[a + "value.weight"]).reshape(T, H, N)
+    g = linear(mix("time_mix_g"), w[a + "gate.weight"])
+    g = g * sigmoid(g)
+    decay = np.exp(-np.exp(w[a + "time_decay"])).reshape(H, N)
+    y, state[s + "att_kv"] = wkv5(r, k, v, decay, w[a + "time_faaaa"].reshape(H, N), state[s + "att_kv"])
+    state[s + "att_x"] = x[-1]
+    return heads_out(w, info, i, y, g), v_first
+
+
+# -- GPU recipe (webrwkv.layers.LayerBuilder) -----------------------------------------------------------
+VECS = ["att.time_mix_r", "att.time_mix_k", "att.time_mix_v", "att.time_mix_g", "att.time_decay",
+        "att.time_faaaa", "att.ln_x.weight", "att.ln_x.bias", "ffn.time_mix_k", "ffn.time_mix_r"]
+
+
+def activations(info: Any, rows: int) -> dict[str, int]:
+    """4 mixes and [r | k | v | g] per row."""
+    return {"mix": rows * 4 * info.n_embd, "proj": rows * 4 * info.n_embd, "dd": 4}
+
+
+def wkv5_op(lb: Any, i: int, ddlerp: int, pts: int) -> Any:
+    """The wkv5 kernel of layer i over proj = [r | k | v | g | ...] rows of `pts` floats; with ddlerp
+    (v6) the per-token decay adds dd[t]."""
+    info, b = lb.info, lb.b
+    return lb.op(KERNEL, [b["meta"], b["proj"], b["dd"], lb.vec_bind(i), lb.state_bind(i), b["y"]],
+                 lambda s: (info.n_head, s[1], 1), C=lb.C, WG=info.head_size, HS=info.head_size, SLOT=lb.slot,
+                 KV=lb.so["att_kv"], PTS=pts, FIRST=lb.vo["att.time_faaaa"], DECAY=lb.vo["att.time_decay"],
+                 DDLERP=ddlerp, LNXW=lb.vo["att.ln_x.weight"], LNXB=lb.vo["att.ln_x.bias"], EPS=GN_EPS)
+
+
+def att(lb: Any, i: int) -> list:
+    """ln1 + the r, k, v, g mixes -> [r | k | v | g] in one matmul -> wkv5 (+ GroupNorm, gate) -> output."""
+    C, b, a = lb.C, lb.b, f"blocks.{i}.att."
+    gens = [lb.ln_mix(i, b["mix"], 4, 4, "ln1", "att.time_mix_r", True, lb.so["att_x"])]
+    gens += lb.matmul([lb.w[a + n + ".weight"] for n in ("receptance", "key", "value", "gate")], b["mix"],
+                      b["proj"], a + "proj", x_ts=4 * C, x_gs=C, y_ts=4 * C)
+    gens.append(wkv5_op(lb, i, 0, 4 * C))
+    return gens + lb.matmul([lb.w[a + "output.weight"]], b["y"], b["x"], a + "output", x_ts=C, y_ts=C, mode="add")
+
+
+def ffn(lb: Any, i: int) -> list:
+    return receptance_ffn(lb, i, "ffn.time_mix_k", True)
