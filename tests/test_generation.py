@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from webrwkv.errors import WebRwkvError
-from webrwkv import generation
 from webrwkv.chat_session import ChatFormat, ChatSession
-from webrwkv.generation import BatchStats, GenerationStats, generate_batch, generate_stream, generate_stream_async
+from webrwkv.batch import BatchStats, generate_batch
+from webrwkv.generation import GenerationStats, generate_stream, generate_stream_async
 from webrwkv.models import load_weights
 from webrwkv.sampling import Sampler, SamplerParams
 from webrwkv.tokenizer import Tokenizer
@@ -39,6 +39,7 @@ class ScriptedRuntime:
 
     def __init__(self, script, max_batch=1, token_chunk_size=4, vocab=257):
         self.script, self.chunk, self.vocab = script, token_chunk_size, vocab
+        self.token_chunk_size = token_chunk_size
         self.queue = {s: [] for s in range(max_batch)}
         self.seen = {s: [] for s in range(max_batch)}
         self.runs = 0
@@ -46,7 +47,12 @@ class ScriptedRuntime:
     def push(self, slot, tokens):
         self.queue[slot].extend(int(t) for t in tokens)
 
-    def run(self, all_logits=False):
+    decoder = None  # tokens are picked on the CPU
+
+    def pending(self, slot):
+        return len(self.queue[slot])
+
+    def run(self, all_logits=False, outputs=True):
         self.runs += 1
         budget, out = self.chunk, {}
         for s, q in self.queue.items():
@@ -56,14 +62,14 @@ class ScriptedRuntime:
             self.seen[s] += q[:take]
             del q[:take]
             budget -= take
-            if not q:
+            if not q and outputs:
                 logits = np.zeros(self.vocab, dtype=np.float32)
                 logits[self.script(TOK.decode_bytes([t for t in self.seen[s] if t]))] = 10.0
                 out[s] = logits
-        return out
+        return out if outputs else {}
 
-    async def run_async(self, all_logits=False):
-        return self.run(all_logits)
+    async def run_async(self, all_logits=False, outputs=True):
+        return self.run(all_logits, outputs)
 
     def get_state(self, slot):
         return {"tokens": np.array(self.seen[slot], dtype=np.int64)}
@@ -134,7 +140,8 @@ def test_chunked_prefill_run_count():
     rt = ScriptedRuntime(recite("]", "xyz"), token_chunk_size=4)
     prompt = ids_of("0123456789]")  # 11 tokens: 3 runs of at most 4
     _, st = collect(generate_stream(rt, TOK, prompt, GREEDY, 3))
-    assert st.text == "xyz" and rt.runs == 3 + 2  # then one run per token but the last
+    # 10 prompt tokens in 3 runs, the last one as the first decode step, then one run per token but the last
+    assert st.text == "xyz" and rt.runs == 3 + 1 + 2
     with pytest.raises(WebRwkvError):
         list(generate_stream(rt, TOK, [], GREEDY, 3))
 
@@ -224,8 +231,11 @@ def test_chat_stop_string_replays_clean_reply():
     _, st = collect(chat.reply("a"))
     assert (st.text, st.stop) == (" ok", "\nUser:")
     _, st = collect(chat.reply("b"))
-    # the replay goes back to the state after the prompt; the clean reply is read with the next turn
-    assert rt.text() == "User: a\n\nAssistant: ok\n\nUser: b\n\nAssistant:"
+    # the replay goes back to the state before the prompt's last token; it and the clean reply are read
+    # with the next turn
+    assert rt.text() == "User: a\n\nAssistant: ok\n\nUser: b\n\nAssistant"
+    _, st = collect(chat.reply("c"))
+    assert rt.text() == "User: a\n\nAssistant: ok\n\nUser: b\n\nAssistant: ok\n\nUser: c\n\nAssistant"
 
 
 def test_chat_async():
@@ -247,12 +257,6 @@ def test_chat_format():
     assert play.clean("a\n\nb") == "a b"
     assert play.prelude("Enter Hamlet.", [("My lord?", "Sir.")]) == "Enter Hamlet.\n\n  Ros. My lord?\n  Ham. Sir.\n"
     assert play.ask("Hi") == "  Ros. Hi\n  Ham." and play.stops() == ["\n", "\n  Ros."]
-
-
-def test_chat_classes_still_importable_from_generation():
-    assert generation.ChatFormat is ChatFormat and generation.ChatSession is ChatSession
-    with pytest.raises(AttributeError):
-        generation.NoSuchName  # noqa: B018
 
 
 def test_chat_single_line_format():

@@ -73,12 +73,15 @@ def kernel_sources() -> list[str]:
             rt.push(1, [3])
             while rt.pending(0):
                 rt.run(all_logits=True)
-        for quant in ("int8", "nf4"):  # the quantized GEMV and GEMM bodies, and greedy argmax
+        from webrwkv.sampling import Sampler, SamplerParams
+
+        for quant in ("int8", "nf4"):  # the quantized GEMV and GEMM bodies, and the GPU sampler
             rt = Runtime(dev, info, w, 1, 16, quant=quant)
             rt.push(0, list(range(20)))
             while rt.pending(0):
                 rt.run()
-            rt.greedy(0, 1, 2)
+            rt.decoder.configure(0, Sampler(SamplerParams(top_p=0.5, top_k=3, seed=1)))
+            rt.decoder.read(rt.decoder.submit({0: 1}, 2))
         k = Kernels(dev)
         meta = dev.buffer(64)
         dev.write(meta, 0, np.array([37] + [0] * 15, np.uint32))

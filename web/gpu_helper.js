@@ -27,6 +27,11 @@ export function runOps(device, prog) {
   device.queue.submit([enc.finish()]);
 }
 
+// Submit a step (a list of packed op lists) n times in a row: a window of decode steps in one call.
+export function runSteps(device, progs, n) {
+  for (let k = 0; k < n; k++) for (const prog of progs) runOps(device, prog);
+}
+
 // Copy from a Python buffer (numpy array, bytes) into a GPU buffer without an
 // intermediate copy: the typed array views Pyodide's own memory.
 export function writeFromPy(device, buffer, offset, pyBuf) {

@@ -78,16 +78,6 @@ function tokenStream(start) {
   return it;
 }
 
-const CHAT_STOP = ["\n\nUser:", "\n\n"];
-
-// RWKV chat turns: "User: ...\n\nAssistant: ...\n\n"; blank lines inside a turn collapse.
-export function formatChat(messages) {
-  const role = { system: "System", user: "User", assistant: "Assistant" };
-  const clean = (s) => String(s).trim().replace(/\r\n/g, "\n").replace(/\n\n+/g, "\n");
-  const turns = messages.map((m) => `${role[m.role] || "User"}: ${clean(m.content)}`);
-  return turns.join("\n\n") + "\n\nAssistant:";
-}
-
 export async function createEngine({ model, vocab, onProgress, workerUrl, cache = true, quant } = {}) {
   const support = await webgpuSupport();
   if (!support.ok) throw new WebRwkvError("nowebgpu", support.message);
@@ -149,12 +139,18 @@ class Engine {
   dispose() { this._w.terminate(); }
   _loseDevice() { return this._w.call("loseDevice"); } // tests: act out a GPU reset
 
+  // The model's chat format (turn names, stop strings) lives in Python: the worker's "chat" message runs
+  // the same ChatSession as the CLI, which reuses the state when `messages` extends the last conversation.
+  countTokens(text) { return this._w.call("countTokens", { text: String(text) }); }
+
   async _chatCreate({ messages, stream = false, temperature = 1.0, top_p = 0.3, max_tokens = 256, stop, seed,
     presence_penalty = 0, frequency_penalty = 0 }) {
-    await this.reset();
-    const it = this.generate(formatChat(messages), {
-      maxTokens: max_tokens, temperature, topP: top_p, presencePenalty: presence_penalty,
-      frequencyPenalty: frequency_penalty, stop: stop ?? CHAT_STOP, seed,
+    const options = { max_tokens, temperature, top_p, presence_penalty, frequency_penalty, seed: seed ?? null,
+      stop: stop == null ? [] : (Array.isArray(stop) ? stop : [stop]) };
+    const it = tokenStream(async (push) => {
+      const stats = await this._w.call("chat", { messages, options }, { onToken: (m) => push({ token: m.token, text: m.text }) });
+      Object.assign(this._stats, stats);
+      return stats;
     });
     const id = "chatcmpl-" + Math.random().toString(36).slice(2, 12);
     const created = Math.floor(Date.now() / 1000);

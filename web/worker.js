@@ -1,6 +1,6 @@
 // Web Worker: boots the vendored Pyodide (same origin, no CDN), installs the
 // webrwkv wheel with micropip, and serves the engine protocol to the page:
-//   {id, type: "init" | "load" | "generate" | "stop" | "reset" | "save" | "restore" | "unload" | "stats" | "cached" | "clearCache"}
+//   {id, type: "init" | "load" | "generate" | "chat" | "countTokens" | "stop" | "reset" | "save" | "restore" | "unload" | "stats" | "cached" | "clearCache"}
 // Replies: {id, type: "progress" | "token" | "done" | "error", ...}.
 import * as gpuHelper from "./gpu_helper.js";
 import { fetchHeader, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
@@ -130,10 +130,21 @@ async function generate(id, { prompt, options }) {
   return stats;
 }
 
+// An OpenAI-style conversation, answered by Python's ChatSession with the model's chat format.
+async function chat(id, { messages, options }) {
+  const emit = (token, text) => post({ id, type: "token", token, text });
+  const statsPy = await entry.chat(py.toPy(messages), py.toPy(options || {}), emit);
+  const stats = statsPy.toJs({ dict_converter: Object.fromEntries });
+  statsPy.destroy();
+  return stats;
+}
+
 const handlers = {
   init: (id) => (booting ??= boot(id)),
   load: (id, msg) => load(id, msg),
   generate: (id, msg) => generate(id, msg),
+  chat: (id, msg) => chat(id, msg),
+  countTokens: (id, { text }) => entry.count_tokens(String(text)),
   reset: () => entry.reset(),
   save: (id, { name }) => entry.save_state(name),
   restore: (id, { name }) => entry.restore_state(name),

@@ -65,14 +65,42 @@ def random_weights(info: ModelInfo, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def _bench(rt: Any, prefill: int, decode: int) -> dict[str, float]:
+SAMPLED = dict(temperature=0.8, top_p=0.9)  # the sampled decode of the table (a chat's settings)
+
+
+def _windows(rt: Any, tokens: dict[int, int], steps: int, params: Any, lookahead: int = 32) -> float:
+    """Seconds for `steps` decode steps of the slots in `tokens`, the next token picked on the GPU, in
+    windows of `lookahead` steps with two in flight (as generation runs them)."""
+    from .sampling import Sampler
+
+    dec = rt.decoder
+    for s in tokens:
+        dec.configure(s, Sampler(params, s))
+    t0 = time.perf_counter()
+    queue, done = [dec.submit(tokens, min(lookahead, steps))], min(lookahead, steps)
+    while queue:
+        if done < steps and len(queue) < 2:
+            k = min(lookahead, steps - done)
+            queue.append(dec.submit(None, k))
+            done += k
+        dec.read(queue.pop(0))
+    return time.perf_counter() - t0
+
+
+def _bench(rt: Any, prefill: int, decode: int, batch: int = 1) -> dict[str, float]:
+    from .sampling import SamplerParams
+
     rng = np.random.default_rng(1)
     toks = rng.integers(0, rt.info.vocab, prefill).tolist()
+    greedy, sampled = SamplerParams(temperature=0), SamplerParams(**SAMPLED, seed=1)
     # warm-up: compile every pipeline shape used below
     for warm in (toks, [1]):
         rt.push(0, warm)
         while not rt.run():
             pass
+    _windows(rt, {0: 1}, 2, sampled)
+    if batch > 1:
+        _windows(rt, {s: 1 for s in range(batch)}, 2, sampled)
     rt.reset(0)
     t0 = time.perf_counter()
     rt.push(0, toks)
@@ -82,17 +110,16 @@ def _bench(rt: Any, prefill: int, decode: int) -> dict[str, float]:
     t1 = time.perf_counter()
     tok = int(np.argmax(out[0]))
     t2 = time.perf_counter()
-    for _ in range(decode):
+    for _ in range(decode):  # the logits read back every step and the argmax taken by numpy
         rt.push(0, [tok])
         tok = int(np.argmax(rt.run()[0]))
     t3 = time.perf_counter()
-    # the same greedy decode with the argmax on the GPU: the steps queue without reading logits back
-    rt.greedy(0, tok, 1)  # compiles the argmax kernel
-    t4 = time.perf_counter()
-    rt.greedy(0, tok, decode)
-    t5 = time.perf_counter()
-    return {"prefill_tok_s": prefill / (t1 - t0), "decode_tok_s": decode / (t3 - t2),
-            "gpu_greedy_tok_s": decode / (t5 - t4)}
+    res = {"prefill_tok_s": prefill / (t1 - t0), "decode_tok_s": decode / (t3 - t2),
+           "gpu_greedy_tok_s": decode / _windows(rt, {0: tok}, decode, greedy),
+           "gpu_sampled_tok_s": decode / _windows(rt, {0: tok}, decode, sampled)}
+    if batch > 1:
+        res["batch_sampled_tok_s"] = batch * decode / _windows(rt, {s: tok for s in range(batch)}, decode, sampled)
+    return res
 
 
 def bench_main(args: Any) -> int:
@@ -108,34 +135,45 @@ def bench_main(args: Any) -> int:
     if chunk < 1:
         raise WebRwkvError("--token-chunk-size must be at least 1")
     chunk = min(args.prefill, chunk)
+    batch = getattr(args, "batch", 1)
+    if batch < 1:
+        raise WebRwkvError("--batch must be at least 1")
     dev = open_device("native", args.adapter)
     load_s = None
     if args.random:
         info = parse_random(args.random)
-        rt = Runtime(dev, info, random_weights(info), max_batch=1, token_chunk_size=chunk, quant=quant)
+        rt = Runtime(dev, info, random_weights(info), max_batch=batch, token_chunk_size=chunk, quant=quant)
         name = f"random {args.random}"
     else:
         # load time: file -> weights on the GPU, up to the GPU having them all (not opening the device)
         t0 = time.perf_counter()
-        eng = load_engine(args.model, "native", max_batch=1, token_chunk_size=chunk, quant=quant, device=dev)
+        eng = load_engine(args.model, "native", max_batch=batch, token_chunk_size=chunk, quant=quant, device=dev)
         dev.sync()
         load_s = time.perf_counter() - t0
         rt, info, name = eng.runtime, eng.info, str(args.model)
-    res = _bench(rt, args.prefill, args.decode)
+    res = _bench(rt, args.prefill, args.decode, batch)
     row = {"model": name, "version": info.version, "layers": info.n_layer, "embd": info.n_embd,
            "weight_bytes": rt.weight_bytes, "quant": quant, "token_chunk_size": chunk, "adapter": dev.adapter_name,
            "load_s": None if load_s is None else round(load_s, 2),
            f"pp{args.prefill}_tok_s": round(res["prefill_tok_s"], 1),
            f"tg{args.decode}_tok_s": round(res["decode_tok_s"], 1),
-           f"tg{args.decode}_gpu_greedy_tok_s": round(res["gpu_greedy_tok_s"], 1)}
+           f"tg{args.decode}_gpu_greedy_tok_s": round(res["gpu_greedy_tok_s"], 1),
+           f"tg{args.decode}_gpu_sampled_tok_s": round(res["gpu_sampled_tok_s"], 1), "batch": batch}
+    if batch > 1:
+        row[f"tg{args.decode}_batch_sampled_tok_s"] = round(res["batch_sampled_tok_s"], 1)
     if args.json:
         print(json.dumps(row))
         return 0
     cols = [("model", 24), ("weights", 10), ("load s", 7), (f"pp{args.prefill} t/s", 12),
-            (f"tg{args.decode} t/s", 11), ("gpu greedy t/s", 14), ("adapter", 0)]
+            (f"tg{args.decode} t/s", 11), ("gpu greedy t/s", 14), ("gpu sampled t/s", 15)]
     vals = [name, f"{rt.weight_bytes / 2**30:.2f} GiB", "-" if load_s is None else f"{load_s:.2f}",
             f"{res['prefill_tok_s']:.1f}", f"{res['decode_tok_s']:.1f}", f"{res['gpu_greedy_tok_s']:.1f}",
-            dev.adapter_name]
+            f"{res['gpu_sampled_tok_s']:.1f}"]
+    if batch > 1:
+        cols.append((f"B={batch} sampled t/s", 17))
+        vals.append(f"{res['batch_sampled_tok_s']:.1f}")
+    cols.append(("adapter", 0))
+    vals.append(dev.adapter_name)
     print(" | ".join(c.ljust(w) for c, w in cols))
     print("-|-".join("-" * max(w, 8) for _, w in cols))
     print(" | ".join(str(v).ljust(w) for v, (_, w) in zip(vals, cols)))

@@ -12,7 +12,8 @@ from typing import Any, TextIO
 
 from .errors import TokenizerError, WebRwkvError
 from .chat_session import ChatFormat, ChatSession
-from .generation import BatchStats, GenerationStats, generate_batch, generate_stream
+from .batch import BatchStats, generate_batch
+from .generation import GenerationStats, generate_stream
 from .runtime import DEFAULT_CHUNK
 from .sampling import SamplerParams
 

@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--quant", choices=["none", "int8", "nf4"], default="none")
     p.add_argument("--token-chunk-size", type=int, default=512, help="tokens per prefill run (at most --prefill)")
+    p.add_argument("--batch", type=int, default=1, help="also decode B slots at once, sampled: aggregate tok/s")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("logits", help="write float32 logits to a .npy file")

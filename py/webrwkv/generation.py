@@ -1,11 +1,18 @@
-"""The streaming generation loop shared by the CLI and the browser worker: one slot and many slots.
-Chat sessions live in chat_session.py (ChatFormat and ChatSession are re-exported here)."""
+"""The streaming generation loop of the CLI and the browser worker: one slot and many slots.
+
+Written once, async. The sync forms drive the same coroutines directly: on the native GPU and the numpy
+reference no await ever suspends. On a runtime with a GPU decoder (webrwkv.decode) the tokens are picked
+on the GPU, a window of steps per read-back, and a stream that ends inside a window is rolled back, so
+the tokens and the final state are those of step-by-step decoding; elsewhere the logits come back every
+step and webrwkv.sampling picks the token.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, AsyncIterator, Iterator, Sequence, Union
+from typing import Any, AsyncIterator, Awaitable, Iterator, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -13,6 +20,32 @@ from .errors import WebRwkvError
 from .sampling import Sampler, SamplerParams, StopMatcher
 
 END_OF_TEXT = 0
+LOOKAHEAD = 32  # decode steps per read-back at most (windows grow 1, 2, 4, ... up to this)
+T = TypeVar("T")
+
+
+def run_sync(aw: Awaitable[T]) -> T:
+    """The result of a coroutine that never suspends (every await in it is already resolved)."""
+    coro = aw.__await__()
+    try:
+        coro.send(None)
+    except StopIteration as e:
+        return e.value
+    coro.close()
+    raise WebRwkvError("this runtime waits for the GPU asynchronously; use the async API (generate_stream_async)")
+
+
+def iterate_sync(agen: AsyncIterator[T]) -> Iterator[T]:
+    """An async generator that never suspends, as a plain generator (closing one closes the other)."""
+    try:
+        while True:
+            try:
+                item = run_sync(agen.__anext__())
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        run_sync(agen.aclose())
 
 
 @dataclass
@@ -24,8 +57,8 @@ class GenerationStats:
     text: str = ""
     stop_reason: str = ""          # "stop" (a stop string), "eos" (end-of-text) or "max_tokens"
     stop: str | None = None        # the stop string that ended the text
-    prefill_s: float = 0.0         # prompt in, until the first token was sampled
-    decode_s: float = 0.0          # the rest: one forward pass and one sample per token
+    prefill_s: float = 0.0         # prompt in, until the first token was picked
+    decode_s: float = 0.0          # the rest
 
     @property
     def prefill_tps(self) -> float:
@@ -52,9 +85,10 @@ class TokenStream:
     """Sampling, streaming-safe decoding and stop strings for one stream, with no runtime calls."""
 
     def __init__(self, tokenizer: Any, params: SamplerParams | Sampler | None, max_tokens: int,
-                 stop: Sequence[str] = (), prompt_tokens: int = 0, eos_id: int | None = END_OF_TEXT):
+                 stop: Sequence[str] = (), prompt_tokens: int = 0, eos_id: int | None = END_OF_TEXT,
+                 stream: int = 0):
         self.tokenizer = tokenizer
-        self.sampler = params if isinstance(params, Sampler) else Sampler(params)
+        self.sampler = params if isinstance(params, Sampler) else Sampler(params, stream)
         self.max_tokens = max_tokens
         self.eos_id = eos_id
         self.decoder = tokenizer.stream()
@@ -72,16 +106,12 @@ class TokenStream:
             logits = logits[: self.vocab]
         return self.feed(self.sampler.sample(logits))
 
-    def greedy_on(self, runtime: Any) -> bool:
-        """Whether the runtime can pick this stream's tokens itself: a greedy sampler with no penalties
-        or bans, and a runtime with greedy()."""
-        p = self.sampler.params
-        return (p.temperature == 0 and not p.presence_penalty and not p.frequency_penalty and not p.banned
-                and hasattr(runtime, "greedy"))
-
-    def feed(self, token: int) -> tuple[int, str]:
-        """Take the next token (sampled here or chosen elsewhere); returns (token, text it completes)."""
+    def feed(self, token: int, drawn: bool = False) -> tuple[int, str]:
+        """Take the next token (sampled here, or `drawn` elsewhere with this stream's random numbers);
+        returns (token, text it completes)."""
         token = int(token)
+        if drawn:
+            self.sampler.step += 1
         self.sampler.accept(token)
         st = self.stats
         st.ids.append(token)
@@ -109,19 +139,17 @@ def _tokens(ids: Sequence[int]) -> list[int]:
     return ids
 
 
-def prefill(runtime: Any, slot: int, ids: Sequence[int]) -> np.ndarray:
-    """Push `ids` on `slot` and run (chunk by chunk) until its logits come out."""
-    ids = _tokens(ids)
-    runtime.push(slot, ids)
-    for _ in range(len(ids) + 1):
-        out = runtime.run()
-        if slot in out:
-            return out[slot]
-    raise WebRwkvError(f"the runtime returned no logits for slot {slot}; is another stream using it?")
+async def feed_async(runtime: Any, slot: int, ids: Sequence[int]) -> None:
+    """Run `ids` on `slot` (chunk by chunk) without making any logits."""
+    if not ids:
+        return
+    runtime.push(slot, list(ids))
+    while runtime.pending(slot):
+        await runtime.run_async(outputs=False)
 
 
 async def prefill_async(runtime: Any, slot: int, ids: Sequence[int]) -> np.ndarray:
-    """prefill() with run_async (the browser can only read results asynchronously)."""
+    """Push `ids` on `slot` and run (chunk by chunk) until its logits come out."""
     ids = _tokens(ids)
     runtime.push(slot, ids)
     for _ in range(len(ids) + 1):
@@ -131,156 +159,129 @@ async def prefill_async(runtime: Any, slot: int, ids: Sequence[int]) -> np.ndarr
     raise WebRwkvError(f"the runtime returned no logits for slot {slot}; is another stream using it?")
 
 
-def generate_stream(runtime: Any, tokenizer: Any, prompt_ids: Sequence[int],
-                    sampler_params: SamplerParams | Sampler | None = None, max_tokens: int = 128,
-                    stop: Sequence[str] = (), slot: int = 0, logits: np.ndarray | None = None,
-                    eos_id: int | None = END_OF_TEXT, lookahead: int = 0) -> Iterator[StreamItem]:
-    """Yield (token_id, text_piece) per generated token, then a GenerationStats.
+def prefill(runtime: Any, slot: int, ids: Sequence[int]) -> np.ndarray:
+    return run_sync(prefill_async(runtime, slot, ids))
 
-    The stream continues from the slot's current state (reset the slot for a fresh start).
-    When it ends, the slot has read `prompt_ids + ids[:-1]`: the last sampled token is not
-    run, since its logits are not needed (push it first to continue). Pieces never show a
-    partial stop string or a split UTF-8 character; their concatenation is the text before
-    the first stop string. Pass `logits` (and no prompt) to continue from logits already
-    computed for this slot's state. A sampled end-of-text (`eos_id`) ends the stream.
 
-    `lookahead` > 1 lets a greedy stream (TokenStream.greedy_on) pick its tokens on the GPU, that many
-    steps per read-back; the tokens are the same, but a stream that stops early (end-of-text, a stop
-    string) leaves the slot up to lookahead - 1 tokens further on: use it only when the state is dropped.
-    """
-    ts = TokenStream(tokenizer, sampler_params, max_tokens, stop, len(prompt_ids), eos_id)
-    t0 = perf_counter()
-    if logits is None:
-        logits = prefill(runtime, slot, prompt_ids)
-    if ts.done:
-        ts.stats.prefill_s = perf_counter() - t0
-        yield ts.stats
-        return
-    item = ts.step(logits)
-    ts.stats.prefill_s = perf_counter() - t0
-    yield item
-    on_gpu = lookahead > 1 and ts.greedy_on(runtime)
-    while not ts.done:
-        t0 = perf_counter()
-        if on_gpu:
-            ids = runtime.greedy(slot, item[0], min(lookahead, ts.max_tokens - len(ts.stats.ids)),
-                                 min(ts.vocab or runtime.info.vocab, runtime.info.vocab))
-            ts.stats.decode_s += perf_counter() - t0
-            for t in ids:
-                item = ts.feed(t)
+class Windows:
+    """The decode windows of some streams on a GPU decoder: sizes grow 1, 2, 4, ... up to `lookahead`, at
+    most two are in flight, and `settle` rolls a stream back to what it has delivered."""
+
+    def __init__(self, decoder: Any, lookahead: int) -> None:
+        from .decode import MAX_WINDOW
+
+        self.dec, self.size, self.cap = decoder, 1, max(1, min(lookahead, MAX_WINDOW))
+        self.queue: deque = deque()  # (window, {slot: first token})
+
+    def submit(self, budget: int, tokens: dict[int, int] | None = None) -> int:
+        """Queue the next window (at most `budget` steps); returns its steps."""
+        n = min(self.size, self.cap, budget)
+        w = self.dec.submit(tokens, n)
+        self.queue.append((w, dict(tokens or {})))  # the first tokens of a continued window come with the last
+        self.size = min(self.size * 2, self.cap)
+        return n
+
+    def after(self, slot: int) -> Any:
+        """The first queued window that runs `slot` (None when there is none)."""
+        return next((x for x, _ in self.queue if slot in x.slots), None)
+
+    def settle(self, w: Any, slot: int, ran: list[int], delivered: int, later: Any = None) -> None:
+        """The stream on `slot` ended having delivered `delivered` ids of window w (whose steps ran `ran`);
+        `later` is the next window that ran the slot, if any. Put its state where step-by-step decoding
+        leaves it, having read ran[:delivered] (call it before submitting any other window)."""
+        if delivered < len(ran):
+            self.dec.rollback(w, slot, ran[:delivered])
+        elif later is not None:  # the later window's copy is the state right after this one
+            self.dec.rollback(later, slot, [])
+
+
+async def _decode_gpu(runtime: Any, ts: TokenStream, slot: int, token: int, lookahead: int,
+                      t0: float) -> AsyncIterator[tuple[int, str]]:
+    """One stream on the GPU decoder, starting by running `token`."""
+    dec = runtime.decoder
+    dec.configure(slot, ts.sampler, ts.vocab or None)
+    win = Windows(dec, lookahead)
+    budget = ts.max_tokens - len(ts.stats.ids)
+    budget -= win.submit(budget, {slot: token})
+    t_first = None
+    while win.queue:
+        if budget and len(win.queue) < 2:
+            budget -= win.submit(budget)  # the next window runs while this one is read
+        w, first = win.queue.popleft()
+        got = (await dec.read_async(w))[slot]
+        ran = [first[slot]] + got[:-1]  # the tokens the window ran
+        if win.queue:
+            win.queue[0][1][slot] = got[-1]
+        delivered = 0
+        try:
+            for t in got:
+                item = ts.feed(t, drawn=True)
+                delivered += 1
+                if t_first is None:
+                    t_first = perf_counter()
+                    ts.stats.prefill_s = t_first - t0
                 yield item
                 if ts.done:
                     break
-            continue
-        item = ts.step(prefill(runtime, slot, [item[0]]))
-        ts.stats.decode_s += perf_counter() - t0
+        except BaseException:  # closed early (or failed): the state must match what was delivered
+            win.settle(w, slot, ran, delivered, win.after(slot))
+            raise
+        if ts.done:
+            win.settle(w, slot, ran, delivered, win.after(slot))
+            break
+    if t_first is not None:
+        ts.stats.decode_s = perf_counter() - t_first
+
+
+async def _decode_cpu(runtime: Any, ts: TokenStream, slot: int, ids: list[int],
+                      t0: float) -> AsyncIterator[tuple[int, str]]:
+    """One stream with the logits read back every step and the token picked by numpy."""
+    logits = await prefill_async(runtime, slot, ids)
+    item = ts.step(logits)
+    ts.stats.prefill_s = perf_counter() - t0
+    yield item
+    t1 = perf_counter()
+    while not ts.done:
+        item = ts.step(await prefill_async(runtime, slot, [item[0]]))
+        ts.stats.decode_s = perf_counter() - t1
         yield item
-    yield ts.stats
 
 
 async def generate_stream_async(runtime: Any, tokenizer: Any, prompt_ids: Sequence[int],
                                 sampler_params: SamplerParams | Sampler | None = None, max_tokens: int = 128,
-                                stop: Sequence[str] = (), slot: int = 0, logits: np.ndarray | None = None,
-                                eos_id: int | None = END_OF_TEXT) -> AsyncIterator[StreamItem]:
-    """generate_stream() for the browser: the same items, using run_async."""
-    ts = TokenStream(tokenizer, sampler_params, max_tokens, stop, len(prompt_ids), eos_id)
+                                stop: Sequence[str] = (), slot: int = 0, eos_id: int | None = END_OF_TEXT,
+                                lookahead: int = LOOKAHEAD) -> AsyncIterator[StreamItem]:
+    """Yield (token_id, text_piece) per generated token, then a GenerationStats.
+
+    The stream continues from the slot's current state (reset the slot for a fresh start). When it
+    ends, however it ends (a stop string, end-of-text, max_tokens, or the consumer closing it), the slot
+    has read `prompt_ids` and every yielded id but the last: the last one is not run (push it first to
+    continue). Pieces never show a partial stop string or a split UTF-8 character; their concatenation
+    is the text before the first stop string. A sampled end-of-text (`eos_id`) ends the stream.
+    `lookahead` bounds the decode steps per read-back on a GPU decoder (0: read every step's logits).
+    """
+    ids = _tokens(prompt_ids)
+    ts = TokenStream(tokenizer, sampler_params, max_tokens, stop, len(ids), eos_id, stream=slot)
     t0 = perf_counter()
-    if logits is None:
-        logits = await prefill_async(runtime, slot, prompt_ids)
     if ts.done:
+        await feed_async(runtime, slot, ids)
         ts.stats.prefill_s = perf_counter() - t0
         yield ts.stats
         return
-    item = ts.step(logits)
-    ts.stats.prefill_s = perf_counter() - t0
-    yield item
-    while not ts.done:
-        t0 = perf_counter()
-        item = ts.step(await prefill_async(runtime, slot, [item[0]]))
-        ts.stats.decode_s += perf_counter() - t0
-        yield item
+    await feed_async(runtime, slot, ids[:-1])  # the last prompt token runs as the first decode step
+    if runtime.decoder is not None and lookahead > 0:
+        stream = _decode_gpu(runtime, ts, slot, ids[-1], lookahead, t0)
+    else:
+        stream = _decode_cpu(runtime, ts, slot, ids[-1:], t0)
+    try:
+        async for item in stream:
+            yield item
+    finally:
+        await stream.aclose()
     yield ts.stats
 
 
-@dataclass
-class BatchStats:
-    """Per-slot results of generate_batch and the aggregate speed."""
-
-    slots: dict[int, GenerationStats]
-    wall_s: float = 0.0
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(s.prompt_tokens for s in self.slots.values())
-
-    @property
-    def generated_tokens(self) -> int:
-        return sum(len(s.ids) for s in self.slots.values())
-
-    @property
-    def tps(self) -> float:
-        """All tokens (prompt and generated) through the model per second."""
-        return (self.prompt_tokens + self.generated_tokens) / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def generated_tps(self) -> float:
-        return self.generated_tokens / self.wall_s if self.wall_s > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"slots": {str(k): v.to_dict() for k, v in self.slots.items()}, "wall_s": self.wall_s,
-                "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
-                "tps": self.tps, "generated_tps": self.generated_tps}
-
-
-def generate_batch(runtime: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
-                   sampler_params: SamplerParams | None = None, max_tokens: int = 64,
-                   stop: Sequence[str] = (), eos_id: int | None = END_OF_TEXT
-                   ) -> Iterator[Union[tuple[int, int, str], BatchStats]]:
-    """Run prompt i on slot i, all at once; yield (slot, token_id, text_piece), then a BatchStats.
-
-    Each slot samples with its own Sampler; a seed s becomes s + slot.
-    """
-    params = sampler_params or SamplerParams()
-    streams: dict[int, TokenStream] = {}
-    busy = 0.0
-    for slot, ids in enumerate(prompts):
-        ids = _tokens(ids)
-        seed = None if params.seed is None else params.seed + slot
-        streams[slot] = TokenStream(tokenizer, params.with_seed(seed), max_tokens, stop, len(ids), eos_id)
-        if not streams[slot].done:
-            runtime.push(slot, ids)
-    active = {s for s, ts in streams.items() if not ts.done}
-    idle_runs = 0
-    while active:
-        t0 = perf_counter()
-        out = runtime.run()
-        ready = [(s, out[s]) for s in sorted(active) if s in out]
-        idle_runs = 0 if ready else idle_runs + 1
-        if idle_runs > max(len(p) for p in prompts) + 1:
-            raise WebRwkvError("the runtime stopped returning logits; is another stream using its slots?")
-        busy += perf_counter() - t0
-        for s, logits in ready:
-            t0 = perf_counter()
-            ts = streams[s]
-            token, piece = ts.step(logits)
-            now = perf_counter()
-            if len(ts.stats.ids) == 1:
-                ts.stats.prefill_s = busy + now - t0
-            else:
-                ts.stats.decode_s = busy + now - t0 - ts.stats.prefill_s
-            if ts.done:
-                active.discard(s)
-            else:
-                runtime.push(s, [token])
-            busy += perf_counter() - t0
-            yield s, token, piece
-    yield BatchStats(slots={s: ts.stats for s, ts in streams.items()}, wall_s=busy if streams else 0.0)
-
-
-def __getattr__(name: str) -> Any:
-    """ChatFormat and ChatSession moved to chat_session.py; old imports from here keep working."""
-    if name in ("ChatFormat", "ChatSession"):
-        from . import chat_session
-
-        return getattr(chat_session, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def generate_stream(runtime: Any, tokenizer: Any, prompt_ids: Sequence[int], *args: Any,
+                    **kw: Any) -> Iterator[StreamItem]:
+    """generate_stream_async for runtimes that never suspend (native GPU, numpy reference)."""
+    return iterate_sync(generate_stream_async(runtime, tokenizer, prompt_ids, *args, **kw))

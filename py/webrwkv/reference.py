@@ -94,7 +94,12 @@ class ReferenceRuntime:
         """How many queued tokens the slot still has."""
         return len(self._pending[self._slot(slot)])
 
-    def run(self, all_logits: bool = False) -> dict[int, np.ndarray]:
+    decoder = None  # no GPU: tokens are sampled on the CPU from the logits
+
+    def check_slot(self, slot: int) -> int:
+        return self._slot(slot)
+
+    def run(self, all_logits: bool = False, outputs: bool = True) -> dict[int, np.ndarray]:
         active = [s for s in range(self.max_batch) if self._pending[s]]
         out: dict[int, np.ndarray] = {}
         budget = self.token_chunk_size
@@ -108,10 +113,10 @@ class ReferenceRuntime:
             if not self._pending[s]:
                 out[s] = np.concatenate(self._done[s]) if all_logits else logits
                 self._done[s] = []
-        return out
+        return out if outputs else {}
 
-    async def run_async(self, all_logits: bool = False) -> dict[int, np.ndarray]:
-        return self.run(all_logits)
+    async def run_async(self, all_logits: bool = False, outputs: bool = True) -> dict[int, np.ndarray]:
+        return self.run(all_logits, outputs)
 
     def get_state(self, slot: int) -> State:
         return {k: v.copy() for k, v in self._state[self._slot(slot)].items()}

@@ -82,13 +82,30 @@ class Runtime:
         self.gens = build(lb, self.version, info, self.logits)
         self.weight_bytes, self.split_matrices = lb.weight_bytes, lb.split_matrices
         self._ops: dict[tuple, list] = {}
-        self._ids: tuple | None = None  # greedy decode: (ids buffer, capacity, {vocab: argmax op})
+        self._decoder: Any = None
         self._pending: list[list[int]] = [[] for _ in range(max_batch)]
         self._done: list[list[np.ndarray]] = [[] for _ in range(max_batch)]
         self._init = self._pack(init_state(info))
         for s in range(max_batch):
             dev.write(self.state, 4 * s * self.slot_floats, self._init)
         lb.w = {}  # every matrix is on the GPU (or in a deferred upload): let go of the arrays / file views
+
+    @property
+    def decoder(self) -> Any:
+        """The GPU decoder (webrwkv.decode.GpuDecoder): tokens picked on the GPU, windows of steps."""
+        if self._decoder is None:
+            from .decode import GpuDecoder
+
+            self._decoder = GpuDecoder(self)
+        return self._decoder
+
+    def use_gemv_prefill(self) -> None:
+        """Run every chunk of tokens through the GEMV kernel, token rows in parallel (a browser whose WGSL
+        compiler refuses the tiled GEMM kernel); the cached steps are rebuilt."""
+        self.k.tuning.gemv_max_t = 1 << 30
+        self._ops.clear()
+        if self._decoder is not None:
+            self._decoder.forget_steps()
 
     @classmethod
     def from_path(cls, path: Any, adapter: Any = None, max_batch: int = 1, token_chunk_size: int = DEFAULT_CHUNK,
@@ -153,35 +170,36 @@ class Runtime:
             out[name] = a[off: off + int(np.prod(shape))].reshape(shape).copy()
         return out
 
-    def _slot(self, slot: int) -> int:
+    def check_slot(self, slot: int) -> int:
+        """`slot` as an int, or WebRwkvError when the runtime has no such slot."""
         if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.max_batch:
             raise WebRwkvError(f"slot {slot!r} does not exist: use 0..{self.max_batch - 1}")
         return int(slot)
 
     def get_state(self, slot: int) -> State:
         """The slot's state as a dict of float32 arrays (docs/ARCHITECTURE.md layout)."""
-        s = self._slot(slot)
+        s = self.check_slot(slot)
         return self._unpack(self.dev.read(self.state, 4 * s * self.slot_floats, 4 * self.slot_floats))
 
     async def get_state_async(self, slot: int) -> State:
-        s = self._slot(slot)
+        s = self.check_slot(slot)
         return self._unpack(await self.dev.read_async(self.state, 4 * s * self.slot_floats, 4 * self.slot_floats))
 
     def set_state(self, slot: int, state: State) -> None:
         """Overwrite the slot's state (e.g. restore one saved with get_state)."""
-        self.dev.write(self.state, 4 * self._slot(slot) * self.slot_floats, self._pack(state))
+        self.dev.write(self.state, 4 * self.check_slot(slot) * self.slot_floats, self._pack(state))
 
     def reset(self, slot: int) -> None:
         """Fresh state and no pending input for the slot."""
-        s = self._slot(slot)
+        s = self.check_slot(slot)
         self.dev.write(self.state, 4 * s * self.slot_floats, self._init)
         self._pending[s], self._done[s] = [], []
 
     def clone(self, src: int, dst: int) -> None:
         """Copy src's state into dst (on the GPU)."""
         n = 4 * self.slot_floats
-        self.dev.copy(self.state, self._slot(src) * n, self.scratch, 0, n)
-        self.dev.copy(self.scratch, 0, self.state, self._slot(dst) * n, n)
+        self.dev.copy(self.state, self.check_slot(src) * n, self.scratch, 0, n)
+        self.dev.copy(self.scratch, 0, self.state, self.check_slot(dst) * n, n)
 
     # -- input ---------------------------------------------------------------------------------
     def push(self, slot: int, tokens: Sequence[int]) -> None:
@@ -192,11 +210,11 @@ class Runtime:
         bad = toks[(toks < 0) | (toks >= self.info.vocab)]
         if bad.size:
             raise WebRwkvError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.info.vocab - 1})")
-        self._pending[self._slot(slot)].extend(int(t) for t in toks)
+        self._pending[self.check_slot(slot)].extend(int(t) for t in toks)
 
     def pending(self, slot: int) -> int:
         """How many queued tokens the slot still has."""
-        return len(self._pending[self._slot(slot)])
+        return len(self._pending[self.check_slot(slot)])
 
     # -- steps ---------------------------------------------------------------------------------
     def _schedule(self, all_logits: bool) -> list[tuple[int, list[int], bool]]:
@@ -213,31 +231,44 @@ class Runtime:
             plan.append((s, toks, not self._pending[s]))
         return plan
 
-    def _submit(self, all_logits: bool) -> tuple | None:
-        plan = self._schedule(all_logits)
-        if not plan:
-            return None
+    def write_step(self, plan: list[tuple[int, list[int], bool]], all_logits: bool = False,
+                   outs: bool = True) -> tuple[tuple, list, int]:
+        """Write the metadata of one step: plan = [(slot, tokens, last)] segments. Output rows: every token
+        with all_logits, else the last token of segments marked last (none when outs is False).
+        Returns (shape key, [(slot, first output, outputs, last)], output count)."""
         meta = np.zeros(self.out0 + self.rows, np.uint32)
-        T, outs, segs = 0, [], []
+        T, rows_out, segs = 0, [], []
         for i, (s, toks, last) in enumerate(plan):
             n = len(toks)
             meta[8 + 4 * i: 11 + 4 * i] = (T, n, s)
             meta[self.tok0 + T: self.tok0 + T + n] = toks
-            rows = list(range(T, T + n)) if all_logits else ([T + n - 1] if last else [])
-            segs.append((s, len(outs), len(rows), last))
-            outs += rows
+            rows = [] if not outs else list(range(T, T + n)) if all_logits else ([T + n - 1] if last else [])
+            segs.append((s, len(rows_out), len(rows), last))
+            rows_out += rows
             T += n
-        nout = len(outs)
+        nout = len(rows_out)
         meta[:5] = (T, len(plan), nout, self.tok0, self.out0)
-        meta[self.out0: self.out0 + nout] = outs
+        meta[self.out0: self.out0 + nout] = rows_out
         self.dev.write(self.meta, 0, meta[: self.out0 + nout] if nout else meta[: self.out0])
+        return (T, len(plan), nout, max(len(t) for _, t, _ in plan)), segs, nout
+
+    def _submit(self, all_logits: bool, outputs: bool = True) -> tuple | None:
+        plan = self._schedule(all_logits)
+        if not plan:
+            return None
+        key, segs, nout = self.write_step(plan, all_logits, outputs)
+        if not outputs:
+            for s, _, _, last in segs:
+                if last:
+                    self._done[s] = []
         encode = self.dev.encode
-        for part in self._parts((T, len(plan), nout, max(len(t) for _, t, _ in plan))):
+        for part in self.parts(key):
             encode(part)  # several submits, so the GPU starts while later layers are encoded
         return segs, nout
 
-    def _parts(self, key: tuple) -> list[list]:
-        """The cached ops of one step shape (rows, segments, outputs, longest segment), in submit-sized parts."""
+    def parts(self, key: tuple) -> list[list]:
+        """The cached ops of one step shape (rows, segments, outputs, longest segment), in submit-sized parts;
+        the op lists are the same objects every time (backends cache their encoded form by identity)."""
         parts = self._ops.get(key)
         if parts is None:
             if len(self._ops) > 256:
@@ -261,64 +292,20 @@ class Runtime:
                 self._done[s] = []
         return out
 
-    def run(self, all_logits: bool = False) -> dict[int, np.ndarray]:
-        """Spend up to token_chunk_size queued tokens; logits of the slots whose input ran out."""
-        sub = self._submit(all_logits)
-        if sub is None:
+    def run(self, all_logits: bool = False, outputs: bool = True) -> dict[int, np.ndarray]:
+        """Spend up to token_chunk_size queued tokens; logits of the slots whose input ran out. With
+        outputs=False no logits are made or read (prefill whose last token runs later)."""
+        sub = self._submit(all_logits, outputs)
+        if sub is None or not outputs:
             return {}
         segs, nout = sub
         raw = self.dev.read(self.logits, 0, 4 * nout * self.info.vocab) if nout else None
         return self._finish(segs, nout, raw, all_logits)
 
-    async def run_async(self, all_logits: bool = False) -> dict[int, np.ndarray]:
-        sub = self._submit(all_logits)
-        if sub is None:
+    async def run_async(self, all_logits: bool = False, outputs: bool = True) -> dict[int, np.ndarray]:
+        sub = self._submit(all_logits, outputs)
+        if sub is None or not outputs:
             return {}
         segs, nout = sub
         raw = await self.dev.read_async(self.logits, 0, 4 * nout * self.info.vocab) if nout else None
         return self._finish(segs, nout, raw, all_logits)
-
-    # -- greedy decode on the GPU ------------------------------------------------------------
-    def _greedy_submit(self, slot: int, token: int, n: int, vocab: int | None) -> Any:
-        """Queue n one-token steps of `slot`, each followed by the argmax kernel, which writes the chosen id
-        as the next step's token and appends it to the ids buffer (returned; read 4 * (n + 1) bytes)."""
-        s, V = self._slot(slot), self.info.vocab
-        nv = V if vocab is None else int(vocab)
-        if n < 1 or not 0 < nv <= V:
-            raise WebRwkvError(f"greedy decode needs n >= 1 steps and 0 < vocab <= {V}")
-        if any(self._pending) or any(self._done):
-            raise WebRwkvError("greedy decode needs every slot's queued input to be run first")
-        if not 0 <= int(token) < V:
-            raise WebRwkvError(f"token id {token} is outside the vocabulary (0..{V - 1})")
-        meta = np.zeros(self.out0 + 1, np.uint32)
-        meta[:5] = (1, 1, 1, self.tok0, self.out0)
-        meta[8:11] = (0, 1, s)
-        meta[self.tok0], meta[self.out0] = token, 0
-        if self._ids is None or self._ids[1] < n:
-            cap = max(n, 256)
-            self._ids = (self.dev.buffer(4 * (cap + 1), label="greedy-ids"), cap, {})
-        buf, _, ops = self._ids
-        if nv not in ops:
-            pipe = self.k.get("argmax", V=nv, WG=256, TOK0=self.tok0)
-            ops[nv] = (pipe, self.dev.bind(pipe, [self.meta, self.logits, buf]), (1, 1, 1))
-        self.dev.write(self.meta, 0, meta)
-        self.dev.write(buf, 0, np.zeros(1, np.uint32))
-        parts = self._parts((1, 1, 1, 1))
-        steps = parts[:-1] + [parts[-1] + [ops[nv]]]
-        encode = self.dev.encode
-        for _ in range(n):
-            for part in steps:
-                encode(part)
-        return buf
-
-    def greedy(self, slot: int, token: int, n: int, vocab: int | None = None) -> list[int]:
-        """Run `token` in `slot`, then n - 1 more tokens, each the argmax of the logits before it (over the
-        first `vocab` ids, default all), with the argmax on the GPU so the steps queue without reading
-        logits back. Returns the n argmax ids (the last one is not run yet): the same as n rounds of
-        push/run/np.argmax. Needs no other input queued."""
-        buf = self._greedy_submit(slot, token, n, vocab)
-        return np.frombuffer(self.dev.read(buf, 4, 4 * n), np.uint32).tolist()
-
-    async def greedy_async(self, slot: int, token: int, n: int, vocab: int | None = None) -> list[int]:
-        buf = self._greedy_submit(slot, token, n, vocab)
-        return np.frombuffer(await self.dev.read_async(buf, 4, 4 * n), np.uint32).tolist()

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence, Union
 import numpy as np
 
 from ..errors import DeviceLostError, GpuError
-from . import STORAGE, UNIFORM, Device
+from .device import STORAGE, UNIFORM, Device
 
 try:  # only importable inside Pyodide
     import js  # type: ignore[import-not-found]
@@ -229,6 +229,14 @@ class BrowserDevice(Device):
         if len(self._progs) > 512:
             self._progs.popitem(last=False)
         return prog
+
+    def encode_repeat(self, parts: Sequence[Sequence[tuple]], n: int) -> None:
+        """One call into JS for the whole window: each step's parts recorded and submitted n times."""
+        self._check()
+        progs = [self._program(ops if isinstance(ops, (list, tuple)) else list(ops)) for ops in parts]
+        self._h.runSteps(self._dev, to_js(progs), int(n))
+        self.encode_calls += 1
+        self.js_calls += 1
 
     def encode(self, ops: Iterable[tuple]) -> None:
         self._check()

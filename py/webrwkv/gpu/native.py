@@ -7,7 +7,7 @@ import os
 from typing import Any, Iterable, Sequence, Union
 
 from ..errors import DeviceLostError, GpuError
-from . import STORAGE, Device
+from .device import STORAGE, Device
 
 # wgpu-native logs to XDG_RUNTIME_DIR when it is unset; give it a harmless default.
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import ModelFormatError
 from ..safetensors import SafetensorsHeader, TensorInfo, read_header, tensor_to_numpy, tensor_view
 from ..sources import open_source
-from . import VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names
+from .registry import VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names
 
 _DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
 _ATTR = re.compile(r"^(blocks\.\d+\.(?:att|ffn)\.)(.+)$")

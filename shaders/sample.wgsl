@@ -1,0 +1,207 @@
+// The next token of every slot of a decode step, on the GPU (webrwkv.sampling is the reference): penalties and
+// bans, then greedy (argmax, the lowest id among equal maxima) or the candidates of top-k / top-p / min-p on
+// w = exp(x - max) (ties at a boundary are kept), reshaped by the temperature and drawn in id order with the
+// counter-based uniform(seed, stream, step). The chosen id becomes the slot's next input token (the step's
+// token table) and is appended to the slot's ring of ids; decayed penalty counts are updated.
+// One workgroup per output row; output row i is segment i (one token each).
+
+@group(0) @binding(0) var<storage, read_write> info: array<u32>;   // step metadata (tokens rewritten)
+@group(0) @binding(1) var<storage, read> logits: array<f32>;       // [n_out, VOCAB]
+@group(0) @binding(2) var<storage, read> params: array<u32>;       // [slots, 16]: see below
+@group(0) @binding(3) var<storage, read_write> st: array<u32>;     // [slots, STRIDE]: see below
+@group(0) @binding(4) var<storage, read_write> ids: array<u32>;    // [slots, CAP + 2]: count, error, ring of ids
+
+const VOCAB: u32 = {{VOCAB}}u;
+const WG: u32 = {{WG}}u;
+const TOK0: u32 = {{TOK0}}u;
+const CAP: u32 = {{CAP}}u;
+const NW: u32 = (VOCAB + 31u) / 32u;         // words of a bit set over the vocabulary
+const COUNTS: u32 = 8u;                      // a slot's state: [0] draws so far, decayed counts (f32),
+const SEEN: u32 = COUNTS + VOCAB;            // the bit set of ids generated, the bit set of banned ids,
+const BANNED: u32 = SEEN + NW;               // and scratch: z = x - max and w = exp(z) of the current row
+const Z: u32 = BANNED + NW;
+const W: u32 = Z + VOCAB;
+const STRIDE: u32 = W + VOCAB;
+const CH: u32 = (VOCAB + WG - 1u) / WG;      // ids per thread in the draw (a contiguous chunk each)
+const LOWEST = -0x1.fffffep+127f;            // a banned id's logit (-inf has no WGSL constant; exp gives 0 alike)
+// params of a slot (u32 words): temperature, top_p, top_k, min_p, presence, frequency, decay (f32 bits),
+// seed lo, seed hi, stream, vocab limit, flags (1: penalties active)
+
+var<workgroup> sh_u: array<u32, 4>;
+var<workgroup> sh_f: array<f32, WG>;
+var<workgroup> sh_i: array<u32, WG>;
+var<workgroup> sh_sum: array<f32, WG>;
+
+// sum of v over the workgroup, as a uniform value (it steers loops that hold barriers)
+fn usum(v: f32, lid: u32) -> f32 {
+  sh_sum[lid] = v;
+  workgroupBarrier();
+  for (var w = WG / 2u; w > 0u; w = w >> 1u) {
+    if (lid < w) { sh_sum[lid] = sh_sum[lid] + sh_sum[lid + w]; }
+    workgroupBarrier();
+  }
+  let r = workgroupUniformLoad(&sh_sum[0]);
+  workgroupBarrier();
+  return r;
+}
+
+fn pcg(v: u32) -> u32 {
+  let state = v * 747796405u + 2891336453u;
+  let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+  return (word >> 22u) ^ word;
+}
+
+fn uniform01(seed_lo: u32, seed_hi: u32, stream: u32, step: u32) -> f32 {
+  var h = pcg(step);
+  h = pcg(h ^ stream);
+  h = pcg(h ^ seed_lo);
+  h = pcg(h ^ seed_hi);
+  return f32(h >> 8u) / 16777216.0;
+}
+
+fn bit(base: u32, c: u32) -> bool { return ((st[base + c / 32u] >> (c % 32u)) & 1u) == 1u; }
+
+// the largest f32 bits t in [0, 1] whose weights reach `goal`: mass(w >= t) (MASS) or count(w >= t)
+fn search(sb: u32, V: u32, lid: u32, goal: f32, mass: bool) -> f32 {
+  var lo = 0u;
+  var hi = 0x3f800001u;  // f(lo) >= goal > f(hi): w <= 1
+  loop {
+    if (hi - lo <= 1u) { break; }
+    let mid = lo + (hi - lo) / 2u;
+    let tm = bitcast<f32>(mid);
+    var q = 0.0;
+    for (var c = lid; c < V; c += WG) {
+      let w = bitcast<f32>(st[sb + W + c]);
+      q += select(0.0, select(1.0, w, mass), w >= tm);
+    }
+    if (usum(q, lid) >= goal) { lo = mid; } else { hi = mid; }
+  }
+  return bitcast<f32>(lo);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = wid.x;
+  if (lid == 0u) {
+    sh_u[0] = select(0u, 1u, i < info[1]);
+    sh_u[1] = info[10u + 4u * i];  // slot
+    sh_u[2] = info[8u + 4u * i];   // token row
+  }
+  if (workgroupUniformLoad(&sh_u[0]) == 0u) { return; }
+  let s = workgroupUniformLoad(&sh_u[1]);
+  let trow = workgroupUniformLoad(&sh_u[2]);
+  let pb = s * 16u;
+  let temp = bitcast<f32>(params[pb]);
+  let top_p = bitcast<f32>(params[pb + 1u]);
+  let top_k = params[pb + 2u];
+  let min_p = bitcast<f32>(params[pb + 3u]);
+  let pres = bitcast<f32>(params[pb + 4u]);
+  let freq = bitcast<f32>(params[pb + 5u]);
+  let decay = bitcast<f32>(params[pb + 6u]);
+  let V = min(params[pb + 10u], VOCAB);
+  let penal = (params[pb + 11u] & 1u) == 1u;
+  let sb = s * STRIDE;
+
+  // adjusted logits x (bans -inf, penalties subtracted) into z; the largest (lowest id among equals); NaN / +inf
+  var m = LOWEST;
+  var mi = VOCAB;
+  var bad = 0u;
+  for (var c = lid; c < V; c += WG) {
+    var x = logits[i * VOCAB + c];
+    let xb = bitcast<u32>(x);  // NaN and +inf by their bits: compilers may assume floats are finite
+    if ((xb & 0x7fffffffu) > 0x7f800000u || xb == 0x7f800000u) { bad = 1u; }
+    if (bit(sb + SEEN, c)) { x = x - (pres + freq * bitcast<f32>(st[sb + COUNTS + c])); }
+    if (bit(sb + BANNED, c)) { x = LOWEST; }
+    if (x > m || (mi == VOCAB && x == m)) { m = x; mi = c; }
+    st[sb + Z + c] = bitcast<u32>(x);
+  }
+  sh_f[lid] = m;
+  sh_i[lid] = mi;
+  workgroupBarrier();
+  for (var w = WG / 2u; w > 0u; w = w >> 1u) {
+    if (lid < w) {
+      let om = sh_f[lid + w];
+      let oi = sh_i[lid + w];
+      if (oi < VOCAB && (sh_i[lid] == VOCAB || om > sh_f[lid] || (om == sh_f[lid] && oi < sh_i[lid]))) {
+        sh_f[lid] = om;
+        sh_i[lid] = oi;
+      }
+    }
+    workgroupBarrier();
+  }
+  let top = workgroupUniformLoad(&sh_f[0]);
+  var pick = workgroupUniformLoad(&sh_i[0]);
+  let nbad = usum(f32(bad), lid);
+  let ib = s * (CAP + 2u);
+  if (nbad > 0.0 || top <= LOWEST) {
+    if (lid == 0u) { ids[ib + 1u] = select(2u, 1u, nbad > 0.0); }  // 1: NaN / inf logits, 2: all banned
+    return;
+  }
+  if (!(temp == 0.0 || top_k == 1u)) {
+    var tot = 0.0;
+    for (var c = lid; c < V; c += WG) {
+      let w = exp(bitcast<f32>(st[sb + Z + c]) - top);
+      st[sb + W + c] = bitcast<u32>(w);
+      tot += w;
+    }
+    let total = usum(tot, lid);
+    // candidates: w >= t, t the largest of min_p, the top_k-th weight and the top-p weight
+    var t = min_p;
+    if (top_k > 0u && top_k < V) { t = max(t, search(sb, V, lid, f32(top_k), false)); }
+    if (top_p < 1.0) { t = max(t, search(sb, V, lid, top_p * total, true)); }
+    // draw in id order: each thread sums its chunk, a scan over the threads, then the chunk holding u * Q
+    let c0 = min(V, lid * CH);
+    let c1 = min(V, c0 + CH);
+    var part = 0.0;
+    for (var c = c0; c < c1; c++) {
+      if (bitcast<f32>(st[sb + W + c]) >= t) { part += exp((bitcast<f32>(st[sb + Z + c]) - top) / temp); }
+    }
+    sh_f[lid] = part;
+    workgroupBarrier();
+    for (var w = 1u; w < WG; w = w << 1u) {  // inclusive scan (Hillis-Steele)
+      var v = sh_f[lid];
+      if (lid >= w) { v += sh_f[lid - w]; }
+      workgroupBarrier();
+      sh_f[lid] = v;
+      workgroupBarrier();
+    }
+    let incl = sh_f[lid];
+    let before = select(0.0, sh_f[max(lid, 1u) - 1u], lid > 0u);
+    let all = sh_f[WG - 1u];
+    let goal = uniform01(params[pb + 7u], params[pb + 8u], params[pb + 9u], st[sb]) * all;
+    if (lid == 0u) { sh_u[3] = pick; }
+    workgroupBarrier();
+    // exactly one thread holds the goal: before <= goal < incl, or (rounding) the last one with candidates
+    if (part > 0.0 && before <= goal && (goal < incl || incl >= all)) {
+      var acc = before;
+      var last = c0;
+      for (var c = c0; c < c1; c++) {
+        if (bitcast<f32>(st[sb + W + c]) >= t) {
+          acc += exp((bitcast<f32>(st[sb + Z + c]) - top) / temp);
+          last = c;
+          if (acc > goal) { break; }
+        }
+      }
+      sh_u[3] = last;
+    }
+    pick = workgroupUniformLoad(&sh_u[3]);
+  }
+  // penalties: decay every count, then count the pick
+  if (penal) {
+    for (var c = lid; c < V; c += WG) {
+      st[sb + COUNTS + c] = bitcast<u32>(bitcast<f32>(st[sb + COUNTS + c]) * decay);
+    }
+  }
+  workgroupBarrier();
+  if (lid == 0u) {
+    if (penal) {
+      st[sb + COUNTS + pick] = bitcast<u32>(bitcast<f32>(st[sb + COUNTS + pick]) + 1.0);
+      st[sb + SEEN + pick / 32u] = st[sb + SEEN + pick / 32u] | (1u << (pick % 32u));
+    }
+    st[sb] = st[sb] + 1u;
+    info[TOK0 + trow] = pick;
+    let n = ids[ib];
+    ids[ib + 2u + n % CAP] = pick;
+    ids[ib] = n + 1u;
+  }
+}
