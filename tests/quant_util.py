@@ -32,6 +32,10 @@ def buf(dev, a):
     return b
 
 
+# the quantized GPU runtime against the reference on the dequantized weights: measured <= 5.9e-7 (GEMV)
+TOL = 5e-6
+
+
 def prompt(n: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(0, 256, n).tolist()
 
@@ -59,7 +63,7 @@ def check_grouped_matmul(kind: str, T: int, K: int, subgroups: int) -> None:
     assert len(ops) == (2 if K == 2048 and T > 1 else 1)
     dev.encode(ops)
     got = np.frombuffer(dev.read(yb, 0, Y0.nbytes), np.float32).reshape(T, -1)
-    assert rel(got, Y0 + want) <= 2e-5
+    assert rel(got, Y0 + want) <= 5e-6  # measured <= 1.5e-6
 
 
 def check_row_blocks(kind: str, T: int, K: int, check_blocks: Callable[[list, int], None]) -> None:
@@ -80,7 +84,7 @@ def check_row_blocks(kind: str, T: int, K: int, check_blocks: Callable[[list, in
     mm = MatMul(Kernels(dev), meta, blocks, Kp, 1, N, buf(dev, X), yb, x_ts=K, y_ts=N, tsrc=2, fmt=weight_format(kind))
     dev.encode(mm.ops(T))
     got = np.frombuffer(dev.read(yb, 0, 4 * T * N), np.float32).reshape(T, N)
-    assert rel(got, X @ round_trip(kind, W).T) <= 1e-5
+    assert rel(got, X @ round_trip(kind, W).T) <= 1e-6  # measured <= 2.7e-7
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,7 +117,7 @@ def check_chunks(kind: str, version: str) -> None:
         rt.token_chunk_size = chunk
         rt.push(0, toks)
         got = drain(rt, 0, all_logits=True)
-        assert rel(got, want) <= 1e-3, (chunk, rel(got, want))
+        assert rel(got, want) <= TOL, (chunk, rel(got, want))
     rt.token_chunk_size = 128
     # the quantized weights really change the result (the test would notice fp16 weights being used)
     fp_want, _ = ref.forward(fp16_model(version)[1], info, toks, all_logits=True)
@@ -125,7 +129,7 @@ def check_token_by_token(kind: str, version: str) -> None:
     info, w = dequantized_model(kind, version)
     toks = prompt(40, seed=3)
     want, _ = ref.forward(w, info, toks, all_logits=True)
-    assert rel(one_by_one(quant_runtime(kind, version), toks), want) <= 1e-3
+    assert rel(one_by_one(quant_runtime(kind, version), toks), want) <= TOL
 
 
 def check_cli_generate(kind: str) -> None:

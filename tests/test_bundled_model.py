@@ -61,7 +61,7 @@ def test_reference_prompt_logits(model):
     logits, _ = reference.forward(w, info, GOLD["prompt_ids"])
     want = np.array(GOLD["prompt_logits"], dtype=np.float32)
     assert logits.shape == want.shape
-    np.testing.assert_allclose(logits, want, atol=2e-3, rtol=0)
+    np.testing.assert_allclose(logits, want, atol=2e-5, rtol=0)  # measured 7.2e-6 (the golden has 5 decimals)
     assert int(np.argmax(logits)) == GOLD["greedy_ids"][0]
 
 

@@ -30,13 +30,13 @@ def cli(*argv: str) -> subprocess.CompletedProcess:
     return r
 
 
-# the GPU keeps matrices in fp16 and vectors in fp32: the fp32 file lands nearer the fp32 golden
-# (rel. 6e-4 against 8e-4 for the fp16 one); fp16 and bf16 files are exact in fp16, so their own goldens apply
-NATIVE_CASES = [("v7.st", "v7.npz"), ("v7-converted.st", "v7-fp16.npz"), ("v6-bf16.st", "v6-bf16.npz")]
+# the GPU keeps matrices in fp16: the fp32 file's weights are rounded (measured 6.3e-4 from its fp32 golden);
+# fp16 and bf16 files are exact in fp16, so their own goldens apply (measured <= 6.0e-7)
+NATIVE_CASES = [("v7.st", "v7.npz", 1e-3), ("v7-converted.st", "v7-fp16.npz", 2e-6), ("v6-bf16.st", "v6-bf16.npz", 2e-6)]
 
 
-@pytest.mark.parametrize("model, golden", NATIVE_CASES)
-def test_native_logits_match_the_official_package(model, golden, tmp_path):
+@pytest.mark.parametrize("model, golden, tol", NATIVE_CASES)
+def test_native_logits_match_the_official_package(model, golden, tol, tmp_path):
     device()  # skips when there is no GPU adapter
     gold = np.load(GOLDEN / golden)
     tokens = ",".join(str(int(t)) for t in gold["tokens"])
@@ -47,8 +47,8 @@ def test_native_logits_match_the_official_package(model, golden, tmp_path):
     assert every.dtype == last.dtype == np.float32
     assert every.shape == gold["seq_all"].shape == (len(gold["tokens"]), 256)
     assert last.shape == gold["seq_last"].shape == (256,)
-    assert rel(every, gold["seq_all"]) <= 1e-3
-    assert rel(last, gold["seq_last"]) <= 1e-3
+    assert rel(every, gold["seq_all"]) <= tol
+    assert rel(last, gold["seq_last"]) <= tol
 
 
 def raw_header(path: Path) -> dict:

@@ -10,6 +10,10 @@ from gpu_util import GOLDEN, VERSIONS, device, drain, fp16_model, one_by_one, re
 
 from webrwkv import reference as ref
 
+# GPU (fp16 matrices, f32 arithmetic) against the numpy reference on the same fp16-exact weights:
+# measured at most 1.5e-6 relative L2 (v5, 150 tokens) on lavapipe
+TOL = 5e-6
+
 
 @functools.lru_cache(maxsize=None)
 def runtime(version: str, max_batch: int = 1):
@@ -35,8 +39,8 @@ def test_long_prompt_every_chunk_size(version):
         rt.push(0, toks)
         got = drain(rt, 0, all_logits=True)
         assert got.shape == want.shape
-        assert rel(got, want) <= 1e-3, (chunk, rel(got, want))
-        assert state_rel(rt.get_state(0), want_state) <= 1e-3, chunk
+        assert rel(got, want) <= TOL, (chunk, rel(got, want))
+        assert state_rel(rt.get_state(0), want_state) <= TOL, chunk
     rt.token_chunk_size = 128
 
 
@@ -52,13 +56,13 @@ def test_big_chunks_cap_all_logits_runs():
     assert rt.logit_rows == ALL_LOGITS_ROWS == 128
     rt.push(0, toks)
     out = rt.run()
-    assert rel(out[0], want[-1]) <= 1e-3 and state_rel(rt.get_state(0), want_state) <= 1e-3
+    assert rel(out[0], want[-1]) <= TOL and state_rel(rt.get_state(0), want_state) <= TOL
     rt.reset(0)
     rt.push(0, toks)
     runs, out = 0, {}
     while 0 not in out:
         out, runs = rt.run(all_logits=True), runs + 1
-    assert runs == 3 and rel(out[0], want) <= 1e-3
+    assert runs == 3 and rel(out[0], want) <= TOL
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -66,7 +70,7 @@ def test_token_by_token(version):
     info, w = fp16_model(version)
     toks = prompt(40, seed=1)
     want, _ = ref.forward(w, info, toks, all_logits=True)
-    assert rel(one_by_one(runtime(version), toks), want) <= 1e-3
+    assert rel(one_by_one(runtime(version), toks), want) <= TOL
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -86,8 +90,8 @@ def test_batched_matches_solo(version):
     while len(out) < 4:
         out.update(rt.run())
     for s in range(4):
-        assert rel(out[s], solo[s][0]) <= 1e-4, s
-        assert state_rel(rt.get_state(s), solo[s][1]) <= 1e-4, s
+        assert rel(out[s], solo[s][0]) <= 2e-6, s  # measured <= 4.3e-7
+        assert state_rel(rt.get_state(s), solo[s][1]) <= 2e-6, s
     rt.token_chunk_size = 128
 
 
@@ -112,8 +116,8 @@ def test_state_round_trip(version):
     out = {}
     while len(out) < 2:
         out.update(rt.run())
-    assert rel(out[0], whole) <= 1e-5
-    assert rel(out[1], whole) <= 1e-5
+    assert rel(out[0], whole) <= 1e-6  # measured <= 1.8e-7
+    assert rel(out[1], whole) <= 1e-6
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -126,10 +130,10 @@ def test_official_golden_logits(version):
     gold = np.load(GOLDEN / f"{version}-fp16.npz")
     rt = Runtime(device(), info, w, max_batch=1, token_chunk_size=16)
     rt.push(0, gold["tokens"].tolist())
-    assert rel(drain(rt, 0, all_logits=True), gold["seq_all"]) <= 2e-3
+    assert rel(drain(rt, 0, all_logits=True), gold["seq_all"]) <= 3e-6  # measured <= 7.9e-7
     state = rt.get_state(0)
     for k in state:
-        assert rel(state[k], gold["state:" + k]) <= 2e-3, k
+        assert rel(state[k], gold["state:" + k]) <= 3e-6, k
 
 
 def test_fp16_weight_arrays_upload_as_is():
@@ -150,7 +154,7 @@ def test_fp16_weight_arrays_upload_as_is():
 @pytest.mark.parametrize("version", ["v4", "v6", "v7"])
 def test_other_kernel_shapes_match(version):
     """Tuning knobs change work splits only: several channel blocks and row chunks per ln_mix,
-    loop-form wkv state, narrow GEMV rows and small GEMM tiles give the same numbers."""
+    narrow GEMV rows and small GEMM tiles give the same numbers."""
     from webrwkv.kernels import Tuning
     from webrwkv.runtime import Runtime
 
@@ -161,5 +165,5 @@ def test_other_kernel_shapes_match(version):
     toks = prompt(41, seed=4)
     want, want_state = ref.forward(w, info, toks, all_logits=True)
     rt.push(1, toks)
-    assert rel(drain(rt, 1, all_logits=True), want) <= 1e-3
-    assert state_rel(rt.get_state(1), want_state) <= 1e-3
+    assert rel(drain(rt, 1, all_logits=True), want) <= TOL
+    assert state_rel(rt.get_state(1), want_state) <= TOL

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_util import GOLDEN, device
+from gpu_util import GOLDEN, device, skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -100,7 +100,7 @@ def skip_without_chromium() -> Path:
     """The npm playwright package, or skip the test when it or Chromium is missing."""
     playwright = ROOT / "node_modules" / "playwright"
     if not (Path(CHROMIUM).exists() and playwright.is_dir() and shutil.which("node")):
-        pytest.skip("needs Chromium and the npm playwright package (run the project's setup)")
+        skip_or_fail("needs Chromium and the npm playwright package (run the project's setup)")
     return playwright
 
 

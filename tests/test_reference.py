@@ -17,7 +17,7 @@ VERSIONS = ["v4", "v5", "v6", "v7"]
 # (checkpoint, golden logits): fp32 official files against logits of the fp32 weights; fp16
 # converted files and the bf16 file against logits the package computed on the same rounded weights.
 CASES = [(v, v) for v in VERSIONS] + [(f"{v}-converted", f"{v}-fp16") for v in VERSIONS] + [("v6-bf16", "v6-bf16")]
-TOL = 1e-4
+TOL = 2e-6  # measured at most 7.1e-7 (rel. L2) on every case
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:

@@ -107,7 +107,9 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   const vocabText = await vocabFor(url, vocab);
   progress({ phase: "plan", text: "Planning GPU buffers…" });
   // quant "int8" / "nf4": the layers' matrices are quantized on the GPU as their bytes arrive
-  const planPy = entry.plan_load(prefix, size, url, vocabText, tuning ? py.toPy(tuning) : null, quant || "none");
+  // the kernels compile (all at once) while the weights stream in
+  const kernels = (done, total) => progress({ phase: "kernels", done, total, text: `Preparing the GPU kernels (${done}/${total})…` });
+  const planPy = entry.plan_load(prefix, size, url, vocabText, tuning ? py.toPy(tuning) : null, quant || "none", kernels);
   const plan = planPy.toJs({ dict_converter: Object.fromEntries, create_pyproxies: false });
   planPy.destroy();
   const ident = await identity(plan.size, etag, prefix);

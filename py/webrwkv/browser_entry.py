@@ -7,6 +7,7 @@ which GPU conversions run afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -64,9 +65,10 @@ def js_device() -> Any:
 
 
 def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: Any = None,
-              quant: str | None = None) -> dict:
+              quant: str | None = None, progress: Any = None) -> dict:
     """Parse the header bytes, allocate the model's GPU buffers and say where each file range goes.
-    quant "int8" / "nf4" quantizes the layers' matrices on the GPU as their bytes arrive.
+    quant "int8" / "nf4" quantizes the layers' matrices on the GPU as their bytes arrive. The kernels
+    compile meanwhile, all at once (progress(done, total) after each); finish_load waits for them.
 
     Returns {device, size, dataStart, writes: [[file_start, file_end, buffer, offset, tag], ...]}.
     """
@@ -77,8 +79,9 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: 
         raise WebRwkvError("the GPU device is not open (it was lost?); load the model again")
     unload()
     data = prefix.to_bytes() if hasattr(prefix, "to_bytes") else bytes(prefix)
-    _load = StreamingLoad(_dev, data, int(size), url, vocab_text, tuning=dict(_py(tuning) or {}),
-                          quant=str(quant or "none"))
+    tuning, quant = dict(_py(tuning) or {}), str(quant or "none")
+    _load = StreamingLoad(_dev, data, int(size), url, vocab_text, tuning=tuning, quant=quant)
+    _load.kernels = asyncio.ensure_future(_compile(data, int(size), url, tuning, quant, progress))
     return {"device": _dev.handle, "size": _load.size, "dataStart": _load.data_start, "writes": _load.writes}
 
 
@@ -100,6 +103,16 @@ def write_done(tag: int, buf: Any = None) -> None:
         _load.write_done(int(tag), buf)
 
 
+async def _compile(data: bytes, size: int, url: str, tuning: dict, quant: str, progress: Any) -> float:
+    """Compile every kernel the model will use, in parallel; returns the seconds it took."""
+    from .browser_loader import record_kernels
+    from .kernels import Kernels
+
+    t0 = time.perf_counter()
+    await Kernels.compile_ahead(_dev, record_kernels(_dev, data, size, url, tuning, quant), progress)
+    return time.perf_counter() - t0
+
+
 async def finish_load() -> dict:
     """Run the remaining conversions, build the runtime and return the model's description."""
     global _load, _eng
@@ -107,11 +120,14 @@ async def finish_load() -> dict:
         raise WebRwkvError("no model load is in progress; call load again")
     ld, _load = _load, None
     runtime, tokenizer, info = await ld.finish()
+    t0 = time.perf_counter()
+    compile_s = await ld.kernels
     kernel = await _warm_up(runtime)
+    kernels = {"compile_s": compile_s, "ready_s": time.perf_counter() - t0}
     fmt = ChatFormat()
     _eng = Loaded(runtime, tokenizer, info, ld.name, kernel, fmt)
     return {"name": ld.name, **info.to_dict(), "adapter": _dev.adapter_name, "prefill_kernel": kernel,
-            "quant": ld.quant, "weight_bytes": runtime.weight_bytes, "chat_format": fmt.to_dict()}
+            "quant": ld.quant, "weight_bytes": runtime.weight_bytes, "chat_format": fmt.to_dict(), "kernels": kernels}
 
 
 async def _warm_up(rt: Any) -> str:
@@ -143,6 +159,8 @@ def unload() -> None:
     global _load, _eng
     if _load is not None:
         _load.cancel()
+        if _load.kernels is not None:
+            _load.kernels.cancel()
         _load = None
     _eng = None
     if _dev is not None and _dev.lost is None:

@@ -146,18 +146,20 @@ class StreamingLoad:
 
     def __init__(self, dev: Any, prefix: bytes, size: int, url: str, vocab_text: str | None,
                  max_batch: int = 1, token_chunk_size: int = 128, tuning: dict | None = None,
-                 quant: str = "none") -> None:
+                 quant: str = "none", tokenizer: bool = True) -> None:
         if quant not in ("none", "int8", "nf4"):
             raise ModelFormatError(f"unknown quantization {quant!r}; use none, int8 or nf4")
         weight_format(quant)
         self.dev, self.url, self.quant = dev, url, quant
         self.jobs: list[QuantJob] = []
+        self.kernels: Any = None  # the kernels' compilation, an awaitable (browser_entry starts it)
         self.name = url.split("?")[0].rstrip("/").split("/")[-1] or url
         src = PrefixSource(prefix, size, self.name)
         header = read_header(src)
         self.size, self.data_start = src.size, header.data_start
         self.info, self.refs = index_header(header, self.name)
-        self.tokenizer = Tokenizer.from_text(vocab_text, self.name + ".vocab.txt") if vocab_text else default_tokenizer()
+        self.tokenizer = (None if not tokenizer else Tokenizer.from_text(vocab_text, self.name + ".vocab.txt")
+                          if vocab_text else default_tokenizer())
         self._pipes: dict = {}
         self._uniforms: list = []
         # tensor -> [(src row, rows, dst buffer or (QuantJob, row block), dst row, dst row length)]
@@ -293,6 +295,23 @@ class StreamingLoad:
         self._uniforms = []
         self.dev.raise_errors("loading the model")
         return self.runtime, self.tokenizer, self.info
+
+
+def record_kernels(dev: Any, prefix: bytes, size: int, url: str, tuning: dict | None, quant: str,
+                   chunk: int = 128) -> dict:
+    """The kernels a load of this model will use (prefill chunks, decode steps with GPU sampling), built on a
+    RecordingDevice: {kernel key: Recorded}, to compile ahead with Kernels.compile_ahead."""
+    from .gpu.device import RecordingDevice
+
+    dry = RecordingDevice(dev)
+    ld = StreamingLoad(dry, prefix, size, url, None, token_chunk_size=chunk, tuning=tuning, quant=quant,
+                       tokenizer=False)
+    rt = ld.runtime
+    for t in (2, chunk):
+        rt.parts((t, 1, 1, t))
+        rt.parts((t, 1, 0, t))
+    rt.decoder.submit({0: 0}, 1)  # the decode step and its sampler
+    return dict(dry.pipeline_cache)
 
 
 def _tuning(overrides: dict | None) -> Any:

@@ -100,6 +100,29 @@ class Kernels:
             pipe = self._pipes[key] = self.dev.pipeline(self.source(name, params), "main")
         return pipe
 
+    @staticmethod
+    async def compile_ahead(dev: Any, recorded: dict, progress: Any = None) -> int:
+        """Compile the kernels a RecordingDevice recorded (its pipeline_cache) on `dev`, all at once with
+        pipeline_async, into dev's cache under the same keys. progress(done, total) after each; a kernel
+        that fails is left out (it fails again, with its error, where it is first used). Returns the count."""
+        import asyncio
+
+        todo = [(key, r) for key, r in recorded.items() if key not in dev.pipeline_cache]
+        done = 0
+
+        async def one(key: tuple, r: Any) -> None:
+            nonlocal done
+            try:
+                dev.pipeline_cache[key] = await dev.pipeline_async(r.wgsl, r.entry, r.constants)
+            except Exception:  # noqa: BLE001 - reported when the kernel is used
+                pass
+            done += 1
+            if progress is not None:
+                progress(done, len(todo))
+
+        await asyncio.gather(*(one(key, r) for key, r in todo))
+        return len(todo)
+
     def scratch(self, nbytes: int) -> Any:
         """A shared scratch buffer of at least nbytes (split-K partial sums)."""
         if self._scratch is None or self._scratch[1] < nbytes:

@@ -193,9 +193,14 @@ class LayerBuilder:
     def op(self, name: str, entries: list, dims: Callable[[tuple], tuple], **params: Any) -> Gen:
         """One dispatch of kernel `name` (shaders/<name>.wgsl) with these bindings and template values;
         dims(shape) gives its workgroup counts."""
-        pipe = self.k.get(name, **params)
-        group = self.dev.bind(pipe, entries)
-        return lambda s: [(pipe, group, dims(s))]
+        made: list = []  # compiled at the first step that needs it (kernels may be compiled ahead, in parallel)
+
+        def gen(s: tuple) -> list:
+            if not made:
+                pipe = self.k.get(name, **params)
+                made.append((pipe, self.dev.bind(pipe, entries)))
+            return [(*made[0], dims(s))]
+        return gen
 
     def ln_mix(self, i: int, out: Any, nmix: int, nout: int, ln: str, mu: str, lerp_prev: bool,
                xoff: int, extra: int = 0) -> Gen:

@@ -196,13 +196,20 @@ class BrowserDevice(Device):
         self.lost = self.lost or "device closed"
 
     # -- kernels -------------------------------------------------------------------------
-    def pipeline(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
+    def _descriptor(self, wgsl: str, entry: str, constants: dict | None) -> Any:
         self._check()
         mod = self._dev.createShaderModule(_obj({"code": wgsl}))
         stage: dict = {"module": mod, "entryPoint": entry}
         if constants:
             stage["constants"] = {k: float(v) if isinstance(v, float) else int(v) for k, v in constants.items()}
-        return self._dev.createComputePipeline(_obj({"layout": "auto", "compute": stage}))
+        return _obj({"layout": "auto", "compute": stage})
+
+    def pipeline(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
+        return self._dev.createComputePipeline(self._descriptor(wgsl, entry, constants))
+
+    async def pipeline_async(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
+        """createComputePipelineAsync: the browser compiles several at once, off the page's thread."""
+        return await self._dev.createComputePipelineAsync(self._descriptor(wgsl, entry, constants))
 
     def bind(self, pipeline: Any, entries: Sequence[Any]) -> Any:
         self._check()

@@ -167,3 +167,40 @@ class Device:
 
     def close(self) -> None:
         """Release the device."""
+
+
+class Recorded:
+    """A kernel a RecordingDevice was asked to compile."""
+
+    def __init__(self, wgsl: str, entry: str, constants: dict | None) -> None:
+        self.wgsl, self.entry, self.constants = wgsl, entry, constants
+
+
+class RecordingDevice(Device):
+    """A stand-in for `like` that does nothing but record the kernels asked of it (in pipeline_cache,
+    under the keys the kernel loader uses), so they can be compiled ahead on the real device."""
+
+    def __init__(self, like: Device) -> None:
+        self.adapter_name, self.limits, self.features = like.adapter_name, dict(like.limits), set(like.features)
+        self.subgroups_directive = like.subgroups_directive
+
+    def buffer(self, nbytes: int, usage: str = STORAGE, label: str = "") -> Any:
+        return ("buffer", int(nbytes), label)
+
+    def write(self, buf: Any, offset: int, data: Any) -> None:
+        pass
+
+    def copy(self, src: Any, src_offset: int, dst: Any, dst_offset: int, nbytes: int) -> None:
+        pass
+
+    def read(self, buf: Any, offset: int, nbytes: int) -> bytes:
+        return bytes(nbytes)
+
+    def pipeline(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
+        return Recorded(wgsl, entry, constants)
+
+    def bind(self, pipeline: Any, entries: Sequence[Binding]) -> Any:
+        return None
+
+    def encode(self, ops: Iterable[Op]) -> None:
+        pass

@@ -84,17 +84,24 @@ def wkv4(k: np.ndarray, v: np.ndarray, decay: np.ndarray, u: np.ndarray, aa: np.
     return out, (aa, bb, pp)
 
 
+def att_core(r: np.ndarray, k: np.ndarray, v: np.ndarray, time_decay: np.ndarray, time_first: np.ndarray,
+             aa: np.ndarray, bb: np.ndarray, pp: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """What shaders/wkv4.wgsl computes from the projections [T, C]: sigmoid(r) * wkv, and the new state."""
+    out, acc = wkv4(k, v, -np.exp(time_decay), time_first, aa, bb, pp)
+    return sigmoid(r) * out, acc
+
+
 def time_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, v_first: Any) -> tuple[np.ndarray, Any]:
     a, s = f"blocks.{i}.att.", f"blocks.{i}."
     sx = shifted(x, state[s + "att_x"])
     mix = lambda m: x * w[a + m] + sx * (1 - w[a + m])  # noqa: E731
     k = linear(mix("time_mix_k"), w[a + "key.weight"])
     v = linear(mix("time_mix_v"), w[a + "value.weight"])
-    r = sigmoid(linear(mix("time_mix_r"), w[a + "receptance.weight"]))
-    out, (aa, bb, pp) = wkv4(k, v, -np.exp(w[a + "time_decay"]), w[a + "time_first"],
-                             state[s + "att_aa"], state[s + "att_bb"], state[s + "att_pp"])
+    r = linear(mix("time_mix_r"), w[a + "receptance.weight"])
+    y, (aa, bb, pp) = att_core(r, k, v, w[a + "time_decay"], w[a + "time_first"],
+                               state[s + "att_aa"], state[s + "att_bb"], state[s + "att_pp"])
     state[s + "att_x"], state[s + "att_aa"], state[s + "att_bb"], state[s + "att_pp"] = x[-1], aa, bb, pp
-    return linear(r * out, w[a + "output.weight"]), v_first
+    return linear(y, w[a + "output.weight"]), v_first
 
 
 def channel_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict) -> np.ndarray:

@@ -84,27 +84,29 @@ def wkv5(r, k, v, decay, u, S):
     return out, S
 
 
-def heads_out(w: dict, info: Any, i: int, y: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """GroupNorm per head (ln_x), times the gate, then W_o (v6 ends the same way)."""
-    a = f"blocks.{i}.att."
-    y = group_norm(y.reshape(len(y), -1), info.n_head, w[a + "ln_x.weight"], w[a + "ln_x.bias"])
-    return linear(y * g, w[a + "output.weight"])
+def att_core(r: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, decay: np.ndarray, u: np.ndarray,
+             ln_w: np.ndarray, ln_b: np.ndarray, S: np.ndarray, H: int) -> tuple[np.ndarray, np.ndarray]:
+    """What shaders/wkv5.wgsl computes from the projections [T, C]: GroupNorm(wkv) * silu(g), and the new
+    state. `decay` is time_decay ([C]; v6: [T, C] with the decay LoRA added), w = exp(-exp(decay))."""
+    T, C = r.shape
+    N = C // H
+    hv = lambda z: z.reshape(T, H, N)  # noqa: E731
+    w = np.exp(-np.exp(decay))
+    w = hv(w) if w.ndim == 2 else w.reshape(H, N)
+    y, S = wkv5(hv(r), hv(k), hv(v), w, u.reshape(H, N), S)
+    return group_norm(y.reshape(T, C), H, ln_w, ln_b) * (g * sigmoid(g)), S
 
 
 def time_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, v_first: Any) -> tuple[np.ndarray, Any]:
     a, s = f"blocks.{i}.att.", f"blocks.{i}."
-    T, H, N = len(x), info.n_head, info.head_size
     sx = shifted(x, state[s + "att_x"])
     mix = lambda m: x * w[a + m] + sx * (1 - w[a + m])  # noqa: E731
-    r = linear(mix("time_mix_r"), w[a + "receptance.weight"]).reshape(T, H, N)
-    k = linear(mix("time_mix_k"), w[a + "key.weight"]).reshape(T, H, N)
-    v = linear(mix("time_mix_v"), w[a + "value.weight"]).reshape(T, H, N)
-    g = linear(mix("time_mix_g"), w[a + "gate.weight"])
-    g = g * sigmoid(g)
-    decay = np.exp(-np.exp(w[a + "time_decay"])).reshape(H, N)
-    y, state[s + "att_kv"] = wkv5(r, k, v, decay, w[a + "time_faaaa"].reshape(H, N), state[s + "att_kv"])
+    r, k, v, g = (linear(mix("time_mix_" + m), w[a + n + ".weight"])
+                  for m, n in (("r", "receptance"), ("k", "key"), ("v", "value"), ("g", "gate")))
+    y, state[s + "att_kv"] = att_core(r, k, v, g, w[a + "time_decay"], w[a + "time_faaaa"], w[a + "ln_x.weight"],
+                                      w[a + "ln_x.bias"], state[s + "att_kv"], info.n_head)
     state[s + "att_x"] = x[-1]
-    return heads_out(w, info, i, y, g), v_first
+    return linear(y, w[a + "output.weight"]), v_first
 
 
 # -- GPU recipe (webrwkv.layers.LayerBuilder) -----------------------------------------------------------

@@ -13,11 +13,11 @@ import numpy as np
 
 from .nn import linear, shifted, sigmoid
 from .v4 import receptance_ffn
-from .v5 import heads_out, state_layout, wkv5, wkv5_op
+from .v5 import att_core, state_layout, wkv5_op
 
 VERSION = "v6"
 KERNEL = "wkv5"  # shaders/wkv5.wgsl with DDLERP=1
-__all__ = ["state_layout"]
+__all__ = ["att_core", "state_layout"]
 
 # -- names and shapes ----------------------------------------------------------------------------
 RENAMES = {"time_maa_": "time_mix_", "time_faaaa": "time_first"}
@@ -70,7 +70,7 @@ def released_shapes(C: int) -> tuple[int, int, dict[str, int]]:
 # -- reference (numpy) --------------------------------------------------------------------------------
 def time_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, v_first: Any) -> tuple[np.ndarray, Any]:
     a, s = f"blocks.{i}.att.", f"blocks.{i}."
-    T, H, N = len(x), info.n_head, info.head_size
+    T = len(x)
     dx = shifted(x, state[s + "att_x"]) - x
     xx = x + dx * w[a + "time_maa_x"]
     m = np.tanh(linear(xx, w[a + "time_maa_w1"])).reshape(T, 5, -1)  # [T, 5, D]
@@ -80,16 +80,13 @@ def time_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, v_first: An
     xv = x + dx * (w[a + "time_maa_v"] + mv)
     xr = x + dx * (w[a + "time_maa_r"] + mr)
     xg = x + dx * (w[a + "time_maa_g"] + mg)
-    r = linear(xr, w[a + "receptance.weight"]).reshape(T, H, N)
-    k = linear(xk, w[a + "key.weight"]).reshape(T, H, N)
-    v = linear(xv, w[a + "value.weight"]).reshape(T, H, N)
-    g = linear(xg, w[a + "gate.weight"])
-    g = g * sigmoid(g)
+    r, k, v, g = (linear(z, w[a + n + ".weight"]) for z, n in ((xr, "receptance"), (xk, "key"), (xv, "value"),
+                                                            (xg, "gate")))
     d = w[a + "time_decay"] + linear(np.tanh(linear(xw, w[a + "time_decay_w1"])), w[a + "time_decay_w2"])
-    decay = np.exp(-np.exp(d)).reshape(T, H, N)
-    y, state[s + "att_kv"] = wkv5(r, k, v, decay, w[a + "time_faaaa"].reshape(H, N), state[s + "att_kv"])
+    y, state[s + "att_kv"] = att_core(r, k, v, g, d, w[a + "time_faaaa"], w[a + "ln_x.weight"], w[a + "ln_x.bias"],
+                                      state[s + "att_kv"], info.n_head)
     state[s + "att_x"] = x[-1]
-    return heads_out(w, info, i, y, g), v_first
+    return linear(y, w[a + "output.weight"]), v_first
 
 
 def channel_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict) -> np.ndarray:

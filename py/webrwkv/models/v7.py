@@ -91,32 +91,49 @@ def wkv7(r, w, k, v, kappa, a, S):
     return out, S
 
 
+def att_core(r: np.ndarray, w_l: np.ndarray, k: np.ndarray, v: np.ndarray, a_l: np.ndarray, g: np.ndarray,
+             v_l: np.ndarray | None, v_first: np.ndarray | None, vec: dict, S: np.ndarray,
+             H: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What shaders/wkv7.wgsl computes from the projections r, k, v and the LoRA outputs (w_l, a_l before
+    their sigmoid, the gate g, v_l; all [T, C]; v_l is None in layer 0, which sets v_first): decay,
+    in-context rate, kappa, value residual, the delta rule, GroupNorm, the r.k bonus and the gate.
+    vec holds w0 a0 v0 k_k k_a r_k ln_w ln_b. Returns (y, new state, v_first)."""
+    T, C = r.shape
+    N = C // H
+    hv = lambda z: z.reshape(T, H, N)  # noqa: E731
+    decay = np.exp(-math.exp(-0.5) * sigmoid(vec["w0"] + w_l))
+    a = sigmoid(vec["a0"] + a_l)
+    kk = hv(k * vec["k_k"])
+    kk = kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), 1e-12)
+    k = k * (1 + (a - 1) * vec["k_a"])
+    if v_l is None:
+        v_first = v
+    else:
+        v = v + (v_first - v) * sigmoid(vec["v0"] + v_l)
+    y, S = wkv7(hv(r), hv(decay), hv(k), hv(v), kk, hv(a), S)
+    y = group_norm(y.reshape(T, C), H, vec["ln_w"], vec["ln_b"])
+    bonus = (hv(r) * hv(k) * vec["r_k"].reshape(H, N)).sum(-1, keepdims=True) * hv(v)
+    return (y + bonus.reshape(T, C)) * g, S, v_first
+
+
 def time_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, v_first: Any) -> tuple[np.ndarray, Any]:
     p, s = f"blocks.{i}.att.", f"blocks.{i}."
-    T, H, N = len(x), info.n_head, info.head_size
     dx = shifted(x, state[s + "att_x"]) - x
     xr, xw, xk, xv, xa, xg = (x + dx * w[p + "x_" + m] for m in "rwkvag")
     lora = lambda z, n: linear(z, w[p + n + "1"])  # noqa: E731
     r = linear(xr, w[p + "receptance.weight"])
     k = linear(xk, w[p + "key.weight"])
     v = linear(xv, w[p + "value.weight"])
-    decay = np.exp(-math.exp(-0.5) * sigmoid(w[p + "w0"] + linear(np.tanh(lora(xw, "w")), w[p + "w2"])))
-    a = sigmoid(w[p + "a0"] + linear(lora(xa, "a"), w[p + "a2"]))
+    w_l = linear(np.tanh(lora(xw, "w")), w[p + "w2"])
+    a_l = linear(lora(xa, "a"), w[p + "a2"])
     g = linear(sigmoid(lora(xg, "g")), w[p + "g2"])
-    kk = (k * w[p + "k_k"]).reshape(T, H, N)
-    kk = kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), 1e-12)
-    k = k * (1 + (a - 1) * w[p + "k_a"])
-    if i == 0:
-        v_first = v
-    else:
-        v = v + (v_first - v) * sigmoid(w[p + "v0"] + linear(lora(xv, "v"), w[p + "v2"]))
-    hv = lambda z: z.reshape(T, H, N)  # noqa: E731
-    y, state[s + "att_kv"] = wkv7(hv(r), hv(decay), hv(k), hv(v), kk, hv(a), state[s + "att_kv"])
+    v_l = None if i == 0 else linear(lora(xv, "v"), w[p + "v2"])
+    vec = {n: w.get(p + n) for n in ("w0", "a0", "v0", "k_k", "k_a", "r_k")}
+    vec.update(ln_w=w[p + "ln_x.weight"], ln_b=w[p + "ln_x.bias"])
+    y, state[s + "att_kv"], v_first = att_core(r, w_l, k, v, a_l, g, v_l, v_first, vec, state[s + "att_kv"],
+                                               info.n_head)
     state[s + "att_x"] = x[-1]
-    y = group_norm(y.reshape(T, H * N), H, w[p + "ln_x.weight"], w[p + "ln_x.bias"])
-    bonus = (hv(r) * hv(k) * w[p + "r_k"].reshape(H, N)).sum(-1, keepdims=True) * hv(v)
-    y = y + bonus.reshape(T, H * N)
-    return linear(y * g, w[p + "output.weight"]), v_first
+    return linear(y, w[p + "output.weight"]), v_first
 
 
 def channel_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict) -> np.ndarray:
