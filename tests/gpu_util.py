@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 GOLDEN = Path(__file__).parent / "golden"
-VERSIONS = ["v4", "v5", "v6", "v7"]
+from webrwkv.models import VERSIONS as _REGISTRY
+
+VERSIONS = sorted(_REGISTRY)  # every version of the registry
 
 
 def skip_or_fail(why: str) -> None:

@@ -7,13 +7,13 @@ import asyncio
 
 import numpy as np
 import pytest
-from gpu_util import GOLDEN, device
+from gpu_util import GOLDEN, VERSIONS, device
 
 from webrwkv.browser_loader import GpuMatrix, PrefixSource, StreamingLoad
 from webrwkv.layers import deferred, mat, pad_end, stack
 from webrwkv.errors import ModelFormatError
 
-MODELS = ["v4", "v5", "v6", "v7", "v6-bf16", "v4-converted", "v5-converted", "v6-converted", "v7-converted"]
+MODELS = [*VERSIONS, "v6-bf16", *(f"{v}-converted" for v in VERSIONS)]
 
 
 def stream(path, dev):

@@ -18,9 +18,10 @@ from webrwkv.models import load_index, load_weights
 from webrwkv.reference import forward
 from webrwkv.safetensors import read_header
 from webrwkv.sources import open_source
+from webrwkv.models import VERSIONS as REGISTRY
 
 GOLDEN = Path(__file__).parent / "golden"
-VERSIONS = ["v4", "v5", "v6", "v7"]
+VERSIONS = sorted(REGISTRY)  # every version of the registry
 
 
 def rel(a, b) -> float:

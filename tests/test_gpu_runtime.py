@@ -151,7 +151,7 @@ def test_fp16_weight_arrays_upload_as_is():
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("version", ["v4", "v6", "v7"])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_other_kernel_shapes_match(version):
     """Tuning knobs change work splits only: several channel blocks and row chunks per ln_mix,
     narrow GEMV rows and small GEMM tiles give the same numbers."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_util import GOLDEN, device, skip_or_fail
+from gpu_util import GOLDEN, VERSIONS, device, skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -66,7 +66,7 @@ def kernel_sources() -> list[str]:
     dev.pipeline = lambda wgsl, entry="main", constants=None: seen.setdefault(wgsl) or real(wgsl, entry, constants)
     try:
         dev.pipeline_cache.clear()  # rebuild every pipeline so each source is seen
-        for v in ("v4", "v5", "v6", "v7"):
+        for v in VERSIONS:
             info, w = load_weights(GOLDEN / f"{v}.st")
             rt = Runtime(dev, info, w, 2, 16, tuning=Tuning(gemv_max_t=1))
             rt.push(0, list(range(20)))

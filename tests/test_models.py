@@ -12,9 +12,10 @@ from webrwkv.models import (ModelInfo, default_model_path, detect_version, init_
                             state_layout)
 from webrwkv.reference import forward
 from webrwkv.safetensors import read_header, read_tensor, write_safetensors
+from webrwkv.models import VERSIONS as REGISTRY
 
 GOLDEN = Path(__file__).parent / "golden"
-VERSIONS = ["v4", "v5", "v6", "v7"]
+VERSIONS = sorted(REGISTRY)  # every version of the registry
 FFN = {"v4": 256, "v5": 256, "v6": 224, "v7": 256}
 DIMS = {"v4": {}, "v5": {}, "v6": {"time_maa": 16, "time_decay": 32}, "v7": {"w": 16, "a": 16, "v": 8, "g": 32}}
 

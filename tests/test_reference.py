@@ -11,9 +11,10 @@ import pytest
 from webrwkv.errors import WebRwkvError
 from webrwkv.models import init_state, load_weights
 from webrwkv.reference import ReferenceRuntime, forward, step
+from webrwkv.models import VERSIONS as REGISTRY
 
 GOLDEN = Path(__file__).parent / "golden"
-VERSIONS = ["v4", "v5", "v6", "v7"]
+VERSIONS = sorted(REGISTRY)  # every version of the registry
 # (checkpoint, golden logits): fp32 official files against logits of the fp32 weights; fp16
 # converted files and the bf16 file against logits the package computed on the same rounded weights.
 CASES = [(v, v) for v in VERSIONS] + [(f"{v}-converted", f"{v}-fp16") for v in VERSIONS] + [("v6-bf16", "v6-bf16")]

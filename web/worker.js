@@ -152,7 +152,8 @@ const handlers = {
   restore: (id, { name }) => entry.restore_state(name),
   unload: () => { loadAbort?.abort(); entry?.unload(); },
   loseDevice: () => entry.lose_device(),
-  stats: () => ({ ...(entry ? entry.stats().toJs({ dict_converter: Object.fromEntries }) : {}), heapBytes: heapBytes() }),
+  stats: () => ({ ...(entry ? entry.stats().toJs({ dict_converter: Object.fromEntries }) : {}), heapBytes: heapBytes(),
+    jsHeapBytes: self.performance?.memory?.usedJSHeapSize ?? null }),
   cached: () => listCached(),
   clearCache: () => clearCache(),
 };

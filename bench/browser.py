@@ -1,0 +1,105 @@
+"""`webrwkv bench` in a browser: load, prefill and decode (greedy and sampled, tokens picked on the GPU) through
+the JS API in headless Chromium, against `webrwkv serve` on this machine. Prints one JSON object with the
+fields of `webrwkv bench --json` (plus boot and kernel times).
+
+Usage: python bench/browser.py --model FILE [--quant int8] [--gpu] [--chromium PATH] [--prefill 512] [--decode 128]
+--gpu adds the flags that give WebGPU a real GPU on Linux (Vulkan through ANGLE, no window surface);
+without them Chromium uses its CPU adapter (SwiftShader). The page (web/bench.html) logs one
+"@@BENCH {json}" console line per stage; Chromium writes them to stderr, so no driver is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--enable-logging=stderr", "--v=0"]
+GPU_FLAGS = ["--use-angle=vulkan", "--enable-features=Vulkan", "--disable-vulkan-surface", "--ignore-gpu-blocklist"]
+TAG = "@@BENCH "
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, deadline: float) -> None:
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the server did not start on port {port}")
+
+
+def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode: int, timeout: float) -> dict:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "py") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    server = subprocess.Popen([sys.executable, "-m", "webrwkv", "serve", "--port", str(port), "--model-dir",
+                               str(model.parent)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    profile = tempfile.mkdtemp(prefix="webrwkv-bench-")
+    try:
+        wait_port(port, time.time() + 30)
+        query = urllib.parse.urlencode({"model": f"/models/{model.name}", "quant": quant, "prefill": prefill,
+                                        "decode": decode})
+        cmd = [chromium, *FLAGS, *(GPU_FLAGS if gpu else []), f"--user-data-dir={profile}",
+               f"http://127.0.0.1:{port}/bench.html?{query}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+        stages, end = {}, time.time() + timeout
+        try:
+            for line in proc.stderr:
+                i = line.find(TAG)
+                if i >= 0:
+                    msg = json.loads(line[i + len(TAG):].split('", source:')[0].replace('\\"', '"'))
+                    stages[msg["stage"]] = msg
+                    print(f"[browser] {msg['stage']}", file=sys.stderr)
+                    if msg["stage"] in ("done", "error"):
+                        break
+                if time.time() > end:
+                    stages["error"] = {"error": f"no result within {timeout:.0f} s"}
+                    break
+        finally:
+            proc.kill()
+            proc.wait()
+        if "error" in stages:
+            raise SystemExit(f"the benchmark page failed: {stages['error']['error']}")
+        if "done" not in stages:
+            raise SystemExit("Chromium ended before the benchmark did (no WebGPU?)")
+        return {**stages["done"]["result"], "adapter_info": stages.get("adapter", {}).get("info")}
+    finally:
+        server.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, type=Path)
+    ap.add_argument("--quant", default="none", choices=["none", "int8", "nf4"])
+    ap.add_argument("--gpu", action="store_true", help="Chromium flags for a real GPU (Vulkan) on Linux")
+    ap.add_argument("--chromium", default=os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--decode", type=int, default=128)
+    ap.add_argument("--timeout", type=float, default=600)
+    args = ap.parse_args()
+    if not args.model.is_file():
+        raise SystemExit(f"--model {args.model} is not a file")
+    print(json.dumps(run(args.model.resolve(), args.quant, args.gpu, args.chromium, args.prefill, args.decode,
+                         args.timeout)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
