@@ -69,14 +69,13 @@ def read_checkpoint(source: Any, verify: bool = True) -> CheckpointIndex:
     if pkl.size > MAX_PICKLE:
         raise ModelFormatError(f"{name}: its data.pkl has {pkl.size} bytes, far more than a state dict of "
                                "tensors needs: this is not a model checkpoint webrwkv can read")
-    heads = [pkl] + ([by_name[root + "byteorder"]] if root + "byteorder" in by_name else [])
-    starts = _read_starts(source, heads, ends, name)
-    if len(heads) > 1:
-        order = source.read(starts[heads[1].name], min(heads[1].size, 16))
-        if order != b"little":
-            raise ModelFormatError(f"{name} was saved on a {order.decode('ascii', 'replace')}-endian machine; "
-                                   f"webrwkv reads little-endian tensors: re-save it on a little-endian one")
-    tensors = _state_dict(unpickle(source.read(starts[pkl.name], pkl.size), name), name)
+    small = _read_members(source, [pkl] + ([by_name[root + "byteorder"]] if root + "byteorder" in by_name else []),
+                          ends, name)
+    order = small.get(root + "byteorder", b"little")
+    if order != b"little":
+        raise ModelFormatError(f"{name} was saved on a {order[:16].decode('ascii', 'replace')}-endian machine; "
+                               "webrwkv reads little-endian tensors: re-save it on a little-endian one")
+    tensors = _state_dict(unpickle(small[pkl.name], name), name)
     storages: dict[str, Any] = {}
     for tname, t in tensors.items():
         s = storages.setdefault(t.storage.key, t.storage)
@@ -118,12 +117,12 @@ def read_checkpoint(source: Any, verify: bool = True) -> CheckpointIndex:
 def _root(entries: list[Entry], name: str) -> str:
     """The archive's folder (torch.save names every member <folder>/...), checked to be a torch.save file."""
     pkls = [e.name for e in entries if e.name.endswith("/data.pkl") and e.name.count("/") == 1]
-    if len(pkls) == 1:
-        return pkls[0][: -len("data.pkl")]
     names = {e.name.split("/", 1)[-1] for e in entries}
     if "constants.pkl" in names or any(n.startswith("code/") for n in names):
         raise ModelFormatError(f"{name} is a TorchScript archive (torch.jit.save), not a torch.save state dict: "
                                "save the model's weights with torch.save(model.state_dict(), 'model.pth')")
+    if len(pkls) == 1:
+        return pkls[0][: -len("data.pkl")]
     if len(pkls) > 1:
         raise ModelFormatError(f"{name} holds {len(pkls)} torch.save archives in one zip: save one model per file")
     raise ModelFormatError(f"{name} is a zip file but not a torch.save checkpoint (it has no <name>/data.pkl): "
@@ -146,10 +145,20 @@ def _next_starts(entries: list[Entry], cd_off: int) -> dict[str, int]:
     return {e.name: (order[i + 1].header_offset if i + 1 < len(order) else cd_off) for i, e in enumerate(order)}
 
 
+def _header_spans(entries: list[Entry]) -> list[tuple[int, int]]:
+    return [(e.header_offset, 30 + len(e.raw_name)) for e in entries]
+
+
 def _read_starts(source: Any, entries: list[Entry], ends: dict[str, int], name: str) -> dict[str, int]:
     """Read the local headers of `entries` (one batch of small ranges) and return where each one's data starts."""
-    spans = [(e.header_offset, 30 + len(e.raw_name)) for e in entries]
-    raws = source.read_ranges(spans) if hasattr(source, "read_ranges") else [source.read(o, n) for o, n in spans]
+    return _starts(entries, _read_all(source, _header_spans(entries)), ends, name)
+
+
+def _read_all(source: Any, spans: list[tuple[int, int]]) -> list[bytes]:
+    return source.read_ranges(spans) if hasattr(source, "read_ranges") else [source.read(o, n) for o, n in spans]
+
+
+def _starts(entries: list[Entry], raws: list[bytes], ends: dict[str, int], name: str) -> dict[str, int]:
     out = {}
     for e, raw in zip(entries, raws):
         if raw[:4] != LOCAL or raw[30:] != e.raw_name:
@@ -158,6 +167,23 @@ def _read_starts(source: Any, entries: list[Entry], ends: dict[str, int], name: 
         n, m = struct.unpack_from("<HH", raw, 26)
         out[e.name] = _placed(e, e.header_offset + 30 + n + m, ends[e.name], name)
     return out
+
+
+def _read_members(source: Any, entries: list[Entry], ends: dict[str, int], name: str) -> dict[str, bytes]:
+    """The contents of a few small members. Their local headers and their data (where the directory says it
+    must be) are read in one batch, so a source that fetches by round trips needs one; a member whose header
+    says otherwise is read again from there."""
+    guess = {}
+    for e in entries:
+        try:
+            guess[e.name] = _predict(e, ends[e.name], name)
+        except ModelFormatError:
+            guess[e.name] = e.header_offset + 30 + len(e.raw_name)
+    hdr = _header_spans(entries)
+    raws = _read_all(source, hdr + [(guess[e.name], e.size) for e in entries])
+    starts = _starts(entries, raws[: len(hdr)], ends, name)
+    return {e.name: (d if guess[e.name] == starts[e.name] else source.read(starts[e.name], e.size))
+            for e, d in zip(entries, raws[len(hdr):])}
 
 
 def _predict(e: Entry, end: int, name: str) -> int:

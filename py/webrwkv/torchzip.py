@@ -221,7 +221,11 @@ class _Unpickler:
         return self.stack.pop()
 
     def text(self, n: int) -> str:
-        return self.take(n).decode("utf-8", "surrogatepass")
+        at = self.pos
+        try:
+            return self.take(n).decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise _damaged(self.name, f"its pickle (data.pkl) holds a string that is not UTF-8 at byte {at}") from None
 
     def load(self) -> Any:
         ops = _OPS
