@@ -9,7 +9,8 @@ from typing import Any
 
 from .errors import ModelFormatError
 from .safetensors import SafetensorsHeader, TensorInfo, read_header
-from .torchzip import LOCAL, MAX_PICKLE, Entry, TensorDesc, read_directory, unpickle
+from .torchpickle import MAX_PICKLE, TensorDesc, unpickle
+from .torchzip import LOCAL, Entry, read_directory
 
 LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # torch's pre-zip files start with it
 RESAVE = "torch.save(torch.load(PATH, weights_only=True), 'model.pth')"

@@ -271,7 +271,7 @@ def write_safetensors(
     try:
         from safetensors import SafetensorError, TensorSpec, serialize_file
     except ImportError:
-        raise OSError("writing safetensors files needs the safetensors package (pip install safetensors)") from None
+        raise OSError("writing safetensors files needs the safetensors package: pip install 'webrwkv[native]'") from None
     encoded = {}
     for name in sorted(tensors):
         d = dtype.get(name) if isinstance(dtype, Mapping) else dtype
