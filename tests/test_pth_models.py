@@ -147,3 +147,40 @@ def test_model_dir_lists_and_serves_pth_like_st(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_pth_over_http_costs_the_requests_of_its_twin_and_checks_its_zip_headers(tmp_path):
+    """Natively over HTTP the storages are placed from the zip directory (no request per tensor); each
+    placed local header rides along with its tensor's bytes and is compared: a file whose header is not
+    where the directory says is refused, never loaded with misplaced weights."""
+    import shutil
+    import zipfile
+
+    from webrwkv.errors import ModelFormatError
+
+    for n in ("v7-fp16.pth", "v7-converted.st"):
+        shutil.copy(GOLDEN / n, tmp_path / n)
+    data = bytearray((GOLDEN / "v7-fp16.pth").read_bytes())
+    entry = zipfile.ZipFile(GOLDEN / "v7-fp16.pth").getinfo("v7-fp16/data/5")
+    data[entry.header_offset + 30 + len("v7-fp16/data/")] = ord("9")  # its local header names data/9
+    (tmp_path / "moved.pth").write_bytes(bytes(data))
+    srv = StaticServer(("127.0.0.1", 0), {"models": tmp_path}, handler=Counting)
+    srv.log = []
+    srv.start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}/models/"
+    try:
+        counts = {}
+        for name in ("v7-fp16.pth", "v7-converted.st"):
+            srv.log.clear()
+            counts[name] = (load_weights(base + name), len(srv.log))
+        (_, w1), n1 = counts["v7-fp16.pth"]
+        (_, w2), n2 = counts["v7-converted.st"]
+        assert all(np.array_equal(w1[k], w2[k]) for k in w2)
+        assert n1 <= n2 + 1  # the index: the tail beyond the first 64 KB; the headers come with the data
+        with pytest.raises(ModelFormatError, match="zip header at byte .* not where"):
+            load_weights(base + "moved.pth")
+        with pytest.raises(ModelFormatError, match="names another file"):
+            load_weights(tmp_path / "moved.pth")  # a local file: its headers are read at once
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import ModelFormatError
 from .safetensors import SafetensorsHeader, TensorInfo, read_header
+from .sources import ByteSource
 from .torchpickle import MAX_PICKLE, TensorDesc, unpickle
 from .torchzip import LOCAL, Entry, read_directory
 
@@ -43,6 +44,8 @@ def read_model_header(source: Any, verify: bool = True) -> SafetensorsHeader:
     (the browser's streamed load does, at no extra request)."""
     name = str(getattr(source, "name", "") or "the model file")
     kind = sniff(source.read(0, min(int(source.size), 16)))
+    if kind == "zip" and isinstance(source, CheckedSource):
+        return source.expect(read_checkpoint(source.src, verify=False))
     if kind == "zip":
         return read_checkpoint(source, verify)
     if kind == "legacy":
@@ -97,10 +100,13 @@ def read_checkpoint(source: Any, verify: bool = True) -> CheckpointIndex:
     for tname, t in tensors.items():
         users.setdefault(t.storage.key, []).append(tname)
     checks: list = []
-    if verify:
+    try:
+        data = None if verify else {e.name: _predict(e, ends[e.name], name) for e in members.values()}
+    except ModelFormatError:  # no place follows from the directory (an unusual writer): read the headers
+        data = None
+    if data is None:
         data = _read_starts(source, list(members.values()), ends, name)
     else:
-        data = {e.name: _predict(e, ends[e.name], name) for e in members.values()}
         for key, e in members.items():
             n, at = len(e.raw_name), e.header_offset
             extra = data[e.name] - at - 30 - n
@@ -242,3 +248,39 @@ def _info(tname: str, t: TensorDesc, data_start: int, name: str) -> TensorInfo:
                                f"storage ({s.numel} values): the file is damaged")
     start = data_start + t.offset * s.esize
     return TensorInfo(tname, s.dtype, tuple(t.shape), start, start + numel * s.esize)
+
+
+class CheckedSource(ByteSource):
+    """A remote source (HTTP) for a model that may be a .pth: its index is read with the storages placed
+    from the zip directory, so no request per tensor; each placed local header is then compared when a
+    read of that storage's tensors passes by, in the same request (a few bytes before the data)."""
+
+    def __init__(self, src: Any) -> None:
+        self.src, self.name, self.size = src, getattr(src, "name", ""), src.size
+        self.identity = getattr(src, "identity", "")
+        self.pending: list[tuple[int, bytes, list[tuple[int, int]]]] = []  # (offset, bytes, tensor spans)
+
+    def expect(self, index: CheckpointIndex) -> CheckpointIndex:
+        """Take over the index's checks; they are verified by the reads that use them."""
+        self.pending = [(o, e, [(index.tensors[n].start, index.tensors[n].end) for n in names])
+                        for o, e, names in index.checks]
+        return index
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.read_ranges([(offset, length)])[0]
+
+    def read_ranges(self, ranges: Any) -> list[bytes]:
+        ranges = list(ranges)
+        due = [c for c in self.pending if any(o < b and a < o + n for o, n in ranges for a, b in c[2])]
+        got = _read_all(self.src, ranges + [(o, len(e)) for o, e, _ in due])
+        for (o, e, _), raw in zip(due, got[len(ranges):]):
+            if raw != e:
+                raise ModelFormatError(
+                    f"{self.name}: the zip header at byte {o} is not where the checkpoint's directory puts it "
+                    "(a .pth not written by torch.save?): download the file and load it from disk")
+        if due:
+            self.pending = [c for c in self.pending if not any(c is d for d in due)]
+        return got[: len(ranges)]
+
+    def close(self) -> None:
+        self.src.close()

@@ -16,6 +16,7 @@ from .errors import ModelFormatError
 # pickle costs time and memory linear in its size.
 
 MAX_PICKLE = 64 << 20  # a real checkpoint's data.pkl is ~100 bytes per tensor
+_STRUCTS = {f: struct.Struct(f) for f in ("<B", "<H", "<i", "<I", "<Q", ">d")}
 
 # torch storage class -> (safetensors dtype name, bytes per element)
 STORAGES = {
@@ -98,7 +99,12 @@ class _Unpickler:
         return b
 
     def num(self, fmt: str) -> Any:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+        st = _STRUCTS[fmt]
+        if self.pos + st.size > len(self.data):
+            raise _damaged(self.name, "its pickle (data.pkl) ends in the middle of a value")
+        v = st.unpack_from(self.data, self.pos)[0]
+        self.pos += st.size
+        return v
 
     def pop_mark(self) -> list:
         if not self.marks:
@@ -121,10 +127,13 @@ class _Unpickler:
             raise _damaged(self.name, f"its pickle (data.pkl) holds a string that is not UTF-8 at byte {at}") from None
 
     def load(self) -> Any:
-        ops = _OPS
+        ops, data, end = _OPS, self.data, len(self.data)
         while True:
             at = self.pos
-            op = self.take(1)[0]
+            if at >= end:
+                raise _damaged(self.name, "its pickle (data.pkl) ends without its STOP opcode")
+            op = data[at]
+            self.pos = at + 1
             fn = ops.get(op)
             if fn is None:
                 raise _refuse(self.name, f"uses pickle opcode 0x{op:02x}{_OPNAMES.get(op, '')}", at)

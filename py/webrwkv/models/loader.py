@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ModelFormatError
-from ..checkpoints import read_model_header
+from ..checkpoints import CheckedSource, read_model_header
 from ..safetensors import SafetensorsHeader, TensorInfo, tensor_to_numpy, tensor_view
 from ..sources import open_source
 from . import VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names
@@ -27,6 +27,8 @@ def opened(source_or_path: Any) -> Iterator[Any]:
         yield source_or_path
         return
     src = open_source(os.fspath(source_or_path))
+    if not hasattr(src, "view"):  # remote: a .pth's zip headers are checked as its tensors are read
+        src = CheckedSource(src)
     try:
         yield src
     finally:
