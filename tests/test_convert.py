@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from webrwkv.convert import convert_main, read_pth
+from webrwkv.convert import convert_main
 from webrwkv.errors import WebRwkvError
 from webrwkv.models import load_index, load_weights
 from webrwkv.reference import forward
@@ -76,21 +76,15 @@ def test_bf16_input_and_errors(tmp_path):
         convert(out, out, "official", "fp32")
 
 
-def test_pth_without_torch_says_what_to_do(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name,twin", [("v7.pth", "v7.st"), ("v5-fp16.pth", "v5-converted.st"),
+                                       ("v6-bf16.pth", "v6-bf16.st")])
+def test_pth_input_without_torch(name, twin, monkeypatch, tmp_path):
+    """A torch.save checkpoint converts with no torch installed, to the weights of its safetensors twin."""
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
-    with pytest.raises(WebRwkvError, match="needs PyTorch"):
-        read_pth(str(tmp_path / "m.pth"))
-
-
-def test_pth_input(tmp_path):
-    torch = pytest.importorskip("torch")
-    info, w = load_weights(GOLDEN / "v7.st")
-    from webrwkv.models.loader import to_layout
-
-    sd = {k: torch.from_numpy(v.copy()) for k, v in to_layout(info, w, "official").items()}
-    torch.save(sd, tmp_path / "m.pth")
-    _, w2 = load_weights(convert(tmp_path / "m.pth", tmp_path / "m.st", "converted", "fp32"))
-    assert all(np.array_equal(w[n], w2[n]) for n in w)
+    out = convert(GOLDEN / name, tmp_path / "m.st", "converted", "fp32")
+    _, w = load_weights(GOLDEN / twin)
+    _, w2 = load_weights(out)
+    assert w.keys() == w2.keys() and all(np.array_equal(w[n], w2[n]) for n in w)
 
 
 @pytest.mark.parametrize("version", ["v5", "v7"])
@@ -125,7 +119,13 @@ def test_cli_info(tmp_path):
     info, _ = load_index(GOLDEN / "v6-converted.st")
     assert d == {"version": "v6", "layers": 2, "emb": 64, "heads": 2, "head_size": 32, "vocab": 256,
                  "dim_ffn": 224, "dims": {"time_maa": 16, "time_decay": 32}, "layout": "converted",
-                 "dtype": "fp16", "bytes": info.nbytes, "path": str(GOLDEN / "v6-converted.st")}
+                 "dtype": "fp16", "bytes": info.nbytes, "path": str(GOLDEN / "v6-converted.st"),
+                 "format": "safetensors"}
+    r = cli("info", "--json", str(GOLDEN / "v6-bf16.pth"))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["format"], d["version"], d["layout"], d["dtype"], d["layers"], d["vocab"]) == \
+        ("pytorch", "v6", "official", "bf16", 2, 256)
     r = cli("info", "--json", env={"WEBRWKV_MODEL": str(GOLDEN / "v7.st")})
     assert r.returncode == 0 and json.loads(r.stdout)["version"] == "v7"
     r = cli("info", str(GOLDEN / "v4.st"))

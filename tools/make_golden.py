@@ -1,8 +1,9 @@
 """Make the golden test files: tiny random RWKV v4/v5.2/v6/v7 checkpoints and their logits
 from the official `rwkv` package (torch, CPU, fp32).
 
-Run with an environment that has torch and rwkv==0.8.32:
-    python tools/make_golden.py [--out tests/golden]
+Run with an environment that has torch, rwkv==0.8.32 and safetensors (not the test environment):
+    python3 -m venv .venv-tools && .venv-tools/bin/pip install -r tools/requirements-golden.txt
+    .venv-tools/bin/python tools/make_golden.py [--out tests/golden]
 Each version runs in its own process because v7 must be enabled before `rwkv` is imported.
 
 Writes, per version X:
@@ -10,7 +11,14 @@ Writes, per version X:
   X-converted.st   converted layout (lowercase, time_maa->time_mix, time_faaaa->time_first,
                    adapters transposed to [out, in]), fp16
   X.npz            logits for the fp32 weights; X-fp16.npz for the fp16-rounded weights
-and v6-bf16.st / v6-bf16.npz: the official layout stored as bf16.
+  X-bf16.st        official layout stored as bf16, and X-bf16.npz for the bf16-rounded weights
+  X.pth, X-fp16.pth, X-bf16.pth
+                   the same weights in the official layout written by torch.save (what BlinkDL
+                   publishes): fp32 as a module's state_dict (an OrderedDict with _metadata), fp16 and
+                   bf16 as plain dicts; each holds exactly the values of X.st, X-converted.st, X-bf16.st
+and pth-views.pth / pth-views.npz: tensors that share storages, start inside them, and are 0-d or
+empty, with the values torch gives for them (the reader's fixture for what torch.save writes);
+pth-strided.pth (a transposed, non-contiguous view) and pth-legacy.pth (torch's pre-zip format).
 Each .npz holds tokens, seq_all [T, V] (one forward over the sequence), seq_last [V],
 step [T, V] (one token per call) and the final state as state:<name> in webrwkv's layout.
 """
@@ -18,11 +26,13 @@ step [T, V] (one token per call) and the final state as state:<name> in webrwkv'
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -147,6 +157,31 @@ def run_official(w: dict, tokens: list, version: str, tmp: str) -> dict:
     return res
 
 
+def state_dict(w: dict, dtype: Any, module: bool) -> dict:
+    """The weights as torch.save gets them from a model: an OrderedDict with `_metadata`, or a plain dict."""
+    sd = collections.OrderedDict((k, v.to(dtype).contiguous()) for k, v in w.items())
+    if not module:
+        return dict(sd)
+    sd._metadata = collections.OrderedDict({"": {"version": 1}})
+    return sd
+
+
+def write_views(out: Path) -> None:
+    """pth-views.pth: storage sharing, offsets, several dtypes and odd shapes, and the values torch reads back."""
+    import torch
+
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(6, 8, generator=g)
+    half = torch.randn(3, 5, generator=g).half()
+    sd = {"base": base, "rows": base[2:5], "row": base[4], "col1": base[:, 3:4].contiguous(), "tail": base.view(-1)[40:],
+          "half": half, "half_row": half[1], "bf16": torch.randn(4, 2, generator=g).bfloat16(),
+          "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3), "ids": torch.arange(5), "mask": torch.tensor([True, False])}
+    torch.save(sd, out / "pth-views.pth")
+    np.savez(out / "pth-views.npz", **{k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in sd.items()})
+    torch.save({"emb.weight": base, "head.weight": base.t()}, out / "pth-strided.pth")  # a transposed view
+    torch.save({"emb.weight": base}, out / "pth-legacy.pth", _use_new_zipfile_serialization=False)
+
+
 def one_version(version: str, out: Path) -> None:
     import torch
     from webrwkv.safetensors import write_safetensors
@@ -164,24 +199,26 @@ def one_version(version: str, out: Path) -> None:
                           metadata={"format": "pt"}, dtype="fp16")
         w16 = {k: v.half().float() for k, v in w.items()}
         np.savez(out / f"{version}-fp16.npz", **run_official(w16, tokens, version, tmp))
-        if version == "v6":
-            wbf = {k: v.bfloat16().float() for k, v in w.items()}
-            write_safetensors(out / "v6-bf16.st", np_(wbf), metadata={"format": "pt"}, dtype="bf16")
-            np.savez(out / "v6-bf16.npz", **run_official(wbf, tokens, version, tmp))
+        wbf = {k: v.bfloat16().float() for k, v in w.items()}
+        write_safetensors(out / f"{version}-bf16.st", np_(wbf), metadata={"format": "pt"}, dtype="bf16")
+        np.savez(out / f"{version}-bf16.npz", **run_official(wbf, tokens, version, tmp))
+    torch.save(state_dict(w, torch.float32, module=True), out / f"{version}.pth")
+    torch.save(state_dict(w, torch.float16, module=False), out / f"{version}-fp16.pth")
+    torch.save(state_dict(w, torch.bfloat16, module=False), out / f"{version}-bf16.pth")
     print(f"{version}: wrote {out}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "tests" / "golden"))
-    ap.add_argument("--version", choices=sorted(SEEDS), default=None, help="one version (internal)")
+    ap.add_argument("--version", choices=sorted(SEEDS) + ["views"], default=None, help="one part (internal)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.version:
-        one_version(args.version, out)
+        write_views(out) if args.version == "views" else one_version(args.version, out)
         return
-    for version in sorted(SEEDS):
+    for version in sorted(SEEDS) + ["views"]:
         env = dict(os.environ, RWKV_JIT_ON="0", RWKV_CUDA_ON="0", RWKV_V7_ON="1" if version == "v7" else "0")
         subprocess.run([sys.executable, __file__, "--out", str(out), "--version", version], env=env, check=True)
 

@@ -178,17 +178,11 @@ class RWKV7(nn.Module):
 # ---------------------------------------------------------------- checkpoint
 
 def write_safetensors(path: str, tensors: dict, meta: dict) -> None:
-    """safetensors: u64 header length, JSON header (8-byte aligned), raw little-endian data."""
-    header, blobs, off = {"__metadata__": meta}, [], 0
-    for name, t in tensors.items():
-        b = t.detach().cpu().to(torch.float16).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F16", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((-len(h)) % 8)
-    with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+    """The tensors as fp16 safetensors, written by the official library."""
+    from safetensors.torch import save_file
+
+    save_file({n: t.detach().cpu().to(torch.float16).contiguous() for n, t in tensors.items()}, path,
+              metadata={str(k): str(v) for k, v in meta.items()})
 
 
 # ---------------------------------------------------------------- training

@@ -1,6 +1,6 @@
-// Streaming model loader: safetensors header by Range requests, then tensor data
-// in <= 32 MB blocks (a few in flight) written straight into GPU buffers from JS,
-// with a Cache API copy so the next load of the same file needs no weight requests.
+// Streaming model loader: the tensor index by Range requests (a safetensors header, or a .pth's zip tail
+// and pickle), then tensor data in <= 32 MB blocks (a few in flight) written straight into GPU buffers
+// from JS, with a Cache API copy so the next load of the same file needs no weight requests.
 
 export const BLOCK = 32 << 20;
 const IN_FLIGHT = 3;
@@ -13,11 +13,12 @@ export class LoadError extends Error {
 
 const short = (url) => { try { return new URL(url).pathname.split("/").pop() || url; } catch { return url; } };
 
-// One Range request; the server must answer 206 (a 200 means it ignored Range).
+// One Range request; the server must answer 206 (a 200 means it ignored Range). start < 0: the last -start bytes.
 async function rangeFetch(url, start, end, signal) {
   let r;
   try {
-    r = await fetch(url, { headers: { Range: `bytes=${start}-${end - 1}` }, signal, cache: "no-store" });
+    const range = start < 0 ? `bytes=${start}` : `bytes=${start}-${end - 1}`;
+    r = await fetch(url, { headers: { Range: range }, signal, cache: "no-store" });
   } catch (e) {
     if (signal?.aborted) throw new LoadError("aborted", "Loading was cancelled.");
     throw new LoadError("network", `Could not download ${short(url)} (${e.message}). Check the URL and your connection; ` +
@@ -83,6 +84,47 @@ export async function fetchHeader(url, signal) {
     }
   }
   return { prefix, size, etag };
+}
+
+export const isZip = (b) => b.length >= 4 && b[0] === 0x50 && b[1] === 0x4b && b[2] === 3 && b[3] === 4;
+
+// Fetched pieces [[offset (-1: ends at the file's end), Uint8Array], ...] in one blob for Python
+// (browser_index.PrefixSource): magic, u32 count, then per piece u64 offset, u64 length, the bytes.
+const PIECES = new TextEncoder().encode("webrwkv-pieces\u0000\u0001");
+function packPieces(pieces) {
+  const total = PIECES.length + 4 + pieces.reduce((t, [, b]) => t + 16 + b.length, 0);
+  const out = new Uint8Array(total);
+  const dv = new DataView(out.buffer);
+  out.set(PIECES);
+  dv.setUint32(PIECES.length, pieces.length, true);
+  let pos = PIECES.length + 4;
+  for (const [o, b] of pieces) {
+    dv.setBigUint64(pos, o < 0 ? 0xFFFFFFFFFFFFFFFFn : BigInt(o), true);
+    dv.setBigUint64(pos + 8, BigInt(b.length), true);
+    out.set(b, pos + 16);
+    pos += 16 + b.length;
+  }
+  return out;
+}
+
+// A .pth (torch.save zip) keeps its index in two places: the zip directory at the end and the pickle near
+// the start. Python says which ranges it still needs (needs(blob, size) -> [[start, end], ...], start < 0
+// for the last -start bytes), round by round; usually the tail, then the pickle. Returns the pieces as one
+// blob in place of the prefix.
+export async function fetchIndex(url, first, needs, signal) {
+  const pieces = [[0, first.prefix]];
+  for (let round = 0; round < 8; round++) {
+    const blob = packPieces(pieces);
+    const want = needs(blob, first.size);
+    if (!want.length) return { ...first, prefix: blob };
+    pieces.push(...await Promise.all(want.map(async ([s, e]) => {
+      const r = await rangeFetch(url, s, e, signal);
+      if (s < 0) return [-1, new Uint8Array(await r.arrayBuffer())];
+      return [s, await readBody(r, new Uint8Array(e - s), () => {}, signal)];
+    })));
+  }
+  throw new LoadError("badfile", `The index of ${short(url)} is spread over more of the file than a torch.save checkpoint's: ` +
+    "convert it to safetensors with `webrwkv convert`.");
 }
 
 // ---- cache --------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //   {id, type: "init" | "load" | "generate" | "chat" | "countTokens" | "stop" | "reset" | "save" | "restore" | "unload" | "stats" | "cached" | "clearCache"}
 // Replies: {id, type: "progress" | "token" | "done" | "error", ...}.
 import * as gpuHelper from "./gpu_helper.js";
-import { fetchHeader, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
+import { fetchHeader, fetchIndex, isZip, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
 
 const base = new URL("./", import.meta.url);
 let py = null;        // the Pyodide instance
@@ -68,8 +68,21 @@ async function findWheel() {
   return new URL(wheels[0].url, base).href;
 }
 
+// For a .pth: which file ranges Python still needs to read the checkpoint's index (webrwkv.browser_index).
+let indexModule = null;
+function indexNeeds(url) {
+  const mod = (indexModule ??= py.pyimport("webrwkv.browser_index"));
+  const name = new URL(url).pathname.split("/").pop() || url;
+  return (blob, size) => {
+    const r = mod.index_needs(blob, size, name);
+    const out = r.toJs();
+    r.destroy();
+    return out;
+  };
+}
+
 async function vocabFor(url, override) {
-  const guess = override || url.replace(/\.(safetensors|st)(\?.*)?$/, ".vocab.txt$2");
+  const guess = override || url.replace(/\.(safetensors|st|pth)(\?.*)?$/, ".vocab.txt$2");
   if (guess === url) return null;
   try {
     const r = await fetch(guess, { cache: "no-cache" });
@@ -103,7 +116,8 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   await watchDevice();
   const progress = (p) => post({ id, type: "progress", ...p });
   progress({ phase: "header", text: "Reading the model header…" });
-  const { prefix, size, etag } = await fetchHeader(url, ctrl.signal);
+  let { prefix, size, etag } = await fetchHeader(url, ctrl.signal);
+  if (isZip(prefix)) ({ prefix, size, etag } = await fetchIndex(url, { prefix, size, etag }, indexNeeds(url), ctrl.signal));
   const vocabText = await vocabFor(url, vocab);
   progress({ phase: "plan", text: "Planning GPU buffers…" });
   // quant "int8" / "nf4": the layers' matrices are quantized on the GPU as their bytes arrive

@@ -1,5 +1,6 @@
 """Streamed model load for the browser: raw tensor bytes go from JS fetches straight into GPU
 buffers; the GPU then converts them (dtype, transpose, padding) into the runtime's packed layout.
+The index comes from a safetensors header or a .pth's zip tail and pickle (index_needs says what to fetch).
 
 Python sees only the header and the small per-channel vectors (read back from the GPU); every
 matrix is a deferred view (`GpuMatrix`, see layers.deferred) that the version recipes stack, pad
@@ -8,42 +9,24 @@ and slice as they would a numpy array, and the runtime's upload hook turns into 
 
 from __future__ import annotations
 
-import contextlib
-import json
 from typing import Any
 
 import numpy as np
 
 from . import kernels as kmod
 from . import runtime as rtmod
-from .formats import FP16, WeightFormat, padded, weight_format
+from .browser_index import PrefixSource
+from .checkpoints import read_model_header
 from .errors import ModelFormatError
+from .formats import FP16, WeightFormat, padded, weight_format
 from .gpu import UNIFORM
 from .models import TensorRef
 from .models.loader import index_header
-from .safetensors import read_header, tensor_to_numpy, TensorInfo
-from .sources import ByteSource
+from .safetensors import tensor_to_numpy, TensorInfo
 from .tokenizer import Tokenizer, default_tokenizer
 
 SRC_CODE = {"F32": 0, "F16": 1, "BF16": 2}
 ESIZE = {"F32": 4, "F16": 2, "BF16": 2}
-
-
-class PrefixSource(ByteSource):
-    """The first bytes of a remote file (what JS fetched): enough for read_header."""
-
-    def __init__(self, prefix: bytes, size: int, name: str) -> None:
-        self._p, self.name = prefix, name
-        if size < 0 and len(prefix) >= 8:  # size hidden by CORS: the header says where the data ends
-            size = len(prefix)
-            with contextlib.suppress(Exception):
-                n = int.from_bytes(prefix[:8], "little")
-                hdr = json.loads(prefix[8:8 + n])
-                size = 8 + n + max([v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__"] + [0])
-        self.size = max(size, 0)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self._p[offset: offset + length]
 
 
 class Raw:
@@ -155,9 +138,14 @@ class StreamingLoad:
         self.kernels: Any = None  # the kernels' compilation, an awaitable (browser_entry starts it)
         self.name = url.split("?")[0].rstrip("/").split("/")[-1] or url
         src = PrefixSource(prefix, size, self.name)
-        header = read_header(src)
+        header = read_model_header(src, verify=False)  # a .pth's local zip headers are checked in finish()
         self.size, self.data_start = src.size, header.data_start
         self.info, self.refs = index_header(header, self.name)
+        for r in self.refs.values():
+            if r.offset % ESIZE[r.dtype]:
+                raise ModelFormatError(f"{self.name}: tensor '{r.name}' starts at byte {r.offset}, not on a "
+                                       f"{ESIZE[r.dtype]}-byte boundary, which the streamed load needs: convert "
+                                       "the file with `webrwkv convert` (it aligns every tensor)")
         self.tokenizer = (None if not tokenizer else Tokenizer.from_text(vocab_text, self.name + ".vocab.txt")
                           if vocab_text else default_tokenizer())
         self._pipes: dict = {}
@@ -180,9 +168,19 @@ class StreamingLoad:
             a0, a1 = r.offset & ~3, (r.offset + r.nbytes + 3) & ~3
             self.vec_spans[n] = (pos, a0, a1)
             pos += a1 - a0
+        used = {r.name for r in self.refs.values()}
+        self.checks: list[tuple] = []  # (place in vec_buf, a0, a1, file offset, expected bytes)
+        for offset, expect, names in getattr(header, "checks", []):  # predicted .pth zip headers
+            if used.intersection(names):
+                a0, a1 = offset & ~3, (offset + len(expect) + 3) & ~3
+                self.checks.append((pos, a0, a1, offset, expect))
+                pos += a1 - a0
+        self.vec_bytes = pos
         self.vec_buf = dev.buffer(max(pos, 4), label="vectors (raw)")
         for n in vec_names:
             pos, a0, a1 = self.vec_spans[n]
+            self.writes.append([a0, a1, self.vec_buf, pos, len(self.writes)])
+        for pos, a0, a1, _, _ in self.checks:
             self.writes.append([a0, a1, self.vec_buf, pos, len(self.writes)])
         for n, raw in raws.items():
             segs, r = self.segments.get(_key(raw), []), raw.ref
@@ -221,8 +219,14 @@ class StreamingLoad:
         self.staged.clear()
 
     async def _vectors(self) -> dict[str, np.ndarray]:
-        total = max(sum(a1 - a0 for _, a0, a1 in self.vec_spans.values()), 4)
-        raw = await self.dev.read_async(self.vec_buf, 0, total)
+        raw = await self.dev.read_async(self.vec_buf, 0, max(self.vec_bytes, 4))
+        for pos, a0, _, offset, expect in self.checks:
+            got = bytes(raw[pos + offset - a0: pos + offset - a0 + len(expect)])
+            if got != expect:
+                raise ModelFormatError(
+                    f"{self.name}: the zip header at byte {offset} is not where the checkpoint's directory puts "
+                    "it, so its tensors were not where expected (a .pth not written by torch.save?): convert it "
+                    "with `webrwkv convert` and load the .st")
         out = {}
         for n, (p, a0, _) in self.vec_spans.items():
             r = self.refs[n]

@@ -6,11 +6,12 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import numpy as np
 
-from .errors import ModelFormatError, WebRwkvError
+from .errors import WebRwkvError
 from .models import ModelInfo, default_model_path, load_index, load_weights
 from .models.loader import from_arrays, to_layout
 
@@ -68,8 +69,16 @@ def describe(info: ModelInfo) -> dict:
 
 def info_main(args: argparse.Namespace) -> int:
     """webrwkv info [--json] [MODEL]: describe a model (default: the bundled one)."""
-    info, _ = load_index(args.model or default_model_path())
+    from .checkpoints import sniff
+    from .sources import open_source
+
+    path = args.model or default_model_path()
+    with open_source(path) as src:
+        info, _ = load_index(src)
+        head = src.read(0, min(src.size, 16))
+    info.path = os.fspath(path)
     d = describe(info)
+    d["format"] = "pytorch" if sniff(head) == "zip" else "safetensors"
     if args.json:
         print(json.dumps(d))
     else:
@@ -78,37 +87,12 @@ def info_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_pth(path: str) -> tuple[ModelInfo, dict[str, np.ndarray]]:
-    """Canonical weights from a PyTorch checkpoint (needs torch)."""
-    try:
-        import torch
-    except ImportError:
-        raise WebRwkvError(
-            "converting a .pth file needs PyTorch, which is not installed: "
-            "install it (pip install 'webrwkv[torch]') or convert on a machine that has it") from None
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WebRwkvError(f"no such file: {path}: check the path") from None
-    except Exception as e:  # unpickling errors come in many types
-        raise ModelFormatError(f"{path} is not a readable PyTorch checkpoint ({e}); check the file") from None
-    if isinstance(sd, dict) and "state_dict" in sd:
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ModelFormatError(f"{path} holds a {type(sd).__name__}, not a dict of tensors")
-    arrays = {k: v.detach().float().numpy() for k, v in sd.items() if hasattr(v, "detach")}
-    return from_arrays(arrays, path=path)
-
-
 def convert_main(args: argparse.Namespace) -> int:
-    """webrwkv convert IN OUT [--layout official|converted] [--dtype fp16|fp32]"""
+    """webrwkv convert IN OUT [--layout official|converted] [--dtype fp16|fp32]: IN is a .st or a .pth"""
     from .safetensors import write_safetensors
 
     src = os.fspath(args.input)
-    if src.endswith((".pth", ".pt")):
-        info, weights = read_pth(src)
-    else:
-        info, weights = load_weights(src)
+    info, weights = load_weights(src)  # safetensors or a torch.save .pth, read without torch
     tensors = to_layout(info, weights, args.layout)
     if args.dtype == "fp16":
         big = [n for n, a in tensors.items() if np.abs(a).max(initial=0) > 65504]
@@ -119,7 +103,8 @@ def convert_main(args: argparse.Namespace) -> int:
     try:
         write_safetensors(args.output, tensors, metadata={"format": "pt", "layout": args.layout}, dtype=args.dtype)
     except OSError as e:
-        raise WebRwkvError(f"cannot write {args.output}: {e.strerror}; check the folder exists") from None
+        raise WebRwkvError(f"cannot write {args.output}: {e.strerror or e}; check the folder exists "
+                           "and has room") from None
     print(f"{info.version} L{info.n_layer} C{info.n_embd} -> {args.output} ({args.layout}, {args.dtype})")
     vocab = copy_vocab(src, os.fspath(args.output))
     if vocab:
@@ -139,8 +124,13 @@ def copy_vocab(src: str, dst: str) -> tuple[str, str] | None:
     a, b = vocab_path(src), vocab_path(dst)
     if os.path.exists(b) and os.path.samefile(a, b):
         return a, b
-    try:
-        shutil.copyfile(a, b)
+    try:  # through a new private folder next to b, renamed into place: no existing name is followed
+        tmpdir = tempfile.mkdtemp(prefix=".webrwkv-write-", dir=os.path.dirname(os.path.abspath(b)))
+        try:
+            shutil.copyfile(a, os.path.join(tmpdir, "vocab.txt"))
+            os.replace(os.path.join(tmpdir, "vocab.txt"), b)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     except OSError as e:
-        raise WebRwkvError(f"cannot copy the vocabulary {a} to {b}: {e.strerror}; copy it by hand") from None
+        raise WebRwkvError(f"cannot copy the vocabulary {a} to {b}: {e.strerror or e}; copy it by hand") from None
     return a, b

@@ -1,11 +1,18 @@
 """Safetensors header parsing and validation (pure Python, runs in Pyodide), plus
-numpy functions to decode tensor bytes and to write safetensors files."""
+numpy functions to decode tensor bytes and to write safetensors files (through the official library).
+
+Headers are parsed here, not with the official `safetensors` library: it reads whole local files
+(memory-mapped or by path), so it cannot read a header from an HTTP range source, from the bytes the
+browser fetched, or inside Pyodide (it is a compiled extension). Writing, natively only, goes through it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -219,7 +226,7 @@ def float32_to_bf16_bits(a: Any) -> Any:
     """Round float32 values to bfloat16 (round to nearest even), as uint16 bit patterns."""
     import numpy as np
 
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = np.asarray(a, dtype=np.float32, order="C")  # 0-d stays 0-d
     bits = a.view(np.uint32)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     return np.where(np.isnan(a), np.uint16(0x7FC0), rounded)
@@ -233,19 +240,22 @@ def _encode(name: str, arr: Any, dtype: str | None) -> tuple[str, bytes | Any]:
 
     arr = np.asarray(arr)
     if arr.dtype == np.int8 or arr.dtype == np.uint8:
-        return ("I8" if arr.dtype == np.int8 else "U8"), np.ascontiguousarray(arr)
+        return ("I8" if arr.dtype == np.int8 else "U8"), np.asarray(arr, order="C")
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"write_safetensors: tensor '{name}' has unsupported numpy dtype {arr.dtype}")
     st = _WRITE_DTYPES.get((dtype or "").lower(), dtype.upper() if dtype else None)
     if st is None:
         st = "F16" if arr.dtype == np.float16 else "F32"
     if st == "F32":
-        return st, np.ascontiguousarray(arr, dtype="<f4")
+        return st, np.asarray(arr, dtype="<f4", order="C")
     if st == "F16":
-        return st, np.ascontiguousarray(arr, dtype="<f2")
+        return st, np.asarray(arr, dtype="<f2", order="C")
     if st == "BF16":
         return st, float32_to_bf16_bits(arr.astype(np.float32)).astype("<u2")
     raise ValueError(f"write_safetensors: unknown dtype {dtype!r} (use fp32, fp16 or bf16)")
+
+
+_LIBRARY_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8"}
 
 
 def write_safetensors(
@@ -254,25 +264,32 @@ def write_safetensors(
     metadata: Mapping[str, str] | None = None,
     dtype: str | Mapping[str, str] | None = None,
 ) -> None:
-    """Write {name: array} as safetensors. Float arrays are stored as `dtype` (fp32, fp16 or bf16;
-    a str for all or a {name: dtype} map; None keeps fp16 as F16, else F32); int8/uint8 stay I8/U8."""
+    """Write {name: array} as safetensors with the official library. Float arrays are stored as `dtype`
+    (fp32, fp16 or bf16; a str for all or a {name: dtype} map; None keeps fp16 as F16, else F32); int8/uint8
+    stay I8/U8. The file is written in a private folder made next to `path` (mkdtemp: created exclusively,
+    mode 0700) and renamed into place, so no existing name is followed and a failed write leaves nothing."""
+    try:
+        from safetensors import SafetensorError, TensorSpec, serialize_file
+    except ImportError:
+        raise OSError("writing safetensors files needs the safetensors package: pip install 'webrwkv[native]'") from None
     encoded = {}
     for name in sorted(tensors):
         d = dtype.get(name) if isinstance(dtype, Mapping) else dtype
         encoded[name] = _encode(name, tensors[name], d)
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    pos = 0
-    for name, (st, arr) in encoded.items():
-        header[name] = {"dtype": st, "shape": list(arr.shape), "data_offsets": [pos, pos + arr.nbytes]}
-        pos += arr.nbytes
-    hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hbytes += b" " * (-(8 + len(hbytes)) % 8)
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hbytes)))
-        f.write(hbytes)
-        for _, arr in encoded.values():
-            f.write(memoryview(arr.reshape(-1)).cast("B"))
-    os.replace(tmp, path)
+    specs = {name: TensorSpec(dtype=_LIBRARY_DTYPES[st], shape=list(arr.shape), data_ptr=arr.ctypes.data,
+                              data_len=arr.nbytes) for name, (st, arr) in encoded.items()}
+    meta = {str(k): str(v) for k, v in metadata.items()} if metadata else None
+    target = os.path.abspath(os.fspath(path))
+    tmpdir = tempfile.mkdtemp(prefix=".webrwkv-write-", dir=os.path.dirname(target))
+    try:
+        tmp = os.path.join(tmpdir, "model.safetensors")
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        mode = os.stat(tmp).st_mode & 0o777  # what a new file gets here (the umask applied)
+        try:
+            serialize_file(specs, tmp, metadata=meta)  # `encoded` keeps every array alive meanwhile
+        except SafetensorError as e:
+            raise OSError(f"the safetensors library could not write the file ({e})") from None
+        os.chmod(tmp, mode)  # the library writes its own private (0600) file
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

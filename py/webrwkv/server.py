@@ -21,7 +21,7 @@ from .errors import WebRwkvError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 1 << 20  # bytes per write when streaming a file
-MODEL_EXTS = (".safetensors", ".st")
+MODEL_EXTS = (".safetensors", ".st", ".pth")
 MIME = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -35,6 +35,7 @@ MIME = {
     ".tar": "application/x-tar",
     ".safetensors": "application/octet-stream",
     ".st": "application/octet-stream",
+    ".pth": "application/octet-stream",
     ".svg": "image/svg+xml",
     ".png": "image/png",
     ".ico": "image/x-icon",

@@ -1,4 +1,5 @@
-"""Map a safetensors checkpoint (official or converted layout; fp32, fp16 or bf16) to the canonical form."""
+"""Map a checkpoint (safetensors or torch.save .pth; official or converted layout; fp32, fp16 or bf16) to the
+canonical form."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ModelFormatError
-from ..safetensors import SafetensorsHeader, TensorInfo, read_header, tensor_to_numpy, tensor_view
+from ..checkpoints import CheckedSource, read_model_header
+from ..safetensors import SafetensorsHeader, TensorInfo, tensor_to_numpy, tensor_view
 from ..sources import open_source
 from .registry import VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names
 
@@ -24,11 +26,9 @@ def opened(source_or_path: Any) -> Iterator[Any]:
     if not isinstance(source_or_path, (str, os.PathLike)):
         yield source_or_path
         return
-    path = os.fspath(source_or_path)
-    if path.endswith((".pth", ".pt")) and "://" not in path:
-        raise ModelFormatError(
-            f"{path} is a PyTorch checkpoint; convert it first: webrwkv convert {path} OUT.st")
-    src = open_source(path)
+    src = open_source(os.fspath(source_or_path))
+    if not hasattr(src, "view"):  # remote: a .pth's zip headers are checked as its tensors are read
+        src = CheckedSource(src)
     try:
         yield src
     finally:
@@ -148,7 +148,7 @@ def load_index(source_or_path: Any) -> tuple[ModelInfo, dict[str, TensorRef]]:
     """Read only the header: (ModelInfo, {canonical_name: TensorRef})."""
     with opened(source_or_path) as src:
         path = os.fspath(source_or_path) if isinstance(source_or_path, (str, os.PathLike)) else _source_path(src)
-        return index_header(read_header(src), path)
+        return index_header(read_model_header(src), path)
 
 
 def to_canonical(ref: TensorRef, raw: Any, keep_fp16: bool = False) -> np.ndarray:
@@ -178,7 +178,7 @@ def load_weights(source_or_path: Any, keep_fp16: bool = False) -> tuple[ModelInf
     """
     with opened(source_or_path) as src:
         path = os.fspath(source_or_path) if isinstance(source_or_path, (str, os.PathLike)) else _source_path(src)
-        info, refs = index_header(read_header(src), path)
+        info, refs = index_header(read_model_header(src), path)
         spans = [(r.offset, r.nbytes) for r in refs.values()]
         if hasattr(src, "view"):  # a local file: zero-copy views on its memory map
             raws = [src.view(o, n) for o, n in spans]
