@@ -142,3 +142,17 @@ def test_progress_bars_on_a_terminal_and_quiet_when_piped(served):
     assert "/14.3M [" in tty  # the download bar knows the file's size (15,012,192 bytes = 14.3 MiB)
     piped = cli(*argv).stderr
     assert "downloading" not in piped and "uploading" not in piped and "\r" not in piped
+
+
+def test_bench_says_what_it_is_doing_on_a_terminal():
+    from gpu_util import device
+
+    device()
+    argv = ["bench", "--random", "v7:L2:C256", "--prefill", "16", "--decode", "4"]
+    code, tty = run_with_tty_stderr(argv)
+    assert code == 0, tty
+    for words in ("making random weights for v7:L2:C256", "uploading to the GPU", "compiling the kernels",
+                  "prefill of 16 tokens", "decoding 4 tokens"):
+        assert words in tty
+    piped = cli(*argv)
+    assert piped.stderr == "" and "pp16 t/s" in piped.stdout

@@ -56,14 +56,18 @@ def random_weights(info: ModelInfo, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _bench(rt: Any, prefill: int, decode: int) -> dict[str, float]:
+    from .progress import status
+
     rng = np.random.default_rng(1)
     toks = rng.integers(0, rt.info.vocab, prefill).tolist()
     # warm-up: compile every pipeline shape used below
+    status("bench: compiling the kernels (warm-up run)…")
     for warm in (toks, [1]):
         rt.push(0, warm)
         while not rt.run():
             pass
     rt.reset(0)
+    status(f"bench: prefill of {prefill} tokens…")
     t0 = time.perf_counter()
     rt.push(0, toks)
     out = {}
@@ -71,6 +75,7 @@ def _bench(rt: Any, prefill: int, decode: int) -> dict[str, float]:
         out.update(rt.run())
     t1 = time.perf_counter()
     tok = int(np.argmax(out[0]))
+    status(f"bench: decoding {decode} tokens…")
     t2 = time.perf_counter()
     for _ in range(decode):
         rt.push(0, [tok])
@@ -81,6 +86,7 @@ def _bench(rt: Any, prefill: int, decode: int) -> dict[str, float]:
     t4 = time.perf_counter()
     rt.greedy(0, tok, decode)
     t5 = time.perf_counter()
+    status("")
     return {"prefill_tok_s": prefill / (t1 - t0), "decode_tok_s": decode / (t3 - t2),
             "gpu_greedy_tok_s": decode / (t5 - t4)}
 
@@ -98,14 +104,26 @@ def bench_main(args: Any) -> int:
     if chunk < 1:
         raise WebRwkvError("--token-chunk-size must be at least 1")
     chunk = min(args.prefill, chunk)
+    from . import progress
+    from .kernels import upload_matrix
+
+    progress.status("bench: opening the GPU…")
     dev = open_device("native", args.adapter)
     load_s = None
     if args.random:
         info = parse_random(args.random)
-        rt = Runtime(dev, info, random_weights(info), max_batch=1, token_chunk_size=chunk, quant=quant)
+        progress.status(f"bench: making random weights for {args.random}…")
+        weights = random_weights(info)
+        progress.status("")
+        total = sum(2 * a.size for a in weights.values() if a.ndim == 2)
+        with progress.bar(total, "uploading to the GPU") as bar:
+            rt = Runtime(dev, info, weights, max_batch=1, token_chunk_size=chunk, quant=quant,
+                         upload=progress.counted_upload(upload_matrix, bar))
+        del weights
         name = f"random {args.random}"
     else:
         # load time: file -> weights on the GPU, up to the GPU having them all (not opening the device)
+        progress.status("")
         t0 = time.perf_counter()
         eng = load_engine(args.model, "native", max_batch=1, token_chunk_size=chunk, quant=quant, device=dev)
         dev.sync()
