@@ -113,7 +113,7 @@ function showModel() {
   $("model-chip").classList.toggle("ok", !!m);
   $("model-info").textContent = m ? `${m.name} · RWKV ${m.version} · ${m.n_layer} layers × ${m.n_embd} · vocab ${m.vocab}` +
     (m.quant && m.quant !== "none" ? ` · ${m.quant} weights` : "") : "";
-  const c = card || app.cards.get(pickedUrl());
+  const c = m ? card : app.cards.get(pickedUrl()); // a loaded model shows its own card (or none)
   $("card-box").hidden = !c;
   if (c) {
     $("card-name").textContent = c.name;
