@@ -3,7 +3,8 @@
 # vendored Pyodide and the project wheel. Each step is skipped when its inputs are unchanged.
 #
 # Env: CHROMIUM_PATH (default /usr/bin/chromium), PYTHON (default python3),
-#      WEBRWKV_SKIP_APT=1 to never touch system packages.
+#      WEBRWKV_SKIP_APT=1 to never touch system packages,
+#      WEBRWKV_PYODIDE_ARCHIVE=FILE|URL to take Pyodide's wheels from its official release archive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -15,7 +15,7 @@ const SLIDERS = { temperature: "temperature", "top-p": "top_p", presence: "prese
 
 const app = {
   engine: null, model: null, loading: null, loadAbort: null, busy: null, abort: null, noGpu: false,
-  mode: "chat", store: null, conv: null, cards: new Map(), stateOwner: null,
+  mode: "chat", store: null, conv: null, cards: new Map(), stateOwner: null, ready: false,
 };
 window.webrwkvApp = app; // for tests and the console
 
@@ -27,13 +27,13 @@ app.showStats = showStats;
 app.emptyState = emptyState;
 
 function updateControls() {
-  $("load").disabled = !!app.loading || app.noGpu;
+  $("load").disabled = !!app.loading || app.noGpu || !app.ready; // ready: the model list is filled
   $("cancel-load").hidden = !app.loading;
   $("new-chat").disabled = app.busy === "chat";
   updateChatControls();
   updatePlayControls();
   if (!app.model) {
-    $("play-go").disabled = !!app.loading || app.noGpu;
+    $("play-go").disabled = !!app.loading || app.noGpu || !app.ready;
     $("play-go").textContent = "Load model";
   } else $("play-go").textContent = "Generate";
 }
@@ -68,7 +68,7 @@ function emptyState(mode) {
     p.textContent = "The model runs on your GPU through WebGPU. Nothing you write leaves this tab.";
     const go = Object.assign(document.createElement("button"), { className: "primary big", textContent: `Load ${card?.name || "the model"}` });
     go.onclick = loadModel;
-    go.disabled = app.noGpu || !!app.loading;
+    go.disabled = app.noGpu || !!app.loading || !app.ready;
     box.append(go);
   } else if (card?.kind === "completion") {
     h.textContent = `${card.name} continues text`;
@@ -297,6 +297,8 @@ async function init() {
   $("play-about").textContent = first ? `${first.name}: ${first.description}` : "";
   showModel();
   await restoreConversations();
+  app.ready = true;
+  renderTranscript();
   updateControls();
   const q = new URLSearchParams(location.search).get("model");
   if (q) { $("model-url").value = q; if (support.ok) loadModel(); }
