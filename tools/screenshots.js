@@ -25,12 +25,12 @@ async function idle(page) {
     await page.click('#load');
     await page.waitForFunction(() => window.webrwkvApp.model, null, { timeout: 300_000 });
     await idle(page);
-    await page.locator('#max-tokens').fill('64');
+    await page.locator('#max-tokens').fill('40');
     await page.click('#play-go');
     await idle(page);
     await page.screenshot({ path: scheme === 'light' ? path.join(DOCS, 'screenshot-playground.png') : path.join(EXTRA, `playground-${scheme}.png`) });
     await page.click('#mode-chat');
-    await page.locator('#max-tokens').fill('32');
+    await page.locator('#max-tokens').fill('16');
     for (const msg of ['Good morrow, fair Juliet.', 'Wilt thou walk with me tonight?']) {
       await page.fill('#input', msg);
       await page.press('#input', 'Enter');

@@ -1,5 +1,5 @@
 // Conversations kept in this browser (IndexedDB), newest first; an in-memory stand-in when the
-// browser refuses storage (some private modes), so the page still works for the session.
+// browser refuses storage (some private modes), so the page still works until the tab is closed.
 const DB = "webrwkv";
 const STORE = "conversations";
 

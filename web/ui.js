@@ -1,4 +1,4 @@
-// Small helpers shared by the page's modules: element lookup, the notice line, sizes, downloads.
+// Small pieces shared by the page's modules: element lookup, the notice line, sizes, downloads.
 export const $ = (id) => document.getElementById(id);
 
 export function notice(text, kind = "error") {

@@ -262,6 +262,7 @@ class Engine {
     this.model = null;
     this._stats = {};
     this.chat = { completions: { create: (body, options) => this._chatCreate(body, options) } };
+    w.listeners.add(() => { this.model = null; }); // a lost device takes the model with it
   }
   get stats() { return { adapter: this.adapter, ...this._stats }; }
   onDeviceLost(f) { this._w.listeners.add(f); }

@@ -33,6 +33,7 @@ test.beforeAll(async () => {
 test.afterAll(async () => { await nginx?.stop(); });
 
 test('The bundle under /demo/ on nginx: the page loads the bundled model and generates like the native engine', async ({ page }) => {
+  test.setTimeout(600_000); // the bundled model on SwiftShader: generous on a busy machine
   const elsewhere = [];
   page.on('request', (r) => { if (!r.url().startsWith(BASE) && !r.url().startsWith('data:') && !r.url().startsWith('blob:')) elsewhere.push(r.url()); });
   await page.goto(BASE);
