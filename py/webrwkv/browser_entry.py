@@ -259,3 +259,18 @@ async def generate(prompt: str, options: Any, emit: Any) -> dict:
 def stats() -> dict:
     """The last generation's numbers, plus the adapter."""
     return {**_stats, "adapter": _dev.adapter_name if _dev else "", "prefill_kernel": _eng.get("prefill_kernel", "")}
+
+
+# --- for the page: the model card and token counts (no engine state is touched) ----------------
+
+def model_card(text: str) -> dict:
+    """A model card (<model>.card.json) checked and filled in; raises ModelCardError when it is wrong."""
+    from .model_card import parse_card
+
+    return parse_card(str(text)).to_dict()
+
+
+def count_tokens(text: str) -> int:
+    """How many tokens `text` is for the loaded model's tokenizer."""
+    _, tok = _need()
+    return len(tok.encode(str(text)))
