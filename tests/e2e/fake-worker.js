@@ -27,26 +27,37 @@ const handlers = {
       load: { total: 1000000, fetched: 1000000, fromCache: 0, seconds: 2.0, streamSeconds: 0.02, heapGrowth: 0, heapBytes: 0, pyPeak: 0 } };
     return loaded;
   },
-  async generate(id, { prompt }) {
-    prompts.push(prompt);
-    const replies = config.replies || [['Hello.']];
-    const tokens = replies[Math.min(calls, replies.length - 1)];
-    calls++;
-    stop = false;
-    let n = 0;
-    for (const text of tokens) {
-      if (stop) break;
-      await sleep(config.tokenDelay || 0);
-      post({ id, type: 'token', token: ++n, text });
-    }
-    const stopped = stop;
-    return { prompt_tokens: String(prompt).length, completion_tokens: n, prefill_tps: 100, decode_tps: 10, py_share: 0.1,
-      py_step_s: 0.001, stop_reason: stopped ? 'stopped' : 'stop', finish_reason: 'stop', ids: [] };
-  },
-  count: (id, { text }) => text.length,
+  generate: (id, { prompt }) => reply(id, prompt),
+  // The real worker formats a conversation in Python (ChatSession); the fake uses the default
+  // User/Assistant layout so a test can read back exactly what the page sent.
+  chat: (id, { messages }) => reply(id, transcript(messages)),
+  count: (id, { text }) => (typeof text === 'string' ? text : transcript(text)).length,
   reset: () => null, save: () => null, restore: () => null, unload: () => { loaded = null; },
   stats: () => ({}), fakePrompts: () => prompts,
 };
+
+function transcript(messages) {
+  const names = { user: 'User', assistant: 'Assistant' };
+  const parts = messages.map((m) => (m.role === 'system' ? m.content : `${names[m.role]}: ${m.content}`));
+  return `${parts.join('\n\n')}\n\nAssistant:`;
+}
+
+async function reply(id, prompt) {
+  prompts.push(prompt);
+  const replies = config.replies || [['Hello.']];
+  const tokens = replies[Math.min(calls, replies.length - 1)];
+  calls++;
+  stop = false;
+  let n = 0;
+  for (const text of tokens) {
+    if (stop) break;
+    await sleep(config.tokenDelay || 0);
+    post({ id, type: 'token', token: ++n, text });
+  }
+  const stopped = stop;
+  return { prompt_tokens: String(prompt).length, completion_tokens: n, prefill_tps: 100, decode_tps: 10, py_share: 0.1,
+    py_step_s: 0.001, stop_reason: stopped ? 'stopped' : 'stop', finish_reason: 'stop', ids: [] };
+}
 
 let chain = Promise.resolve();
 self.onmessage = (ev) => {
