@@ -257,3 +257,20 @@ def test_info_command_refuses_a_bad_layer_index_without_a_traceback(tmp_path, ca
     assert main(["info", str(path)]) == 2
     err = capsys.readouterr().err
     assert "without gaps" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("ids", ["99999999999999999999999", "1,-99999999999999999999999", "9223372036854775808"])
+def test_logits_refuses_ids_too_large_for_any_vocabulary(tmp_path, capsys, ids):
+    """An id beyond int64 once ended in an OverflowError traceback; it is outside the vocabulary like 300."""
+    from webrwkv.cli import main
+
+    out = tmp_path / "x.npy"
+    with pytest.raises(SystemExit) as ei:
+        main(["logits", "--model", str(GOLDEN / "v7.st"), "--tokens", ids, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert ei.value.code == 2 and "outside the vocabulary" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["logits", "--model", str(GOLDEN / "v7.st"), "--tokens", "300", "--out", str(out)]) == 2
+    assert "token id 300 is outside the vocabulary (0..255)" in capsys.readouterr().err
+    assert main(["logits", "--model", str(GOLDEN / "v7.st"), "--tokens", "1,2", "--out", str(out)]) == 0
+    assert np.load(out).shape == (256,)

@@ -41,6 +41,18 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
+def _token_ids(text: str) -> str:
+    """--tokens as given; an id no vocabulary can hold is refused here, as numpy cannot even hold it."""
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        return text  # not numbers: the command says so
+    big = [i for i in ids if not -2**63 <= i < 2**63]
+    if big:
+        raise argparse.ArgumentTypeError(f"token id {str(big[0])[:40]} is outside the vocabulary")
+    return text
+
+
 def _engine_args(p: argparse.ArgumentParser, backend_default: str = "native") -> None:
     p.add_argument("--model", default=None, help="model file or URL (default: the bundled model)")
     p.add_argument("--vocab", default=None, help="vocabulary file (default: next to the model, else World)")
@@ -87,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("logits", help="write float32 logits to a .npy file")
     p.add_argument("--model", required=True)
-    p.add_argument("--tokens", required=True, help="comma-separated token ids")
+    p.add_argument("--tokens", required=True, type=_token_ids, help="comma-separated token ids")
     p.add_argument("--out", required=True)
     p.add_argument("--backend", choices=["reference", "native"], default="reference")
     p.add_argument("--adapter", default=None)
