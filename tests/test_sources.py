@@ -167,7 +167,7 @@ def test_plan_ranges_coalesces_neighbours_within_limits():
 
 def test_http_fetches_only_the_asked_ranges_and_coalesces(served):
     srv, _ = served
-    src = HttpRangeSource(srv.url + "models/data.bin", head_bytes=1024, max_gap=100, max_request=100_000)
+    src = HttpRangeSource(srv.url + "data.bin", head_bytes=1024, max_gap=100, max_request=100_000)
     assert srv.log == [("GET", "bytes=0-1023")]
     assert src.size == len(DATA) and src.identity.startswith('"')
     assert src.read(200_000, 10) == DATA[200_000:200_010]
@@ -383,8 +383,8 @@ def test_unchanged_file_loads_byte_exact_through_every_server_kind(tamper, tmp_p
 
 def test_no_validator_at_all_is_refused_before_a_second_request(tamper, tmp_path):
     srv = tamper({"ETag", "Last-Modified"})
-    (tmp_path / "d.bin").write_bytes(DATA)
-    src = HttpRangeSource(srv.url + "models/d.bin", head_bytes=1024)
+    (tmp_path / "d.st").write_bytes(DATA)
+    src = HttpRangeSource(srv.url + "models/d.st", head_bytes=1024)
     assert src.read(10, 10) == DATA[10:20]  # the cached first answer needs no check
     with pytest.raises(SourceError, match="neither ETag nor Last-Modified"):
         src.read(200_000, 10)
@@ -540,23 +540,23 @@ class HopHandler(Handler):
 
 
 def test_credentials_stay_in_their_origin_on_redirects(tmp_path):
-    (tmp_path / "data.bin").write_bytes(DATA)
+    (tmp_path / "data.st").write_bytes(DATA)
     a, b = (StaticServer(("127.0.0.1", 0), {"models": tmp_path}, handler=HopHandler) for _ in range(2))
     for srv in (a, b):
         srv.log = []
         srv.start()
     secret = {"Authorization": "Bearer s3cret", "Cookie": "session=1"}
     try:
-        a.target = b.url + "models/data.bin"  # another port: another origin
+        a.target = b.url + "models/data.st"  # another port: another origin
         src = HttpRangeSource(a.url + "hop", head_bytes=1024, headers=secret)
         assert src.read(100_000, 10) == DATA[100_000:100_010]
         assert a.log and all(entry[1:] == ("Bearer s3cret", "session=1") for entry in a.log)
         assert b.log and all(entry[1:] == (None, None) for entry in b.log)  # never sent to the other origin
         a.log.clear()
-        a.target = "/models/data.bin"  # the same origin keeps them
+        a.target = "/models/data.st"  # the same origin keeps them
         src = HttpRangeSource(a.url + "hop", head_bytes=1024, headers=secret)
         assert src.read(100_000, 10) == DATA[100_000:100_010]
-        assert ("/models/data.bin", "Bearer s3cret", "session=1") in a.log
+        assert ("/models/data.st", "Bearer s3cret", "session=1") in a.log
     finally:
         for srv in (a, b):
             srv.shutdown()

@@ -30,6 +30,15 @@ COMMANDS = {
 }
 
 
+# the values of webrwkv.server_limits (a test keeps them equal)
+SERVE_LIMITS = """limits:
+  connections   64 served at once, 256 more waiting, then 503; listen backlog 128
+  requests      line, headers and body within 30 s (an idle keep-alive ends then);
+                lines of at most 64 KiB, at most 100 headers; bodies over 1 MiB
+                close the connection
+  answers       the client must take each 1 MiB within 60 s"""
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.85)
@@ -124,10 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["official", "converted"], default="converted")
     p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
 
-    p = sub.add_parser("serve", help="serve the chat page, Pyodide, the wheel and models")
+    p = sub.add_parser("serve", help="serve the chat page, Pyodide, the wheel and models", epilog=SERVE_LIMITS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model-dir", default=None, help="served at /models/<file> (default: bundled model)")
+    p.add_argument("--model-dir", default=None,
+                   help="served at /models/<file>: its .st, .safetensors and .pth files, <model>.vocab.txt, "
+                        "<model>.json and MODEL_CARD.md, nothing else (default: the bundled model)")
 
     p = sub.add_parser("devices", help="list GPU adapters")
     p.add_argument("--json", action="store_true")
