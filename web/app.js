@@ -222,9 +222,11 @@ function newChat(resetEngine = true) {
   const empty = document.createElement("div");
   empty.id = "empty";
   empty.className = "empty";
-  empty.innerHTML = app.model
-    ? `<h2>Ready</h2><p>${app.model.name} is loaded. Say hello.</p>`
-    : "<h2>Chat with RWKV, right here</h2><p>Load a model to begin.</p>";
+  const title = document.createElement("h2");
+  const line = document.createElement("p");
+  title.textContent = app.model ? "Ready" : "Chat with RWKV, right here";
+  line.textContent = app.model ? `${app.model.name} is loaded. Say hello.` : "Load a model to begin.";
+  empty.append(title, line); // text, never markup: the model name comes from a URL
   t.append(empty);
   if (resetEngine && app.engine && app.model) app.engine.reset().catch((e) => notice(e.message));
   updateControls();
