@@ -274,3 +274,45 @@ def test_logits_refuses_ids_too_large_for_any_vocabulary(tmp_path, capsys, ids):
     assert "token id 300 is outside the vocabulary (0..255)" in capsys.readouterr().err
     assert main(["logits", "--model", str(GOLDEN / "v7.st"), "--tokens", "1,2", "--out", str(out)]) == 0
     assert np.load(out).shape == (256,)
+
+
+@pytest.mark.parametrize("cut", ["in-data", "last-byte", "in-header"])
+def test_browser_load_of_an_honestly_truncated_file_is_refused(cut):
+    """What web/loader.js hands Python for a file cut short on the server, whose size it reports truly:
+    the header's claims past the end are refused before any GPU buffer is made."""
+    from webrwkv.browser_loader import StreamingLoad
+    from webrwkv.errors import ModelFormatError
+
+    data = (GOLDEN / "v7.st").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    size = {"in-data": 8 + n + 1000, "last-byte": len(data) - 1, "in-header": 8 + n // 2}[cut]
+    words = "past the end" if cut == "in-header" else "truncated"
+    dev = device()
+    with pytest.raises(ModelFormatError, match=words):
+        StreamingLoad(dev, data[: min(size, 8 + n)], size, "http://host/m.st", None)
+
+
+def test_browser_load_whose_download_ends_early_is_refused():
+    """Size hidden by CORS, so taken from the header; the bytes stop short: finish() refuses the load
+    rather than hand over a runtime with tensors that never arrived."""
+    import asyncio
+
+    from webrwkv.browser_loader import StreamingLoad
+    from webrwkv.errors import ModelFormatError
+
+    data = (GOLDEN / "v7.st").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    dev = device()
+    ld = StreamingLoad(dev, data[: 8 + n], -1, "http://host/m.st", None)
+    assert ld.size == len(data)
+    cut = len(data) // 2
+    for a0, a1, buf, off, tag in ld.writes:
+        if a1 > cut:
+            continue  # these ranges never arrived
+        staged = buf is None
+        if staged:
+            buf = dev.buffer(a1 - a0, label="staging")
+        dev.write(buf, off, data[a0:a1])
+        ld.write_done(tag, buf if staged else None)
+    with pytest.raises(ModelFormatError, match="the download ended before"):
+        asyncio.run(ld.finish())
