@@ -5,6 +5,7 @@ import errno
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -575,3 +576,12 @@ def test_serve_help_states_the_limits(capsys):
                    f"backlog {lim.BACKLOG}", f"within {lim.REQUEST_DEADLINE:g} s", f"1 MiB within {lim.SEND_TIMEOUT:g} s",
                    f"bodies over {lim.MAX_BODY >> 20} MiB", ".pth", "MODEL_CARD.md"):
         assert phrase in out, phrase
+
+
+@pytest.mark.parametrize("line", [b"GET /r.txt", b"GET /r.txt HTTP/0.9", b"GET /nope HTTP/0.9", b"HEAD /r.txt HTTP/9"])
+def test_every_answer_has_a_status_line_even_to_http_0_9(site, line):
+    """Found by the request fuzzer: HTTP/0.9 answers were bare bodies, an error page indistinguishable from a
+    file (and with no headers at all)."""
+    answer = exchange(site[0], line + b"\r\nHost: x\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] [1-5]\d\d ", answer), answer[:80]
+    assert b"\r\nContent-Length: " in answer.split(b"\r\n\r\n")[0]

@@ -48,6 +48,16 @@ class LimitedHandler(BaseHTTPRequestHandler):
     timeout = SEND_TIMEOUT  # for writes; reads follow the request's deadline
     server: "LimitedServer"
 
+    @property
+    def request_version(self) -> str:
+        return self._version
+
+    @request_version.setter
+    def request_version(self, version: str) -> None:
+        # HTTP/0.9 answers are bare bodies: no status, no headers, errors indistinguishable from files.
+        # No client since the 1990s needs them, so such a request is answered as HTTP/1.0.
+        self._version = "HTTP/1.0" if version == "HTTP/0.9" else version
+
     def setup(self) -> None:
         super().setup()
         plain, self.rfile = self.rfile, io.BufferedReader(_DeadlineReader(self.connection, self), 1 << 16)
