@@ -568,3 +568,24 @@ def test_redirect_to_ftp_is_refused_not_followed(redirector):
     with pytest.raises(SourceError, match="not a valid http"):
         HttpRangeSource(url, retries=3, backoff=0.01)
     assert len(srv.log) == 1
+
+
+def test_redirect_to_a_malformed_url_is_a_source_error(redirector):
+    """Found by the HTTP fuzzer: urllib parsed the Location itself and raised a bare ValueError."""
+    srv, url = redirector("http://[::1")
+    with pytest.raises(SourceError, match="malformed URL|not a valid URL"):
+        HttpRangeSource(url, retries=3, backoff=0.01)
+    assert len(srv.log) == 1
+
+
+def test_http_sources_build_no_tls_context(served, monkeypatch):
+    """Loading the system's certificates takes ~0.1 s: done once at the first https request, never for http."""
+    import ssl
+
+    calls = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: calls.append(1) or real(*a, **k))
+    srv, _ = served
+    for _ in range(5):
+        assert HttpRangeSource(srv.url + "data.bin", head_bytes=16).read(0, 4) == DATA[:4]
+    assert calls == []

@@ -3,6 +3,7 @@ http(s) and keep credentials in their origin, and strict parsing of URLs and num
 
 from __future__ import annotations
 
+import functools
 import http.client
 import re
 import socket
@@ -77,8 +78,10 @@ class _TimedHTTPHandler(urllib.request.HTTPHandler):
         return self.do_open(_TimedHTTPConnection, req)
 
 
-def _https_handler() -> Any:
-    """An HTTPS handler whose TLS sockets keep the deadline too; None without ssl (e.g. in Pyodide)."""
+@functools.lru_cache(maxsize=1)
+def _https_handler_class() -> Any:
+    """An HTTPS handler class whose TLS sockets keep the deadline too; None without ssl (e.g. in Pyodide).
+    Its TLS context (loading the system's certificates takes ~0.1 s) is made once, at the first https request."""
     try:
         import ssl
     except ImportError:
@@ -97,6 +100,12 @@ def _https_handler() -> Any:
             _arm(self)
             return super().do_handshake(*args)
 
+    @functools.lru_cache(maxsize=1)
+    def context() -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        ctx.sslsocket_class = TimedSSLSocket
+        return ctx
+
     class Connection(http.client.HTTPSConnection):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -104,11 +113,9 @@ def _https_handler() -> Any:
 
     class Handler(urllib.request.HTTPSHandler):
         def https_open(self, req: urllib.request.Request) -> Any:
-            return self.do_open(Connection, req, context=self._context)
+            return self.do_open(Connection, req, context=context())
 
-    context = ssl.create_default_context()
-    context.sslsocket_class = TimedSSLSocket
-    return Handler(context=context)
+    return Handler
 
 
 def check_url(url: str) -> urllib.parse.SplitResult:
@@ -133,6 +140,17 @@ def origin(parts: urllib.parse.SplitResult) -> tuple[str, str, int]:
 class _Redirects(urllib.request.HTTPRedirectHandler):
     """Follows redirects to http(s) only, and drops credentials on one to another origin, as browsers do."""
 
+    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        location = headers.get("Location") or headers.get("URI")
+        if location:  # urllib's own parse of a malformed Location raises ValueError
+            try:
+                check_url(urllib.parse.urljoin(req.full_url, location))
+            except ValueError as e:
+                raise SourceError(f"{req.full_url}: the server redirected to a malformed URL ({e})") from None
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
     def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
         target = check_url(newurl)
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
@@ -145,8 +163,8 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 def opener() -> urllib.request.OpenerDirector:
     """A urllib opener with deadline-aware sockets and the redirect rules above."""
     handlers = [_Redirects(), _TimedHTTPHandler()]
-    https = _https_handler()
-    return urllib.request.build_opener(*handlers, *([https] if https else []))
+    https = _https_handler_class()
+    return urllib.request.build_opener(*handlers, *([https()] if https else []))
 
 
 def number(text: str | None, what: str, url: str) -> int | None:
