@@ -585,3 +585,31 @@ def test_every_answer_has_a_status_line_even_to_http_0_9(site, line):
     answer = exchange(site[0], line + b"\r\nHost: x\r\n\r\n")
     assert re.match(rb"HTTP/1\.[01] [1-5]\d\d ", answer), answer[:80]
     assert b"\r\nContent-Length: " in answer.split(b"\r\n\r\n")[0]
+
+
+def test_idle_keep_alive_ending_is_not_logged_but_a_stalled_request_is(tmp_path, monkeypatch, capsys):
+    """Browsers keep idle connections open: closing one at the deadline is routine, not a logged error;
+    a request that stalls half-way is worth a line in the log."""
+    from webrwkv import server_limits
+
+    monkeypatch.setattr(server_limits, "REQUEST_DEADLINE", 0.5)
+    (tmp_path / "m.st").write_bytes(b"12")
+    srv = make_server("127.0.0.1", 0, {"models": tmp_path}, quiet=False)
+    srv.start()
+    try:
+        with socket.create_connection(srv.server_address[:2], timeout=10) as s:
+            s.sendall(b"GET /models/m.st HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while chunk := s.recv(1000):  # the answer, then the close at the deadline (idle)
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"\r\n\r\n12")
+        idle_log = capsys.readouterr().err
+        with socket.create_connection(srv.server_address[:2], timeout=10) as s:
+            s.sendall(b"GET /models/m.st HT")
+            assert s.recv(1000) == b""
+        stalled_log = capsys.readouterr().err
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert "timed out" not in idle_log and '"GET /models/m.st HTTP/1.1" 200' in idle_log
+    assert "Request timed out" in stalled_log

@@ -39,7 +39,9 @@ class _DeadlineReader(io.RawIOBase):
         if left <= 0:
             raise TimeoutError("the request did not arrive within its deadline")
         self._sock.settimeout(left)
-        return self._sock.recv_into(buf)
+        n = self._sock.recv_into(buf)
+        self._handler.received += n
+        return n
 
 
 class LimitedHandler(BaseHTTPRequestHandler):
@@ -62,12 +64,18 @@ class LimitedHandler(BaseHTTPRequestHandler):
         super().setup()
         plain, self.rfile = self.rfile, io.BufferedReader(_DeadlineReader(self.connection, self), 1 << 16)
         plain.close()
-        self.deadline = time.monotonic() + REQUEST_DEADLINE
+        self.deadline, self.received = time.monotonic() + REQUEST_DEADLINE, 0
         self._unread = False  # a body was left unread: linger before closing
 
     def handle_one_request(self) -> None:
         self.deadline = time.monotonic() + REQUEST_DEADLINE
+        self.received = 0  # bytes of this request read from the connection
         super().handle_one_request()
+
+    def log_error(self, format: str, *args: Any) -> None:
+        if format.startswith("Request timed out") and not self.received:
+            return  # an idle keep-alive connection closing is no error
+        super().log_error(format, *args)
 
     def handle_expect_100(self) -> bool:
         return True  # no "100 Continue": the answer comes without the body, which is never wanted
