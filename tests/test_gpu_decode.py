@@ -129,3 +129,22 @@ def test_greedy_golden_ids_on_the_gpu_decoder():
     items = list(generate_stream(eng.runtime, eng.tokenizer, g["prompt_ids"], GREEDY, len(g["greedy_ids"]),
                                  eos_id=None, lookahead=16))
     assert isinstance(items[-1], GenerationStats) and items[-1].ids == g["greedy_ids"]
+
+
+@pytest.mark.parametrize("lookahead", [1, 8])
+def test_nan_logits_are_the_same_clear_error_on_the_gpu_paths(lookahead):
+    """NaN weights: the GPU greedy and sampled windows raise the reference's 'NaN' SamplingError
+    instead of picking token 0 and stopping as if at end of text."""
+    from webrwkv.errors import SamplingError
+    from webrwkv.reference import ReferenceRuntime
+    from webrwkv.runtime import Runtime
+
+    info, w = fp16_model("v7")
+    w = dict(w, **{"head.weight": np.full_like(w["head.weight"], np.nan)})
+    rt = Runtime(device(), info, w, max_batch=1, token_chunk_size=16)
+    tok = tokenizer(info.vocab)
+    for params in (GREEDY, SAMPLED):
+        with pytest.raises(SamplingError, match="NaN"):
+            list(generate_stream(rt, tok, [1, 2, 3], params, 4, (), 0, eos_id=0, lookahead=lookahead))
+        with pytest.raises(SamplingError, match="NaN"):
+            list(generate_stream(ReferenceRuntime((info, w)), tok, [1, 2, 3], params, 4, (), 0, eos_id=0))

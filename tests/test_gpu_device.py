@@ -52,6 +52,36 @@ def test_too_large_model_refused_before_allocation():
     assert calls == []
 
 
+
+def test_limits_are_checked_from_the_header_before_any_tensor_is_read(monkeypatch, tmp_path):
+    """An fp32 model over the adapter's limits is refused before its tensors are widened in host RAM."""
+    from safetensors.numpy import load_file, save_file
+
+    from webrwkv import engine as engine_mod
+    from webrwkv.models import load_weights
+
+    path = tmp_path / "f32.st"
+    save_file({n: a.astype(np.float32) for n, a in load_file(GOLDEN / "v6.st").items()}, path)
+    read = []
+    monkeypatch.setattr(engine_mod, "load_weights", lambda *a, **k: read.append(a) or load_weights(*a, **k))
+    with pytest.raises(GpuError, match="maxStorageBufferBindingSize"):
+        engine_mod.load_engine(str(path), max_batch=4, token_chunk_size=128, max_binding_override=4096)
+    assert read == []
+
+
+def test_a_weight_beyond_fp16_names_its_tensor(tmp_path):
+    """An fp32 weight of 1e30 would become inf in fp16 and then NaN logits: the upload names the tensor."""
+    from webrwkv.errors import ModelFormatError
+    from webrwkv.runtime import Runtime
+    from webrwkv.models import load_weights
+
+    info, w = load_weights(GOLDEN / "v6.st")
+    w = {n: np.asarray(a, np.float32) for n, a in w.items()}
+    w["blocks.1.ffn.value.weight"][3, 5] = 1e30
+    with pytest.raises(ModelFormatError, match=r"blocks\.1\.ffn\.value.*fp16 range"):
+        Runtime(device(), info, w, max_batch=1, token_chunk_size=16)
+
+
 def test_lost_device_raises_instead_of_hanging():
     from webrwkv.gpu import open_device
     from webrwkv.runtime import Runtime

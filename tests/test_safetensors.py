@@ -162,7 +162,7 @@ BAD_FILES = {
     "text_error": (b'{"error": "Repository not found or gated"}\n', ["text file", "Repository not found",
                                                                       "check the path"]),
     "too_small": (b"\x01\x00", ["only 2 bytes"]),
-    "header_over_100mb": (struct.pack("<Q", 200 * 2**20) + b"{}" * 10, ["over 100 MB"]),
+    "header_over_4mb": (struct.pack("<Q", 5 * 2**20) + b"{}" * 10, ["over the 4 MB"]),
     "header_past_end": (struct.pack("<Q", 1000) + b'{"t":1}', ["past the end"]),
     "invalid_json": (build({}, b"")[:8] + b"{oops:  ", ["not valid JSON"]),
     "non_utf8": (struct.pack("<Q", 8) + b"{\xff\xfe}    ", ["not valid JSON"]),
@@ -233,3 +233,91 @@ def test_tensor_to_numpy_rejects_wrong_length():
     info = TensorInfo("t", "F32", (2,), 0, 8)
     with pytest.raises(ModelFormatError):
         tensor_to_numpy(info, b"\x00" * 4)
+
+
+def _entry(**over):
+    return {"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], **over}}
+
+
+HOSTILE_HEADERS = {
+    # each of these once escaped as TypeError, ValueError or RecursionError instead of ModelFormatError
+    "dtype_is_a_list": (json.dumps(_entry(dtype=["F32"])).encode(), ["dtype ['F32']"]),
+    "dtype_is_an_object": (json.dumps(_entry(dtype={"a": 1})).encode(), ["dtype {'a': 1}"]),
+    "shape_product_of_thousands_of_digits": (json.dumps(_entry(shape=[10**300] * 16)).encode(),
+                                             ["invalid shape", "at most 8 dimensions"]),
+    "shape_dim_too_large": (json.dumps(_entry(shape=[2**41])).encode(), ["invalid shape"]),
+    "number_of_5000_digits": (b'{"t": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 8]}}',
+                              ["not valid JSON", "thousands of digits"]),
+    "nested_arrays": (b"[" * 100_000 + b"]" * 100_000, ["not valid JSON", "nests deeper"]),
+    "nested_objects": (b'{"a":' * 5000 + b"1" + b"}" * 5000, ["not valid JSON", "nests deeper"]),
+    "metadata_value_not_a_string": (json.dumps({"__metadata__": {"a": 1}, **GOOD}).encode(), ["__metadata__"]),
+    "metadata_empty_list": (json.dumps({"__metadata__": [], **GOOD}).encode(), ["__metadata__"]),
+    "metadata_string": (json.dumps({"__metadata__": "x", **GOOD}).encode(), ["__metadata__"]),
+    "name_of_a_megabyte": (json.dumps({"n" * (1 << 20): {"dtype": "F64", "shape": [], "data_offsets": [0, 8]}}
+                                      ).encode(), ["'nnnnnnnn", "...", "F64"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_HEADERS))
+def test_hostile_headers_raise_model_format_error(case):
+    from webrwkv.safetensors import parse_header
+
+    header, words = HOSTILE_HEADERS[case]
+    with pytest.raises(ModelFormatError) as ei:
+        parse_header(header, 1 << 20, "m.st")
+    msg = str(ei.value)
+    assert all(w in msg for w in words), msg
+    assert len(msg) < 600  # a clear sentence, not the megabyte value
+
+
+def test_metadata_null_is_empty_and_strings_are_kept():
+    from webrwkv.safetensors import parse_header
+
+    assert parse_header(json.dumps({"__metadata__": None, **GOOD}).encode(), 1 << 20).metadata == {}
+    assert parse_header(json.dumps({"__metadata__": {"a": "b"}, **GOOD}).encode(), 1 << 20).metadata == {"a": "b"}
+
+
+def test_many_dims_are_refused_in_linear_time():
+    """A shape of a million dimensions once took seconds growing quadratically (a huge product)."""
+    import time
+
+    from webrwkv.safetensors import parse_header
+
+    header = json.dumps(_entry(shape=[2] * 1_000_000)).encode()
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFormatError, match="at most 8 dimensions"):
+        parse_header(header, 1 << 30, "m.st")
+    assert time.perf_counter() - t0 < 5  # a generous safety limit; before the fix: tens of seconds
+
+
+def test_header_over_the_cap_is_refused_before_it_is_read():
+    """A header of tiny objects just over the cap is refused from its length alone: no read, no parse."""
+    from webrwkv.safetensors import MAX_HEADER
+
+    body = b'{"__metadata__":[' + b"[]," * ((MAX_HEADER + 64) // 3) + b"[]]}"
+    blob = struct.pack("<Q", len(body)) + body
+    src = CountingSource(blob)
+    with pytest.raises(ModelFormatError, match="over the 4 MB"):
+        read_header(src)
+    assert all(n <= 1024 for _, n in src.reads)  # only the length and the first bytes were looked at
+    assert MAX_HEADER >= 2 << 20  # real headers are ~200 KB at most: keep a wide margin
+
+
+def test_header_at_the_cap_parses_within_time_and_memory():
+    """The worst header under the cap (millions of empty arrays) is bounded: seconds and ~100 MB, not GB."""
+    import time
+    import tracemalloc
+
+    from webrwkv.safetensors import MAX_HEADER, parse_header
+
+    body = b'{"__metadata__":[' + b"[]," * ((MAX_HEADER - 64) // 3) + b"[]]}"
+    assert len(body) <= MAX_HEADER
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(ModelFormatError, match="__metadata__"):
+            parse_header(body, len(body) + 8, "m.st")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 30 and peak < 300 << 20, (time.perf_counter() - t0, peak >> 20)

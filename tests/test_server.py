@@ -5,9 +5,12 @@ import errno
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -320,3 +323,293 @@ def test_serve_command_prints_url_and_serves(tmp_path):
         proc.wait(10)
     bad = subprocess.run(cmd[:-1] + [str(tmp_path / "missing")], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--model-dir" in bad.stderr
+
+
+# --- hostile requests ---------------------------------------------------------------------------------------
+
+def exchange(srv, data: bytes, wait: float = 2.0) -> bytes:
+    """Send raw bytes on one connection; everything the server answers until it closes or is quiet `wait` s."""
+    with socket.create_connection(srv.server_address[:2], timeout=wait) as s:
+        s.sendall(data)
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pass
+    return got
+
+
+@pytest.mark.parametrize("rng,status,want", [
+    ("bytes=" + "9" * 5000 + "-", 416, None),  # once: int() of 5000 digits, a traceback, a dropped connection
+    ("bytes=0-" + "9" * 5000, 206, slice(0, None)),
+    ("bytes=-" + "9" * 5000, 206, slice(0, None)),
+    ("bytes=0000000000000000000000000010-19", 206, slice(10, 20)),
+    ("bytes=\u00b2-", 200, slice(0, None)),  # superscript two: isdigit() says yes, int() says no
+    ("bytes=1-\u00b3", 200, slice(0, None)),
+], ids=["start-5000-digits", "end-5000-digits", "suffix-5000-digits", "leading-zeros", "superscript-start",
+        "superscript-end"])
+def test_hostile_range_numbers_are_ignored_or_416(site, capsys, rng, status, want):
+    srv, _, model = site
+    answer = exchange(srv, f"GET /models/tiny.safetensors HTTP/1.1\r\nHost: x\r\nRange: {rng}\r\n"
+                           "Connection: close\r\n\r\n".encode("latin-1"))  # as HTTP/1.1 header bytes
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), head[:100]
+    if want is not None:
+        assert body == model[want]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/models/tiny.safetensors", 200), ("/models/b.st", 200), ("/models/old.pth", 200),
+    ("/models/b.vocab.txt", 200), ("/models/b.json", 200), ("/models/MODEL_CARD.md", 200),
+    ("/models/notes.md", 404), ("/models/Documents/notes.txt", 404), ("/models/Documents/deep.st", 404),
+    ("/models/orphan.vocab.txt", 404), ("/models/orphan.json", 404), ("/models/config.json", 404),
+    ("/models/.vocab.txt", 404), ("/models/id_rsa", 404), ("/wheels/notes.txt", 404),
+    ("/wheels/webrwkv-0.1.0-py3-none-any.whl", 200),
+])
+def test_model_folder_serves_only_models_and_their_sidecars(site, path, status):
+    """--model-dir may be a home folder, and every answer carries Access-Control-Allow-Origin: *: once any
+    file under it was served to any web page (/models/Documents/notes.txt)."""
+    srv, root, _ = site
+    models = root / "models"
+    (models / "Documents").mkdir(exist_ok=True)
+    for name in ("Documents/notes.txt", "Documents/deep.st", "old.pth", "b.vocab.txt", "b.json", "MODEL_CARD.md",
+                 "orphan.vocab.txt", "orphan.json", "config.json", ".vocab.txt", "id_rsa"):
+        (models / name).write_bytes(b"private" if "notes" in name or "id_rsa" in name else b"ok")
+    (root / "dist" / "notes.txt").write_bytes(b"private")
+    resp, body = request(srv, "GET", path)
+    assert resp.status == status, (path, resp.status)
+    assert b"private" not in body
+
+
+def test_a_file_name_with_a_trailing_slash_is_404(site):
+    srv = site[0]
+    for path in ("/models/b.st/", "/r.txt/", "/wheels/webrwkv-0.1.0-py3-none-any.whl/"):
+        assert request(srv, "GET", path)[0].status == 404, path
+    assert request(srv, "GET", "/sub/")[0].status == 200  # a real folder still works
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
+    b"GET /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
+    b"DELETE /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n",
+])
+def test_a_request_body_is_never_answered_as_a_request(site, head):
+    """The body was never read, so a POST whose body was `GET ...` got a second answer (smuggling)."""
+    srv = site[0]
+    smuggled = b"GET /models/tiny.safetensors HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = exchange(srv, head % len(smuggled) + smuggled, wait=1.0)
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"100 Continue" not in answer, answer[:300]
+    # the connection stays usable: the body was read and dropped
+    conn_answer = exchange(srv, head % len(smuggled) + smuggled + b"GET /r.txt HTTP/1.1\r\nHost: x\r\n\r\n", 1.0)
+    assert conn_answer.count(b"HTTP/1.1 ") == 2 and conn_answer.endswith(b"hi")
+
+
+@pytest.mark.parametrize("framing", [
+    b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n",
+    b"Content-Length: 99999999\r\n\r\n%x%s",
+    b"Content-Length: 1\r\nContent-Length: %x\r\n\r\n%s",
+])
+def test_bodies_it_does_not_read_close_the_connection(site, framing):
+    srv = site[0]
+    smuggled = b"GET /models/tiny.safetensors HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = exchange(srv, b"POST /index.html HTTP/1.1\r\nHost: x\r\n" + framing % (len(smuggled), smuggled))
+    assert answer.startswith(b"HTTP/1.1 405") and answer.count(b"HTTP/1.1 ") == 1
+    assert b"Connection: close" in answer
+
+
+def test_listing_skips_files_deleted_while_listed(site, monkeypatch):
+    """Files deleted between the folder read and their stat once dropped the request (FileNotFoundError)."""
+    srv, root, model = site
+    (root / "models" / "gone.st").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir_then_delete(path):
+        entries = list(real_scandir(path))
+        if os.path.exists(root / "models" / "gone.st"):
+            os.remove(root / "models" / "gone.st")
+        return iter(entries)
+
+    monkeypatch.setattr(os, "scandir", scandir_then_delete)
+    resp, body = request(srv, "GET", "/models/index.json")
+    assert resp.status == 200
+    assert [m["name"] for m in json.loads(body)["models"]] == ["b.st", "tiny.safetensors"]
+
+
+def test_listing_of_a_vanished_folder_is_empty(tmp_path):
+    (tmp_path / "m").mkdir()
+    srv = make_server("127.0.0.1", 0, {"models": tmp_path / "m"})
+    srv.start()
+    try:
+        (tmp_path / "m").rmdir()
+        assert json.loads(request(srv, "GET", "/models/index.json")[1]) == {"models": []}
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_if_match_and_if_unmodified_since_are_honoured(site):
+    srv, root, _ = site
+    resp, _ = request(srv, "HEAD", "/models/b.st")
+    etag, modified = resp.headers["ETag"], resp.headers["Last-Modified"]
+    assert request(srv, "GET", "/models/b.st", {"If-Match": etag})[1] == b"st"
+    assert request(srv, "GET", "/models/b.st", {"If-Match": f'"x", {etag}'})[1] == b"st"
+    assert request(srv, "GET", "/models/b.st", {"If-Match": "*"})[0].status == 200
+    resp, body = request(srv, "GET", "/models/b.st", {"If-Match": '"stale"', "Range": "bytes=0-0"})
+    assert resp.status == 412 and b"st" not in body.replace(b"changed", b"")
+    assert request(srv, "GET", "/models/b.st", {"If-Unmodified-Since": modified})[0].status == 200
+    old = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert request(srv, "GET", "/models/b.st", {"If-Unmodified-Since": old})[0].status == 412
+    assert request(srv, "GET", "/models/b.st", {"If-Unmodified-Since": "not a date"})[0].status == 200
+    # If-Match wins over If-Unmodified-Since, as the HTTP rules say
+    assert request(srv, "GET", "/models/b.st", {"If-Match": etag, "If-Unmodified-Since": old})[0].status == 200
+    resp, _ = request(srv, "OPTIONS", "/models/b.st")
+    assert "If-Match" in resp.headers["Access-Control-Allow-Headers"]
+
+
+# --- what one client may cost ----------------------------------------------------------------------------
+
+def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(site, monkeypatch):
+    """The timeout was per receive: a byte every 100 s held a thread forever. Now the whole request has a
+    deadline (shortened here to 1 s)."""
+    from webrwkv import server_limits
+
+    monkeypatch.setattr(server_limits, "REQUEST_DEADLINE", 1.0)
+    srv = site[0]
+    with socket.create_connection(srv.server_address[:2], timeout=10) as s:
+        t0 = time.monotonic()
+        closed = False
+        for c in b"GET /r.txt HTTP/1.1\r\nHost: x\r\n":
+            try:
+                s.sendall(bytes([c]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.2)
+            if time.monotonic() - t0 > 8:
+                break
+        if not closed:
+            s.settimeout(5)
+            try:
+                closed = s.recv(100) == b""
+            except OSError:
+                closed = True
+    assert closed and time.monotonic() - t0 < 8
+
+
+def test_connections_are_bounded_and_the_excess_gets_503(site, monkeypatch):
+    from webrwkv.server import StaticServer
+
+    monkeypatch.setattr(StaticServer, "max_connections", 2)
+    monkeypatch.setattr(StaticServer, "max_waiting", 1)
+    _, root, _ = site
+    srv = make_server("127.0.0.1", 0, {"models": root / "models"})
+    srv.start()
+    threads_before = threading.active_count()
+    idle = [socket.create_connection(srv.server_address[:2], timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.3)  # two served (idle, waiting for a request), one waiting for a worker
+        answer = exchange(srv, b"GET /models/b.st HTTP/1.1\r\nHost: x\r\n\r\n", wait=3)
+        assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After" in answer
+        assert threading.active_count() - threads_before <= 2
+        idle[0].sendall(b"GET /models/b.st HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert idle[0].recv(1000).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.3)
+    assert request(srv, "GET", "/models/b.st")[1] == b"st"  # room again once they left
+    srv.shutdown()
+    srv.server_close()
+    assert srv.request_queue_size >= 128
+
+
+def test_a_client_that_stops_reading_frees_its_worker(site, monkeypatch):
+    """A client taking an answer's 1 MiB chunks slower than SEND_TIMEOUT (shortened to 1 s) is dropped."""
+    from webrwkv import server_limits
+    from webrwkv.server import Handler, StaticServer
+
+    monkeypatch.setattr(Handler, "timeout", 1.0)
+    monkeypatch.setattr(StaticServer, "max_connections", 1)
+    _, root, _ = site
+    with open(root / "models" / "big.st", "wb") as f:
+        f.truncate(256 << 20)  # sparse: far more than the socket buffers hold
+    srv = make_server("127.0.0.1", 0, {"models": root / "models"})
+    srv.start()
+    try:
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(srv.server_address[:2])
+        stuck.sendall(b"GET /models/big.st HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        t0 = time.monotonic()
+        conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=20)
+        conn.request("GET", "/models/b.st")
+        assert conn.getresponse().read() == b"st"  # served once the stuck client was dropped
+        assert time.monotonic() - t0 < 15
+        conn.close()
+        stuck.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert server_limits.SEND_TIMEOUT >= 30
+
+
+def test_server_close_ends_idle_connections_at_once(site):
+    srv = site[0]
+    s = socket.create_connection(srv.server_address[:2], timeout=10)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    srv.shutdown()
+    srv.server_close()
+    assert s.recv(10) == b"" and time.monotonic() - t0 < 5
+    s.close()
+
+
+def test_serve_help_states_the_limits(capsys):
+    from webrwkv import server_limits as lim
+
+    with pytest.raises(SystemExit):
+        cli_main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for phrase in (f"{lim.MAX_CONNECTIONS} served at once", f"{lim.MAX_WAITING} more waiting",
+                   f"backlog {lim.BACKLOG}", f"within {lim.REQUEST_DEADLINE:g} s", f"1 MiB within {lim.SEND_TIMEOUT:g} s",
+                   f"bodies over {lim.MAX_BODY >> 20} MiB", ".pth", "MODEL_CARD.md"):
+        assert phrase in out, phrase
+
+
+@pytest.mark.parametrize("line", [b"GET /r.txt", b"GET /r.txt HTTP/0.9", b"GET /nope HTTP/0.9", b"HEAD /r.txt HTTP/9"])
+def test_every_answer_has_a_status_line_even_to_http_0_9(site, line):
+    """Found by the request fuzzer: HTTP/0.9 answers were bare bodies, an error page indistinguishable from a
+    file (and with no headers at all)."""
+    answer = exchange(site[0], line + b"\r\nHost: x\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] [1-5]\d\d ", answer), answer[:80]
+    assert b"\r\nContent-Length: " in answer.split(b"\r\n\r\n")[0]
+
+
+def test_idle_keep_alive_ending_is_not_logged_but_a_stalled_request_is(tmp_path, monkeypatch, capsys):
+    """Browsers keep idle connections open: closing one at the deadline is routine, not a logged error;
+    a request that stalls half-way is worth a line in the log."""
+    from webrwkv import server_limits
+
+    monkeypatch.setattr(server_limits, "REQUEST_DEADLINE", 0.5)
+    (tmp_path / "m.st").write_bytes(b"12")
+    srv = make_server("127.0.0.1", 0, {"models": tmp_path}, quiet=False)
+    srv.start()
+    try:
+        with socket.create_connection(srv.server_address[:2], timeout=10) as s:
+            s.sendall(b"GET /models/m.st HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while chunk := s.recv(1000):  # the answer, then the close at the deadline (idle)
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"\r\n\r\n12")
+        idle_log = capsys.readouterr().err
+        with socket.create_connection(srv.server_address[:2], timeout=10) as s:
+            s.sendall(b"GET /models/m.st HT")
+            assert s.recv(1000) == b""
+        stalled_log = capsys.readouterr().err
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert "timed out" not in idle_log and '"GET /models/m.st HTTP/1.1" 200' in idle_log
+    assert "Request timed out" in stalled_log

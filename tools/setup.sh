@@ -5,8 +5,10 @@
 # Env: CHROMIUM_PATH (default /usr/bin/chromium), PYTHON (default python3),
 #      WEBRWKV_SKIP_APT=1 to never touch system packages,
 #      WEBRWKV_PYODIDE_ARCHIVE=FILE|URL to take Pyodide's wheels from its official release archive.
+#      WEBRWKV_APT_WAIT seconds to wait for another apt/dpkg to finish (default 900),
+#      WEBRWKV_ALLOW_MISSING=1 to go on without system packages the tests need (e.g. only to serve).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON=${PYTHON:-python3}
 CHROMIUM_PATH=${CHROMIUM_PATH:-/usr/bin/chromium}
@@ -26,28 +28,56 @@ python_ok() { "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_in
 node_ok() { command -v npm >/dev/null && node -e 'process.exit(parseInt(process.versions.node) < 18 ? 1 : 0)' 2>/dev/null; }
 
 # --- 1. system packages -------------------------------------------------------------
+# missing_packages: the Debian packages the project and its tests need that are not installed.
+missing_packages() {
+    python_ok || echo python3 python3-venv
+    node_ok || echo nodejs npm
+    [ -x "$CHROMIUM_PATH" ] || echo chromium
+    compgen -G '/usr/lib/*-linux-gnu/libvulkan.so.1' >/dev/null || echo libvulkan1
+    compgen -G '/usr/share/vulkan/icd.d/lvp_icd*.json' >/dev/null || echo mesa-vulkan-drivers
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || echo nginx  # the static-bundle test
+}
+
+# apt_get ARGS...: apt-get, waiting (at most WEBRWKV_APT_WAIT seconds) while another apt or dpkg holds its lock.
+apt_get() {
+    local wait=${WEBRWKV_APT_WAIT:-900} poll=${WEBRWKV_APT_POLL:-10} start=$SECONDS out
+    while :; do
+        out=$(apt-get -o DPkg::Lock::Timeout="$wait" "$@" 2>&1) && return 0
+        if ! grep -qiE 'could not get lock|unable to acquire|unable to lock' <<<"$out"; then
+            printf '%s\n' "$out" >&2
+            return 1
+        fi
+        if [ $((SECONDS - start)) -ge "$wait" ]; then
+            printf '%s\n' "$out" >&2
+            die "another apt or dpkg held its lock for over ${wait}s; run setup again when it is done (or set WEBRWKV_APT_WAIT)"
+        fi
+        log "waiting for another apt or dpkg to finish..." >&2
+        sleep "$poll"
+    done
+}
+
 system_packages() {
-    local missing=()
-    python_ok || missing+=(python3 python3-venv)
-    node_ok || missing+=(nodejs npm)
-    [ -x "$CHROMIUM_PATH" ] || missing+=(chromium)
-    compgen -G '/usr/lib/*-linux-gnu/libvulkan.so.1' >/dev/null || missing+=(libvulkan1)
-    compgen -G '/usr/share/vulkan/icd.d/lvp_icd*.json' >/dev/null || missing+=(mesa-vulkan-drivers)
-    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)  # the static-bundle test
+    local missing
+    read -r -a missing <<<"$(missing_packages | tr '\n' ' ')"
     [ ${#missing[@]} -eq 0 ] && return 0
 
-    if [ "${WEBRWKV_SKIP_APT:-0}" = 1 ] || ! command -v apt-get >/dev/null; then
-        warn "missing system packages: ${missing[*]} (install them with your package manager)"
-    elif [ "$(id -u)" = 0 ]; then
+    if [ "${WEBRWKV_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
         log "installing system packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq || warn "apt-get update failed"
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-            || warn "apt-get could not install: ${missing[*]} (install them by hand)"
+        apt_get update -qq || warn "apt-get update failed"
+        apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || warn "apt-get install failed"
+        read -r -a missing <<<"$(missing_packages | tr '\n' ' ')"
+        [ ${#missing[@]} -eq 0 ] && return 0
+    fi
+    local how="install them with your package manager"
+    command -v apt-get >/dev/null && how="install them with:
+    sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+    if [ "${WEBRWKV_ALLOW_MISSING:-0}" = 1 ]; then
+        warn "missing system packages: ${missing[*]}; $how
+  (continuing without them: WEBRWKV_ALLOW_MISSING=1; the tests will not all run)"
     else
-        warn "missing system packages: ${missing[*]}. Install them with:
-    sudo apt-get update && sudo apt-get install -y ${missing[*]}
-  (continuing with what can be set up without them)"
+        die "missing system packages the tests need: ${missing[*]}; $how
+  (or set WEBRWKV_ALLOW_MISSING=1 to set up the rest without them, e.g. only to serve)"
     fi
 }
 
@@ -122,6 +152,9 @@ sys.exit(bool(missing))
 EOF
     echo "$k" > "$stamp"
 }
+
+# Sourced (by the tests): define the functions only.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 # One setup at a time (e.g. start.sh and test.sh started together).
 mkdir -p build

@@ -7,9 +7,16 @@ import { initChat, restoreConversations, renderTranscript, updateChatControls, c
 import { initPlay, playModelChanged, updatePlayControls } from "./play-view.js";
 import { $, notice, clearNotice, fmtBytes, fmtMB, isNarrow } from "./ui.js";
 
+// Official checkpoints as BlinkDL publishes them (.pth, streamed as they are) and converted copies (.st)
+const HF = "https://huggingface.co";
 const KNOWN = [
-  { name: "RWKV-5 World 0.4B (fp16, 0.9 GB)", url: "https://huggingface.co/cgisky/AI00_RWKV_V5/resolve/main/RWKV-5-World-0.4B-v2-20231113-ctx4096.st" },
-  { name: "RWKV-4 World 0.4B (fp16, 0.9 GB)", url: "https://huggingface.co/cgisky/RWKV-safetensors-fp16/resolve/main/RWKV-4-World-0.4B-v1-20230529-ctx4096.st" },
+  { name: "RWKV-7 G1 0.1B (official .pth, 0.4 GB)", url: `${HF}/BlinkDL/rwkv7-g1/resolve/main/rwkv7-g1-0.1b-20250307-ctx4096.pth` },
+  { name: "RWKV-7 World 0.1B (official .pth, 0.4 GB)", url: `${HF}/BlinkDL/rwkv-7-world/resolve/main/RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth` },
+  { name: "RWKV-7 World 0.4B (official .pth, 0.9 GB)", url: `${HF}/BlinkDL/rwkv-7-world/resolve/main/RWKV-x070-World-0.4B-v2.9-20250107-ctx4096.pth` },
+  { name: "RWKV-5 World 0.4B (official .pth, 0.9 GB)", url: `${HF}/BlinkDL/rwkv-5-world/resolve/main/RWKV-5-World-0.4B-v2-20231113-ctx4096.pth` },
+  { name: "RWKV-5 World 0.4B (converted .st, fp16, 0.9 GB)", url: `${HF}/cgisky/AI00_RWKV_V5/resolve/main/RWKV-5-World-0.4B-v2-20231113-ctx4096.st` },
+  { name: "RWKV-4 World 0.4B (official .pth, 0.9 GB)", url: `${HF}/BlinkDL/rwkv-4-world/resolve/main/RWKV-4-World-0.4B-v1-20230529-ctx4096.pth` },
+  { name: "RWKV-4 World 0.4B (converted .st, fp16, 0.9 GB)", url: `${HF}/cgisky/RWKV-safetensors-fp16/resolve/main/RWKV-4-World-0.4B-v1-20230529-ctx4096.st` },
 ];
 const SLIDERS = { temperature: "temperature", "top-p": "top_p", presence: "presence_penalty", frequency: "frequency_penalty", "max-tokens": "max_tokens" };
 

@@ -31,6 +31,15 @@ COMMANDS = {
 }
 
 
+# the values of webrwkv.server_limits (a test keeps them equal)
+SERVE_LIMITS = """limits:
+  connections   64 served at once, 256 more waiting, then 503; listen backlog 128
+  requests      line, headers and body within 30 s (an idle keep-alive ends then);
+                lines of at most 64 KiB, at most 100 headers; bodies over 1 MiB
+                close the connection
+  answers       the client must take each 1 MiB within 60 s"""
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.85)
@@ -40,6 +49,18 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--penalty-decay", type=float, default=0.996)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def _token_ids(text: str) -> str:
+    """--tokens as given; an id no vocabulary can hold is refused here, as numpy cannot even hold it."""
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        return text  # not numbers: the command says so
+    big = [i for i in ids if not -2**63 <= i < 2**63]
+    if big:
+        raise argparse.ArgumentTypeError(f"token id {str(big[0])[:40]} is outside the vocabulary")
+    return text
 
 
 def _engine_args(p: argparse.ArgumentParser, backend_default: str = "native") -> None:
@@ -105,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("logits", help="write float32 logits to a .npy file")
     p.add_argument("--model", required=True)
-    p.add_argument("--tokens", required=True, help="comma-separated token ids")
+    p.add_argument("--tokens", required=True, type=_token_ids, help="comma-separated token ids")
     p.add_argument("--out", required=True)
     p.add_argument("--backend", choices=["reference", "native"], default="reference")
     p.add_argument("--adapter", default=None)
@@ -132,10 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["official", "converted"], default="converted")
     p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
 
-    p = sub.add_parser("serve", help="serve the chat page, Pyodide, the wheel and models")
+    p = sub.add_parser("serve", help="serve the chat page, Pyodide, the wheel and models", epilog=SERVE_LIMITS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model-dir", default=None, help="served at /models/<file> (default: bundled model)")
+    p.add_argument("--model-dir", default=None,
+                   help="served at /models/<file>: its .st, .safetensors and .pth files, <model>.vocab.txt, "
+                        "<model>.json and MODEL_CARD.md, nothing else (default: the bundled model)")
 
     p = sub.add_parser("bundle", help="write a static site (page, JS API, Pyodide, wheel, models) for any web host")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must be empty or not exist)")

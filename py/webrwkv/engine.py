@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 from .errors import TokenizerError, WebRwkvError
 from .formats import weight_format
-from .models import ModelInfo, default_model_path, load_weights
-from .runtime import DEFAULT_CHUNK
+from .models import ModelInfo, default_model_path, load_index, load_weights
+from .runtime import DEFAULT_CHUNK, check_limits
 
 
 class Engine:
@@ -68,6 +68,12 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
         raise WebRwkvError(f"unknown backend {backend!r}; use 'native' or 'reference'")
     weight_format(quant)  # an unknown name fails here, before anything is read
     path = model if model is not None else default_model_path()
+    dev = None
+    if backend == "native":  # the adapter's limits are checked from the header, before any tensor is read
+        from .gpu import open_device
+
+        dev = device if device is not None else open_device("native", adapter, **device_options)
+        check_limits(dev, load_index(path)[0], max_batch, token_chunk_size)
     info, weights = _read_weights(path, keep_fp16=backend == "native")  # the GPU packs fp16 anyway
     for spec in lora:
         weights = _apply_optional("lora", "merge_lora", "LoRA merging", info, weights, spec)
@@ -77,13 +83,10 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
         from .reference import ReferenceRuntime
 
         return Engine(ReferenceRuntime((info, weights), max_batch, token_chunk_size), info, path, backend)
-    from .gpu import open_device
-    from .runtime import Runtime
-
     from . import progress
     from .layers import default_upload
+    from .runtime import Runtime
 
-    dev = device if device is not None else open_device("native", adapter, **device_options)
     total = sum(2 * a.size for a in weights.values() if getattr(a, "ndim", 0) == 2)
     with progress.bar(total, "uploading to the GPU") as bar:
         rt = Runtime(dev, info, weights, max_batch=max_batch, token_chunk_size=token_chunk_size, quant=quant,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import quant as q
-from .errors import WebRwkvError
+from .errors import ModelFormatError, WebRwkvError
 from .gpu import UNIFORM
 from .kernels import Kernels
 
@@ -49,14 +49,19 @@ def upload_fp16_rows(dev: Any, data: Any, N: int, K: int, label: str) -> Blocks:
     return blocks
 
 
-def fp16_rows(w: Any) -> tuple[np.ndarray, int]:
-    """An [N, K] matrix (any float dtype) as contiguous fp16 rows, K zero-padded to PAD_K."""
+def fp16_rows(w: Any, label: str = "") -> tuple[np.ndarray, int]:
+    """An [N, K] matrix (any float dtype) as contiguous fp16 rows, K zero-padded to PAD_K. A wider
+    matrix holding values beyond fp16's range (or infinities) is refused, naming `label`."""
     N, K = w.shape
     Kp = padded(K)
     if Kp == K and w.dtype == np.float16:
         return np.ascontiguousarray(w), Kp
     h = np.zeros((N, Kp), np.float16)
-    h[:, :K] = w
+    with np.errstate(over="ignore"):
+        h[:, :K] = w
+    if np.isinf(h).any():
+        raise ModelFormatError(f"tensor '{label}' has values beyond the fp16 range (|x| > 65504), which the GPU "
+                               "keeps its weights in; run it with --backend reference")
     return h, Kp
 
 
@@ -82,7 +87,7 @@ class WeightFormat:
 
     def upload(self, dev: Any, w: Any, label: str) -> tuple[Blocks, int]:
         """Put an [N, K] numpy matrix on the GPU in this format: (row blocks, padded K)."""
-        h, Kp = fp16_rows(w)
+        h, Kp = fp16_rows(w, label)
         return upload_fp16_rows(dev, memoryview(h).cast("B"), h.shape[0], Kp, label), Kp
 
     def quantize(self, dev: Any, src: Blocks, dst: Blocks, k: int) -> None:

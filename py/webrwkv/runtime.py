@@ -28,6 +28,31 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+
+def check_limits(dev: Any, info: ModelInfo, max_batch: int = 1, token_chunk_size: int = DEFAULT_CHUNK) -> None:
+    """Refuse, before allocating or reading any weight, a model/batch the adapter's limits cannot hold:
+    it needs only the model's header (ModelInfo), so a loader calls it before widening any tensor."""
+    lim = dev.limits
+    binding, maxbuf = lim["max_storage_binding"], lim["max_buffer_size"]
+    C, V, F = info.n_embd, info.vocab, info.dim_ffn
+    rows = max(token_chunk_size, max_batch)
+    widest = 2 * max(C, F)
+    if widest > min(binding, maxbuf):
+        raise GpuError(f"one weight row ({widest} bytes) exceeds maxStorageBufferBindingSize ({binding}); "
+                       "this adapter cannot run the model, even with quantization")
+    ls, _ = state_geometry(state_layout(info))
+    need = {"the state of all slots": 4 * ls * info.n_layer * max_batch, "one logits row": 4 * V}
+    acts = {**base_activations(info, rows), **VERSIONS[info.version].activations(info, rows)}
+    need.update({f"activation '{k}'": 4 * n for k, n in acts.items()})
+    for what, n in need.items():
+        if n > binding or n > maxbuf:
+            lname = "maxStorageBufferBindingSize" if n > binding else "maxBufferSize"
+            raise GpuError(f"{what} needs {_mib(n)}, above the adapter's {lname} "
+                           f"({_mib(min(binding, maxbuf))}); lower max_batch / token_chunk_size, "
+                           "or use a smaller or quantized model")
+    if lim["max_storage_buffers_per_stage"] < 7:
+        raise GpuError("the adapter allows fewer than 7 storage buffers per shader stage; webrwkv needs 7")
+
 class Runtime:
     """The runtime API of docs/ARCHITECTURE.md on a webrwkv.gpu Device.
 
@@ -112,10 +137,12 @@ class Runtime:
                   **device_options: Any) -> "Runtime":
         """Load a model file and open the native device in one call."""
         from .gpu import open_device
-        from .models import load_weights
+        from .models import load_index, load_weights
 
+        dev = open_device("native", adapter, **device_options)
+        check_limits(dev, load_index(path)[0], max_batch, token_chunk_size)  # before any tensor is read
         info, w = load_weights(path, keep_fp16=True)  # fp16 matrices as file views: no float32 copy
-        return cls(open_device("native", adapter, **device_options), info, w, max_batch, token_chunk_size)
+        return cls(dev, info, w, max_batch, token_chunk_size)
 
     def write_vectors(self, weights: dict) -> None:
         """Replace the per-channel vectors (layer norms, mixes, decays) with those in `weights`
@@ -129,25 +156,7 @@ class Runtime:
         return {**base_activations(self.info, self.rows), **self.version.activations(self.info, self.rows)}
 
     def _check_limits(self) -> None:
-        """Refuse, before allocating anything, a model/batch the adapter's limits cannot hold."""
-        info, lim = self.info, self.dev.limits
-        binding, maxbuf = lim["max_storage_binding"], lim["max_buffer_size"]
-        C, V, F = info.n_embd, info.vocab, info.dim_ffn
-        widest = 2 * max(C, F)
-        if widest > min(binding, maxbuf):
-            raise GpuError(f"one weight row ({widest} bytes) exceeds maxStorageBufferBindingSize ({binding}); "
-                           "this adapter cannot run the model, even with quantization")
-        need = {"the state of all slots": 4 * self.slot_floats * self.max_batch,
-                "one logits row": 4 * V}
-        need.update({f"activation '{k}'": 4 * n for k, n in self._activations().items()})
-        for what, n in need.items():
-            if n > binding or n > maxbuf:
-                lname = "maxStorageBufferBindingSize" if n > binding else "maxBufferSize"
-                raise GpuError(f"{what} needs {_mib(n)}, above the adapter's {lname} "
-                               f"({_mib(min(binding, maxbuf))}); lower max_batch / token_chunk_size, "
-                               "or use a smaller or quantized model")
-        if lim["max_storage_buffers_per_stage"] < 7:
-            raise GpuError("the adapter allows fewer than 7 storage buffers per shader stage; webrwkv needs 7")
+        check_limits(self.dev, self.info, self.max_batch, self.token_chunk_size)
 
     # -- state -------------------------------------------------------------------------------
     def _pack(self, state: State) -> np.ndarray:

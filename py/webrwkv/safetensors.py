@@ -20,7 +20,11 @@ from .errors import ModelFormatError
 
 # safetensors dtype name -> bytes per element (the dtypes webrwkv reads)
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1}
-MAX_HEADER = 100 * 1024 * 1024  # a header over 100 MB is not a model header
+# Limits on what a header may hold (docs/ARCHITECTURE.md, "Limits"). The largest real RWKV header is about
+# 200 KB (~1,700 tensors of ~110 bytes each); 4 MiB keeps a 20x margin and bounds json.loads to ~100 MB.
+MAX_HEADER = 4 << 20
+MAX_DIMS = 8  # RWKV tensors have at most 3 dimensions
+MAX_DIM = 1 << 40  # no dimension of a real tensor comes near 10^12
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 
 
@@ -101,30 +105,46 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def clip(value: Any, limit: int = 60) -> str:
+    """repr(value) shortened for an error message (header values may be megabytes long or deeply nested)."""
+    if isinstance(value, (list, str)) and len(value) > limit:
+        value = value[:limit]
+    elif isinstance(value, dict) and len(value) > 4:
+        value = dict(list(value.items())[:4])
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # a list nested hundreds deep, an int of thousands of digits
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _parse_entry(name: str, entry: Any, data_start: int, src: str) -> TensorInfo:
+    name_ = name if len(name) <= 60 else name[:60] + "..."
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise ModelFormatError(
-            f"{src}: header entry for tensor '{name}' needs dtype, shape and data_offsets: the file is damaged; "
+            f"{src}: header entry for tensor '{name_}' needs dtype, shape and data_offsets: the file is damaged; "
             "download or convert it again"
         )
     dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise ModelFormatError(
-            f"{src}: tensor '{name}' has dtype {dtype!r}, which webrwkv cannot read "
+            f"{src}: tensor '{name_}' has dtype {clip(dtype)}, which webrwkv cannot read "
             f"(it reads {', '.join(DTYPE_SIZES)}): save the model as F32, F16 or BF16"
         )
-    if not isinstance(shape, list) or not all(_int(d) and d >= 0 for d in shape):
-        raise ModelFormatError(f"{src}: tensor '{name}' has an invalid shape {shape!r}: the file is damaged")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_int(d) and 0 <= d <= MAX_DIM for d in shape):
+        raise ModelFormatError(
+            f"{src}: tensor '{name_}' has an invalid shape {clip(shape)} (need at most {MAX_DIMS} dimensions, "
+            f"each 0..{MAX_DIM}): the file is damaged")
     if not (isinstance(offs, list) and len(offs) == 2 and all(_int(o) for o in offs) and 0 <= offs[0] <= offs[1]):
         raise ModelFormatError(
-            f"{src}: tensor '{name}' has out-of-range data_offsets {offs!r} "
+            f"{src}: tensor '{name_}' has out-of-range data_offsets {clip(offs)} "
             "(need [begin, end] with 0 <= begin <= end): the file is damaged; download or convert it again"
         )
     info = TensorInfo(name, dtype, tuple(shape), data_start + offs[0], data_start + offs[1])
     want = info.numel * DTYPE_SIZES[dtype]
     if info.nbytes != want:
         raise ModelFormatError(
-            f"{src}: tensor '{name}' ({dtype} {list(shape)}) needs {want} bytes but its data_offsets "
+            f"{src}: tensor '{name_}' ({dtype} {list(shape)}) needs {want} bytes but its data_offsets "
             f"span {info.nbytes}: the file is damaged; download or convert it again"
         )
     return info
@@ -133,33 +153,45 @@ def _parse_entry(name: str, entry: Any, data_start: int, src: str) -> TensorInfo
 def parse_header(header: bytes, file_size: int, name: str = "the model file") -> SafetensorsHeader:
     """Validate the JSON header bytes (without the 8-byte length) of a file of `file_size` bytes."""
     data_start = 8 + len(header)
+    if len(header) > MAX_HEADER:
+        raise ModelFormatError(f"{name}: the header has {len(header)} bytes, over the {MAX_HEADER >> 20} MB "
+                               "a model header can need: not a safetensors model (or it is damaged)")
+    why = ""
     try:
-        obj = json.loads(header.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        obj = json.loads(bytes(header).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = str(e)
+    except ValueError:  # int() refuses numbers of thousands of digits
+        why = "it holds a number with thousands of digits"
+    except RecursionError:
+        why = "it nests deeper than any header"
+    if why:
         raise ModelFormatError(
-            f"{name}: the safetensors header is not valid JSON ({e}): the file is damaged or not "
+            f"{name}: the safetensors header is not valid JSON ({why}): the file is damaged or not "
             "a safetensors file; download or convert it again"
         ) from None
     if not isinstance(obj, dict):
         raise ModelFormatError(f"{name}: the safetensors header is not a JSON object: not a safetensors file")
-    meta = obj.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise ModelFormatError(f"{name}: __metadata__ must be a JSON object of strings: the file is damaged")
+    meta = obj.pop("__metadata__", None)
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ModelFormatError(f"{name}: __metadata__ must be a JSON object of strings, not {clip(meta)}: "
+                               "the file is damaged")
     tensors = {k: _parse_entry(k, v, data_start, name) for k, v in obj.items()}
     spans = sorted((t for t in tensors.values() if t.nbytes), key=lambda t: t.start)
     for a, b in zip(spans, spans[1:]):
         if b.start < a.end:
             raise ModelFormatError(
-                f"{name}: tensors '{a.name}' and '{b.name}' overlap in the file: the file is damaged; "
+                f"{name}: tensors {clip(a.name)} and {clip(b.name)} overlap in the file: the file is damaged; "
                 "download or convert it again"
             )
     if spans and spans[-1].end > file_size:
         last = spans[-1]
         raise ModelFormatError(
-            f"{name} is truncated: tensor '{last.name}' ends at byte {last.end} but the file has only "
+            f"{name} is truncated: tensor {clip(last.name)} ends at byte {last.end} but the file has only "
             f"{file_size} bytes (an interrupted download?): download the file again"
         )
-    return SafetensorsHeader(tensors, {str(k): v for k, v in meta.items()}, data_start, file_size)
+    return SafetensorsHeader(tensors, meta, data_start, file_size)
 
 
 def read_header(source: Any) -> SafetensorsHeader:
@@ -182,8 +214,8 @@ def read_header(source: Any) -> SafetensorsHeader:
         raise ModelFormatError(f"{name} has only {size} bytes: it is not a safetensors file; download it again")
     if n > MAX_HEADER:
         raise ModelFormatError(
-            f"{name}: header length {n} is over {MAX_HEADER // 2**20} MB: this is not a safetensors file "
-            "(or it is damaged); check you have the right file"
+            f"{name}: header length {n} is over the {MAX_HEADER >> 20} MB a model header can need: "
+            "this is not a safetensors file (or it is damaged); check you have the right file"
         )
     if 8 + n > size:
         raise ModelFormatError(

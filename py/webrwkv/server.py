@@ -1,5 +1,6 @@
 """Static server for the chat page, vendored Pyodide, the wheel and models, with HTTP Range,
-ETag, CORS and strict path checks (never serves a file outside its roots)."""
+ETag, conditional requests, CORS and strict path checks (never serves a file outside its roots, and
+from the model folder only model files and their sidecars)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,25 @@ import errno
 import json
 import mimetypes
 import os
+import re
 import socket
 import sys
 import threading
 import urllib.parse
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import WebRwkvError
+from .server_limits import LimitedHandler, LimitedServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 1 << 20  # bytes per write when streaming a file
-MODEL_EXTS = (".safetensors", ".st", ".pth")
+MODEL_EXTS = (".safetensors", ".st", ".pth")  # listed in /models/index.json and served
+SERVED_MODEL_EXTS = MODEL_EXTS
+SIDECARS = (".vocab.txt", ".card.json", ".json")  # <model stem>.vocab.txt / .card.json / .json next to a model
+MODEL_CARD = "MODEL_CARD.md"
 MIME = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -61,22 +67,25 @@ def mime_type(path: str) -> str:
     return MIME.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
+_RANGE = re.compile(r"bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)", re.ASCII | re.IGNORECASE)
+
+
+def _bound(digits: str) -> int:
+    """A Range number; one of more than 18 digits is beyond any file (and int() of 5000 digits fails)."""
+    return int(digits) if len(digits.lstrip("0")) <= 18 else 10**18
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     """One `bytes=` range -> (start, stop); "unsatisfiable"; or None to ignore (absent, malformed, multi)."""
-    if not header:
+    m = _RANGE.fullmatch(header.strip()) if header else None
+    if not m or m.group(1) == m.group(2) == "":
         return None
-    unit, _, spec = header.strip().partition("=")
-    spec = spec.strip()
-    if unit.strip().lower() != "bytes" or "," in spec or "-" not in spec:
-        return None
-    a, _, b = (s.strip() for s in spec.partition("-"))
-    if not (a.isdigit() or a == "") or not (b.isdigit() or b == "") or a == b == "":
-        return None
+    a, b = m.groups()
     if a == "":  # suffix: the last N bytes
-        n = int(b)
+        n = _bound(b)
         return (max(0, size - n), size) if n > 0 and size > 0 else "unsatisfiable"
-    start = int(a)
-    stop = size if b == "" else int(b) + 1
+    start = _bound(a)
+    stop = size if b == "" else _bound(b) + 1
     if b and stop <= start:
         return None
     if start >= size:
@@ -84,16 +93,36 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     return start, min(stop, size)
 
 
+def is_model_file(folder: str, name: str) -> bool:
+    """What the model folder serves: model files, MODEL_CARD.md, and a model's <stem>.vocab.txt and
+    <stem>.json when that model is there (the folder may be a home directory: nothing else leaves it)."""
+    if name.endswith(SERVED_MODEL_EXTS) or name == MODEL_CARD:
+        return True
+    for ext in SIDECARS:
+        if name.endswith(ext) and len(name) > len(ext):
+            stem = os.path.join(folder, name[: -len(ext)])
+            return any(os.path.isfile(stem + m) for m in SERVED_MODEL_EXTS)
+    return False
+
+
+def _modified_since(header: str | None, mtime: float) -> bool:
+    """True when an If-Unmodified-Since date is valid and the file changed after it."""
+    try:
+        when = email.utils.parsedate_to_datetime(header or "")
+    except (TypeError, ValueError, IndexError):
+        return False
+    return when.tzinfo is not None and int(mtime) > when.timestamp()
+
+
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(LimitedHandler):
     """GET/HEAD/OPTIONS over the server's roots; everything else is refused."""
 
     protocol_version = "HTTP/1.1"
     server_version = "webrwkv"
-    timeout = 120  # seconds an idle keep-alive connection may hold a thread
     server: "StaticServer"
 
     # --- request entry points -------------------------------------------------
@@ -107,7 +136,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(HTTPStatus.NO_CONTENT)
         self._cors()
         self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
-        self.send_header("Access-Control-Allow-Headers", "Range, If-None-Match, If-Range, If-Match, Content-Type")
+        self.send_header("Access-Control-Allow-Headers",
+                         "Range, If-None-Match, If-Range, If-Match, If-Unmodified-Since, Content-Type")
         self.send_header("Access-Control-Max-Age", "86400")
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -167,10 +197,17 @@ class Handler(BaseHTTPRequestHandler):
             return None, None, HTTPStatus.NOT_FOUND
         root_real = os.path.realpath(root)
         target = os.path.join(root_real, *[p for p in rel if p])
+        if prefix in ("models", "wheels"):  # files directly in the folder, of the kinds it is for
+            name = rel[0] if len(rel) == 1 else ""
+            wanted = is_model_file(root_real, name) if prefix == "models" else name.endswith(".whl")
+            if not wanted:
+                return None, None, HTTPStatus.NOT_FOUND
         if os.path.isdir(target):
             if not raw.endswith("/"):  # so the page's relative links resolve inside the folder
                 return None, None, HTTPStatus.MOVED_PERMANENTLY
             target = os.path.join(target, "index.html")
+        elif raw.endswith("/"):  # /models/m.st/ names a folder, and there is none
+            return None, None, HTTPStatus.NOT_FOUND
         real = os.path.realpath(target)
         if not _inside(real, root_real):
             return None, None, HTTPStatus.FORBIDDEN
@@ -182,15 +219,21 @@ class Handler(BaseHTTPRequestHandler):
         root = self.server.roots.get(prefix)
         exts = MODEL_EXTS if prefix == "models" else (".whl",) if prefix == "wheels" else ("",)
         files = []
-        if root is not None and root.is_dir():
-            root_real = os.path.realpath(root)
-            for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name) if root is not None else []
+        except OSError:  # the folder is gone or unreadable: nothing to list
+            entries = []
+        root_real = os.path.realpath(root) if root is not None else ""
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(exts):
+                continue
+            try:  # files deleted while the folder is listed are skipped
                 real = os.path.realpath(entry.path)
-                if entry.name.startswith(".") or not entry.name.endswith(exts) or not _inside(real, root_real):
-                    continue
-                if os.path.isfile(real):
+                if _inside(real, root_real) and os.path.isfile(real):
                     url = f"/{prefix}/{urllib.parse.quote(entry.name)}"
                     files.append({"name": entry.name, "size": os.path.getsize(real), "url": url})
+            except OSError:
+                continue
         return json.dumps({prefix: files}, indent=1).encode()
 
     # --- the response -----------------------------------------------------------
@@ -229,6 +272,12 @@ class Handler(BaseHTTPRequestHandler):
                 "Accept-Ranges": "bytes",
                 "Cache-Control": "no-cache",
             }
+            im = self.headers.get("If-Match")
+            tags = [t.strip() for t in (im or "").split(",")]
+            if (im is not None and etag not in tags and "*" not in tags) or (
+                    im is None and _modified_since(self.headers.get("If-Unmodified-Since"), st.st_mtime)):
+                self._error(HTTPStatus.PRECONDITION_FAILED, "the file changed", common)
+                return
             inm = [t.strip() for t in (self.headers.get("If-None-Match") or "").split(",")]
             if (etag in inm or "*" in inm) and not self.headers.get("Range"):
                 self.send_response(HTTPStatus.NOT_MODIFIED)
@@ -270,10 +319,8 @@ class Handler(BaseHTTPRequestHandler):
             left -= len(chunk)
 
 
-class StaticServer(ThreadingHTTPServer):
-    """A threaded server over `roots` (URL prefix -> folder); `url` is where it listens."""
-
-    daemon_threads = True
+class StaticServer(LimitedServer):
+    """A server over `roots` (URL prefix -> folder), limited as server_limits says; `url` is where it listens."""
 
     def __init__(
         self,

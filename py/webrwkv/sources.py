@@ -3,6 +3,7 @@ through Range requests (coalesced, retried, never the whole file)."""
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import mmap
 import os
@@ -15,6 +16,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Sequence
 
+from . import http_io
 from .errors import SourceError
 
 
@@ -93,12 +95,21 @@ class LocalFileSource(ByteSource):
                 raise SourceError(f"{self.name} got shorter while reading (changed on disk?): load it again")
             parts.append(chunk)
             got += len(chunk)
+        self._unchanged()
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _unchanged(self) -> None:
+        """SourceError if the open file was written since it was opened (a file replaced by a rename keeps
+        its old bytes in the open handle, so only writes in place need this)."""
+        st = os.fstat(self._f.fileno())
+        if f"{st.st_size}-{st.st_mtime_ns}" != self.identity:
+            raise SourceError(f"{self.name} changed on disk while it was being read: load it again")
 
     def view(self, offset: int, length: int) -> memoryview:
         """Bytes [offset, offset + length) without reading them now: a read-only view on the file's memory
         map (the pages are read when used; the map lives as long as any view of it)."""
         self._check(offset, length)
+        self._unchanged()
         if length == 0:
             return memoryview(b"")
         if self._map is None:
@@ -137,23 +148,28 @@ class _Retry(Exception):
     """A transient failure: worth another attempt."""
 
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+)")
+_CONTENT_RANGE = re.compile(r"bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})", re.ASCII)
 
 
 class HttpRangeSource(ByteSource):
     """A file on an HTTP(S) server, read with `Range` requests.
 
-    The first request asks for the first `head_bytes` (this gives the size and ETag, and the cached
-    prefix usually holds the safetensors header). Later reads fetch only the ranges asked for:
-    neighbours closer than `max_gap` share a request of at most `max_request` bytes, up to `workers`
+    The first request asks for the first `head_bytes` (this gives the size, the ETag and Last-Modified,
+    and the cached prefix usually holds the safetensors header). Later reads fetch only the ranges asked
+    for: neighbours closer than `max_gap` share a request of at most `max_request` bytes, up to `workers`
     requests run at once, and each is retried `retries` times with exponential backoff from `backoff`
-    seconds; `timeout` bounds every socket wait, so a read never hangs."""
+    seconds. Every later request carries `If-Range` with the first answer's validator and every answer's
+    validators are compared with it, so a file changed on the server raises SourceError, never returns
+    other bytes. `timeout` bounds each socket wait and `deadline` + bytes / `min_rate` seconds a whole
+    request, so a read never hangs, however slowly the server trickles."""
 
     def __init__(
         self,
         url: str,
         *,
         timeout: float = 30.0,
+        deadline: float = 60.0,
+        min_rate: float = 64 << 10,
         retries: int = 3,
         backoff: float = 0.25,
         max_gap: int = 1 << 20,
@@ -163,14 +179,24 @@ class HttpRangeSource(ByteSource):
         headers: dict[str, str] | None = None,
     ) -> None:
         self.name = self.url = url
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        http_io.check_url(url)
+        self.timeout, self.deadline, self.min_rate = timeout, deadline, min_rate
+        self.retries, self.backoff = retries, backoff
         self.max_gap, self.max_request, self.workers = max_gap, max_request, workers
         self.headers = dict(headers or {})
         self.requests = 0  # HTTP requests sent so far
         self._lock = threading.Lock()
+        self._opener = http_io.opener()
         self._etag: str | None = None
+        self._modified: str | None = None
+        self._recent = False
         self.size = -1
         self._prefix = self._fetch(0, max(1, head_bytes), first=True)
+        if self._etag is None and self._modified and self._recent:
+            # Last-Modified has one-second steps: a file written in the same second as this answer could be
+            # replaced within that second unseen, so ask again once it is old enough to tell versions apart.
+            time.sleep(1.0)
+            self._prefix = self._fetch(0, max(1, head_bytes), first=True)
 
     def read(self, offset: int, length: int) -> bytes:
         return self.read_ranges([(offset, length)])[0]
@@ -212,15 +238,21 @@ class HttpRangeSource(ByteSource):
             return list(pool.map(lambda p: self._fetch(*p), pieces))
 
     def _fetch(self, start: int, stop: int, first: bool = False) -> bytes:
-        """Bytes [start, stop), with retries; the first call learns size and identity."""
+        """Bytes [start, stop), with retries; the first call learns size and validators."""
+        if not first and self._etag is None and self._modified is None:
+            raise SourceError(
+                f"{self.url}: the server sends neither ETag nor Last-Modified, so webrwkv could not tell if the "
+                "file changed between its range requests: serve it with `webrwkv serve` or a server that does")
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                return self._attempt(start, stop, first)
-            except _Retry as e:
-                last = e
+            budget = self.deadline + (stop - start) / self.min_rate
+            with http_io.deadline(budget, self.timeout) as expired:
+                try:
+                    return self._attempt(start, stop, first)
+                except _Retry as e:
+                    last = _Retry(f"no whole answer within the {budget:.3g} s deadline") if expired() else e
         raise SourceError(
             f"{self.url}: reading bytes {start}-{stop - 1} failed after {self.retries + 1} attempts ({last}): "
             "check the network and the server, then try again"
@@ -228,10 +260,13 @@ class HttpRangeSource(ByteSource):
 
     def _attempt(self, start: int, stop: int, first: bool) -> bytes:
         hdrs = {**self.headers, "Range": f"bytes={start}-{stop - 1}", "Accept-Encoding": "identity"}
+        strong_etag = self._etag if self._etag and not self._etag.startswith("W/") else None
+        if not first and (strong_etag or self._modified):
+            hdrs["If-Range"] = strong_etag or self._modified  # a changed file comes back whole (200): refused
         with self._lock:
             self.requests += 1
         try:
-            resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=hdrs), timeout=self.timeout)
+            resp = self._opener.open(urllib.request.Request(self.url, headers=hdrs), timeout=self.timeout)
         except urllib.error.HTTPError as e:
             cr = e.headers.get("Content-Range", "") if e.headers else ""
             e.close()
@@ -239,10 +274,18 @@ class HttpRangeSource(ByteSource):
                 self.size, self.identity = 0, "0-empty"
                 return b""
             raise self._http_error(e.code) from None
+        except http.client.InvalidURL as e:
+            raise SourceError(f"{self.url}: the URL is malformed ({e}): check it") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            raise _Retry(getattr(e, "reason", None) or e) from None
+            reason = getattr(e, "reason", None) or e
+            if isinstance(reason, http.client.InvalidURL):
+                raise SourceError(f"{self.url}: the URL is malformed ({reason}): check it") from None
+            raise _Retry(reason) from None
         with resp:
-            return self._body(resp, start, stop, first)
+            try:
+                return self._body(resp, start, stop, first)
+            except (OSError, http.client.HTTPException) as e:
+                raise _Retry(e) from None
 
     def _http_error(self, code: int) -> Exception:
         if code in (404, 410):
@@ -252,45 +295,64 @@ class HttpRangeSource(ByteSource):
                 f"{self.url}: access denied (HTTP {code}): the file may be private or need a login or token; "
                 "check the URL and your access"
             )
-        if code == 416:
-            return SourceError(f"{self.url}: the server says the range is past the end: the file changed; reload")
+        if code in (412, 416):
+            return SourceError(f"{self.url}: the server says the file no longer matches (HTTP {code}): "
+                               "the file changed on the server while it was being read; load the model again")
         if code == 408 or code == 429 or code >= 500:
             return _Retry(f"HTTP {code}")
         return SourceError(f"{self.url}: the server answered HTTP {code}: check the URL")
 
+    def _learn(self, headers: Any, total: int) -> None:
+        """The first answer: the file's size and the validators every later answer must repeat."""
+        self.size, self._etag, self._modified = total, headers.get("ETag"), headers.get("Last-Modified")
+        self.identity = self._etag or f"{total}-{self._modified or ''}"
+        sent, modified = (email.utils.parsedate_tz(headers.get(k) or "") for k in ("Date", "Last-Modified"))
+        self._recent = bool(sent and modified and
+                            email.utils.mktime_tz(sent) - email.utils.mktime_tz(modified) < 1)
+
+    def _same_file(self, headers: Any, total: int) -> None:
+        etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+        if (total != self.size or (self._etag is not None and etag != self._etag)
+                or (self._modified is not None and modified != self._modified
+                    and (modified is not None or self._etag is None))):
+            raise SourceError(
+                f"{self.url}: the file changed on the server while it was being read (size {self.size} -> "
+                f"{total}, ETag {self._etag} -> {etag}, Last-Modified {self._modified} -> {modified}): "
+                "load the model again")
+
     def _body(self, resp: Any, start: int, stop: int, first: bool) -> bytes:
-        if resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
+        if resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("identity", ""):
             raise SourceError(f"{self.url}: the server compressed the file, so byte offsets are meaningless; "
                               "serve it without Content-Encoding")
-        length = resp.headers.get("Content-Length")
+        length = http_io.number(resp.headers.get("Content-Length"), "Content-Length", self.url)
         if resp.status == 200:
             # A tiny file may come whole for the first request; anything else means Range was ignored.
-            if first and length is not None and int(length) <= stop - start:
-                self.size, self._etag = int(length), resp.headers.get("ETag")
-                self.identity = self._etag or f"{self.size}-{resp.headers.get('Last-Modified', '')}"
+            if first and length is not None and length <= stop - start:
+                self._learn(resp.headers, length)
                 return self._read_exact(resp, self.size)
+            if not first:
+                raise SourceError(f"{self.url}: the file changed on the server while it was being read (it "
+                                  "answered a range request with the whole file): load the model again")
             raise SourceError(
                 f"{self.url}: the server ignored the Range header (it answered 200 with the whole file); "
                 "webrwkv reads models in ranges: serve it with `webrwkv serve` or a server that supports Range"
             )
         if resp.status != 206:
             raise SourceError(f"{self.url}: unexpected HTTP {resp.status} to a range request: check the URL")
-        m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
-        if not m:
-            raise SourceError(f"{self.url}: the server sent a bad Content-Range "
-                              f"{resp.headers.get('Content-Range')!r}: check the server")
-        a, b, total = map(int, m.groups())
-        etag = resp.headers.get("ETag")
+        cr = resp.headers.get("Content-Range", "")
+        m = _CONTENT_RANGE.fullmatch(cr.strip())
+        a, b, total = map(int, m.groups()) if m else (0, -1, 0)
+        if not m or not a <= b < total:
+            raise SourceError(f"{self.url}: the server sent a bad Content-Range {cr[:80]!r}: check the server")
         if first:
-            self.size, self._etag = total, etag
-            self.identity = etag or f"{total}-{resp.headers.get('Last-Modified', '')}"
-        elif total != self.size or (etag and self._etag and etag != self._etag):
-            raise SourceError(
-                f"{self.url}: the file changed on the server while it was being read "
-                f"(size {self.size} -> {total}, ETag {self._etag} -> {etag}): load the model again"
-            )
+            self._learn(resp.headers, total)
+        else:
+            self._same_file(resp.headers, total)
         if a != start or b != min(stop, total) - 1:
             raise SourceError(f"{self.url}: asked for bytes {start}-{stop - 1} but got {a}-{b}: check the server")
+        if length is not None and length != b - a + 1:
+            raise SourceError(f"{self.url}: the server sent Content-Length {length} for the {b - a + 1} bytes "
+                              f"{a}-{b}: check the server")
         return self._read_exact(resp, b - a + 1)
 
     def _read_exact(self, resp: Any, n: int) -> bytes:

@@ -53,6 +53,7 @@ test('Chat page: the bundled model answers as Juliet, Regenerate at temperature 
   await page.screenshot({ path: phone });
   await testInfo.attach('chat-phone', { path: phone, contentType: 'image/png' });
 
+  await page.click('#convs-toggle'); // on a phone the conversations are a drawer
   await page.click('#new-chat');
   await expect(page.locator('.msg')).toHaveCount(0);
 });

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import defaultdict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -12,12 +13,13 @@ import numpy as np
 
 from ..errors import ModelFormatError
 from ..checkpoints import CheckedSource, read_model_header
-from ..safetensors import SafetensorsHeader, TensorInfo, tensor_to_numpy, tensor_view
+from ..safetensors import SafetensorsHeader, TensorInfo, clip, tensor_to_numpy, tensor_view
 from ..sources import open_source
 from .registry import VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names
 
 _DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
 _ATTR = re.compile(r"^(blocks\.\d+\.(?:att|ffn)\.)(.+)$")
+_LAYER = re.compile(r"blocks\.(0|[1-9][0-9]{0,8})\.[^.]")  # blocks.<0..999999999 without leading zeros>.<name>
 
 
 @contextmanager
@@ -75,6 +77,51 @@ def _detect_layout(version: str, names: set, shapes: dict, meta: dict, C: int) -
     return VERSIONS[version].detect_layout(names, shapes, hint if hint in ("official", "converted") else "official", C)
 
 
+def _layer_count(names: list[str], path: str) -> int:
+    """N for layers blocks.0 .. blocks.N-1, refusing malformed indices and gaps (an index of 10^7 once made
+    the loader build shapes for ten million layers before any check)."""
+    seen: set[int] = set()
+    for n in names:
+        if n.startswith("blocks."):
+            m = _LAYER.match(n)
+            if not m:
+                raise ModelFormatError(f"{path}: tensor {clip(n)} is not named blocks.<layer>.<name> with a layer "
+                                       "number 0, 1, 2, ...: the checkpoint is damaged or not RWKV")
+            seen.add(int(m.group(1)))
+    count = len(seen)
+    if seen != set(range(count)):
+        gap = next(i for i in range(count) if i not in seen)
+        raise ModelFormatError(f"{path}: the layers must be numbered 0..N-1 without gaps, but there is a "
+                               f"blocks.{max(seen)} and no blocks.{gap}: the checkpoint is damaged")
+    return count
+
+
+def _check_ranks(tensors: dict[str, TensorInfo], version: str, path: str) -> None:
+    """Every model tensor has a dimension and no empty one, and matrices have their canonical rank, so the
+    size rules below read only well-formed shapes (a 1-D emb.weight or an r_k of 0 rows once crashed them)."""
+    probe = ModelInfo(version, 1, 64, 1, 64, 64, 64, defaultdict(lambda: 1))
+    ranks = {n: len(shape) for n, shape in model_shapes(probe).items()}
+    for t in tensors.values():
+        cname = re.sub(r"^blocks\.\d+\.", "blocks.0.", canonical_name(t.name, version))
+        if cname not in ranks:
+            continue  # tensors the model does not use are ignored, as below
+        rank = ranks[cname]
+        if not t.shape or 0 in t.shape or (rank > 1 and len(t.shape) != rank):
+            want = f"{rank} dimensions" if rank > 1 else "at least one dimension"
+            raise ModelFormatError(f"{path}: tensor {clip(t.name)} has shape {list(t.shape)}; RWKV {version} "
+                                   f"needs {want}, none of them 0: the checkpoint is damaged")
+
+
+def _check_room(info: ModelInfo, count: int, path: str) -> None:
+    """Refuse a layer count the file's tensors cannot come near filling before building the shapes of every
+    layer (so that work stays linear in the header); a file a few tensors short gets the message naming them."""
+    one, two = (len(model_shapes(ModelInfo(**{**info.to_dict(), "n_layer": n}))) for n in (1, 2))
+    need = one + (info.n_layer - 1) * (two - one) - len(optional_names(info))
+    if 2 * count < need:
+        raise ModelFormatError(f"{path}: the file names {info.n_layer} layers but holds only {count} tensors; "
+                               f"RWKV {info.version} needs {need}: the checkpoint is incomplete or damaged")
+
+
 def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, dict[str, TensorRef]]:
     """Build (ModelInfo, {canonical_name: TensorRef}) from a parsed safetensors header."""
     names = set(header.tensors)
@@ -82,9 +129,14 @@ def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, 
     for need in ("emb.weight", "blocks.0.ffn.key.weight"):
         if need not in names:
             raise ModelFormatError(f"{path or 'model'}: tensor '{need}' is missing; the checkpoint is incomplete")
-    V, C = header.tensors["emb.weight"].shape[:2]
+    _check_ranks(header.tensors, version, path)
+    n_layer = _layer_count([n.lower() for n in names], path)
+    V, C = header.tensors["emb.weight"].shape
     src_shapes = {n: t.shape for n, t in header.tensors.items()}
-    layout = _detect_layout(version, names, src_shapes, header.metadata, C)
+    try:
+        layout = _detect_layout(version, names, src_shapes, header.metadata, C)
+    except KeyError as e:
+        raise ModelFormatError(f"{path}: tensor '{e.args[0]}' is missing; the checkpoint is incomplete") from None
 
     infos: dict[str, TensorInfo] = {}
     cshapes: dict[str, tuple] = {}
@@ -100,7 +152,6 @@ def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, 
             transposed.add(cname)
         cshapes[cname] = shape
 
-    n_layer = 1 + max(int(n.split(".")[1]) for n in cshapes if n.startswith("blocks."))
     try:
         H, S, dims = VERSIONS[version].sizes(cshapes, C)
     except KeyError as e:
@@ -116,6 +167,7 @@ def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, 
     dtype = _DTYPES.get(max(counts, key=counts.get), "fp32") if counts else "fp32"
     nbytes = max([t.end for t in header.tensors.values()] + [header.data_start])
     info = ModelInfo(version, n_layer, C, H, S, V, F, dims, layout, dtype, path, nbytes)
+    _check_room(info, len(cshapes), path)
 
     refs: dict[str, TensorRef] = {}
     optional = optional_names(info)
