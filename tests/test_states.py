@@ -130,6 +130,20 @@ def test_v7_state_on_the_gpu_equals_the_reference_with_the_state_set_directly():
     assert rel(one_by_one(rt, toks[:12], 2), want[:12]) <= SAME
 
 
+def test_own_makes_a_state_the_one_none_returns_to():
+    """What the streamed loader does once a tuned checkpoint's vectors arrive (the runtime exists before)."""
+    from webrwkv.runtime import Runtime
+
+    info, w = load_weights(GOLDEN / "v6-converted.st")
+    tuned = read_state(GOLDEN / "v6-state.st", info)
+    rt = Runtime(device(), info, w, max_batch=2)
+    rt.set_initial_state(tuned, own=True)
+    rt.set_initial_state(init_state(info), slot=1)
+    assert not rt.get_state(1)["blocks.0.att_kv"].any()
+    rt.set_initial_state(None, slot=1)
+    assert all(np.array_equal(rt.get_state(s)[k], tuned[k]) for s in (0, 1) for k in tuned)
+
+
 def test_engine_state_option_and_load_state(tmp_path):
     """load_engine(state=...) (what --state and the API server pass) on both backends, and Engine.load_state."""
     g = np.load(GOLDEN / "v6-state.npz")
@@ -228,9 +242,11 @@ def test_generate_and_batch_take_a_state_file(tmp_path):
     assert run("--state", state) == tuned and 0 not in tuned
     assert run() == greedy(None) != tuned
     prompts = tmp_path / "p.txt"
-    prompts.write_text("ab\ncd\n")
+    prompts.write_text("H\nH\n")  # both slots start from the state: the same greedy text as generate's
     out = cli("batch", "--backend", "reference", "--model", model, "--vocab", str(vocab), "--state", state,
-              "--prompts", str(prompts), "--max-tokens", "2", "--temperature", "0")
+              "--prompts", str(prompts), "--max-tokens", "6", "--temperature", "0")
     assert out.returncode == 0, out.stderr
+    text = "".join(chars[i - 1] for i in tuned)
+    assert sorted(out.stdout.splitlines()) == [f"[0] {text}", f"[1] {text}"]
     bad = cli("chat", "--backend", "reference", "--model", str(GOLDEN / "v4.st"), "--state", state)
     assert bad.returncode == 2 and "v4 models have no tunable state" in bad.stderr

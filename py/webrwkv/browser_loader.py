@@ -293,7 +293,7 @@ class StreamingLoad:
                 job.run()
         small = await self._vectors()
         self.runtime.write_vectors(small)
-        self.runtime.set_initial_state(initial_state(self.info, small))
+        self.runtime.set_initial_state(initial_state(self.info, small), own=True)  # loadState(null) comes back here
         await self.dev.sync_async()
         for b in self._uniforms + [self.vec_buf]:
             self.dev.destroy(b)

@@ -197,10 +197,13 @@ class Runtime:
         self.dev.write(self.state, 4 * s * self.slot_floats, self._inits[s])
         self._pending[s], self._done[s] = [], []
 
-    def set_initial_state(self, state: State | None, slot: int | None = None) -> None:
+    def set_initial_state(self, state: State | None, slot: int | None = None, own: bool = False) -> None:
         """Make `state` (e.g. a state file's, webrwkv.models.states.read_state) what reset() returns the slot
-        to, or every slot's when slot is None, and reset it now; None goes back to the model's own."""
+        to, or every slot's when slot is None, and reset it now; None goes back to the model's own. own=True
+        makes `state` the model's own (the streamed loader: a tuned checkpoint's state arrives after __init__)."""
         packed = self._model_init if state is None else self._pack(state)
+        if own:
+            self._model_init = packed
         for s in range(self.max_batch) if slot is None else [self.check_slot(slot)]:
             self._inits[s] = packed
             self.reset(s)

@@ -42,8 +42,9 @@ def read_state(source_or_path: Any, info: ModelInfo, name: str = "") -> dict[str
             raise ModelFormatError(f"{label}: holds no tuned state (no '{want}' ...; it has {some}); "
                                    "pass a state file made by state tuning")
         if layers != list(range(info.n_layer)):
-            raise ModelFormatError(f"{label}: the state has {len(layers)} layer{'s' * (len(layers) != 1)} ({_span(layers)}), this model has "
-                                   f"{info.n_layer} (0-{info.n_layer - 1}); it was tuned for another model")
+            plural = "s" * (len(layers) != 1)
+            raise ModelFormatError(f"{label}: the state has {len(layers)} layer{plural} ({_span(layers)}), this model "
+                                   f"has {info.n_layer} (0-{info.n_layer - 1}); it was tuned for another model")
         refs = {}
         for cname, entry in tuned.items():
             t = found.get(cname)
