@@ -1,6 +1,6 @@
 // Web Worker: boots the vendored Pyodide (same origin, no CDN), installs the
 // webrwkv wheel with micropip, and serves the engine protocol to the page:
-//   {id, type: "init" | "load" | "generate" | "chat" | "countTokens" | "stop" | "reset" | "save" | "restore" | "unload" | "stats" | "cached" | "clearCache"}
+//   {id, type: "init" | "load" | "loadState" | "generate" | "chat" | "countTokens" | "stop" | "reset" | "save" | "restore" | "unload" | "stats" | "cached" | "clearCache"}
 // Replies: {id, type: "progress" | "token" | "done" | "error", ...}.
 import * as gpuHelper from "./gpu_helper.js";
 import { fetchHeader, fetchIndex, isZip, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
@@ -138,6 +138,27 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   return { ...info, url, load: stream };
 }
 
+// A state file (.st / .pth with blocks.N.att.time_state; small, so fetched whole) the model starts from; null: its own.
+async function loadState(url) {
+  let bytes = null, name = "";
+  if (url != null) {
+    const href = new URL(url, base).href;
+    name = new URL(href).pathname.split("/").pop() || href;
+    let r;
+    try {
+      r = await fetch(href);
+    } catch (e) {
+      throw new LoadError("network", `Could not fetch the state file ${href} (${e.message}).`);
+    }
+    if (!r.ok) throw new LoadError("network", `The state file ${href} answered HTTP ${r.status}.`);
+    bytes = new Uint8Array(await r.arrayBuffer());
+  }
+  const out = entry.load_state(bytes, name);
+  const res = out.toJs({ dict_converter: Object.fromEntries });
+  out.destroy();
+  return res;
+}
+
 async function generate(id, { prompt, options }) {
   const emit = (token, text) => post({ id, type: "token", token, text });
   const statsPy = await entry.generate(typeof prompt === "string" ? prompt : py.toPy(prompt), py.toPy(options || {}), emit);
@@ -161,6 +182,7 @@ const handlers = {
   generate: (id, msg) => generate(id, msg),
   chat: (id, msg) => chat(id, msg),
   countTokens: (id, { text }) => entry.count_tokens(String(text)),
+  loadState: (id, { url }) => loadState(url),
   reset: () => entry.reset(),
   save: (id, { name }) => entry.save_state(name),
   restore: (id, { name }) => entry.restore_state(name),
