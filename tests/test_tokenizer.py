@@ -284,7 +284,15 @@ def test_load_tokenizer_for_model(tmp_path, tok):
     model.write_bytes(b"")
     assert load_tokenizer_for_model(model) is tok
     assert load_tokenizer_for_model(None) is tok
-    assert load_tokenizer_for_model("https://example.invalid/models/tiny.st") is tok
+    from webrwkv.server import make_server
+
+    srv = make_server(roots={"models": tmp_path})  # a URL model with no vocabulary beside it: World
+    srv.start()
+    try:
+        assert load_tokenizer_for_model(f"{srv.url}models/tiny.st") is tok
+    finally:
+        srv.shutdown()
+        srv.server_close()
     write_vocab(tmp_path / "tiny.vocab.txt", SMALL)
     own = load_tokenizer_for_model(str(model))
     assert own.vocab_size == 25 and own.encode("abcd") == [6, 4]

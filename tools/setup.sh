@@ -3,7 +3,8 @@
 # vendored Pyodide and the project wheel. Each step is skipped when its inputs are unchanged.
 #
 # Env: CHROMIUM_PATH (default /usr/bin/chromium), PYTHON (default python3),
-#      WEBRWKV_SKIP_APT=1 to never touch system packages.
+#      WEBRWKV_SKIP_APT=1 to never touch system packages,
+#      WEBRWKV_PYODIDE_ARCHIVE=FILE|URL to take Pyodide's wheels from its official release archive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,7 @@ system_packages() {
     [ -x "$CHROMIUM_PATH" ] || missing+=(chromium)
     compgen -G '/usr/lib/*-linux-gnu/libvulkan.so.1' >/dev/null || missing+=(libvulkan1)
     compgen -G '/usr/share/vulkan/icd.d/lvp_icd*.json' >/dev/null || missing+=(mesa-vulkan-drivers)
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)  # the static-bundle test
     [ ${#missing[@]} -eq 0 ] && return 0
 
     if [ "${WEBRWKV_SKIP_APT:-0}" = 1 ] || ! command -v apt-get >/dev/null; then
@@ -86,6 +88,18 @@ pyodide() {
     .venv/bin/python tools/vendor_pyodide.py
 }
 
+# --- 4b. the page's JS libraries (markdown, HTML sanitizer) from the npm lock, same origin ---------
+web_libs() {
+    local k stamp=web/vendor/.libs-stamp
+    k=$(key package-lock.json node_modules/marked/lib/marked.esm.js node_modules/dompurify/dist/purify.es.mjs)
+    fresh "$stamp" "$k" && [ -f web/vendor/marked/marked.esm.js ] && return 0
+    log "copying marked and DOMPurify into web/vendor/"
+    mkdir -p web/vendor/marked web/vendor/dompurify
+    cp node_modules/marked/lib/marked.esm.js node_modules/marked/LICENSE web/vendor/marked/
+    cp node_modules/dompurify/dist/purify.es.mjs node_modules/dompurify/LICENSE web/vendor/dompurify/
+    echo "$k" > "$stamp"
+}
+
 # --- 5. the project wheel in dist/, installed by micropip in the browser ---------------
 project_wheel() {
     local k stamp=dist/.setup-stamp
@@ -116,7 +130,7 @@ command -v flock >/dev/null && flock 9
 
 system_packages
 python_env
-if npm_packages; then pyodide; fi
+if npm_packages; then pyodide; web_libs; fi
 project_wheel
 if [ ${#WARNINGS[@]} -gt 0 ]; then
     printf '[setup] done, with warnings:\n'; printf '  - %s\n' "${WARNINGS[@]}"

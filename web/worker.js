@@ -1,15 +1,18 @@
 // Web Worker: boots the vendored Pyodide (same origin, no CDN), installs the
 // webrwkv wheel with micropip, and serves the engine protocol to the page:
-//   {id, type: "init" | "load" | "loadState" | "generate" | "chat" | "countTokens" | "stop" | "reset" | "save" | "restore" | "unload" | "stats" | "cached" | "clearCache"}
-// Replies: {id, type: "progress" | "token" | "done" | "error", ...}.
+//   {id, type: "init" | "load" | "loadState" | "generate" | "chat" | "count" | "stop" | "cancelLoad" | "reset" | "save" | "restore" |
+//             "unload" | "stats" | "cached" | "clearCache"}
+// Replies: {id, type: "progress" | "token" | "done" | "error", ...}. Its files (vendor/, wheels/) are found
+// next to this script, or under the `base` URL that "init" gives (the page may be on another origin).
 import * as gpuHelper from "./gpu_helper.js";
 import { fetchHeader, fetchIndex, isZip, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
 
-const base = new URL("./", import.meta.url);
+let base = new URL("./", import.meta.url);
 let py = null;        // the Pyodide instance
 let entry = null;     // the webrwkv.browser_entry module (a PyProxy)
 let booting = null;
 let loadAbort = null;
+let loaded = false;   // whether Python holds a loaded model (a failed load may keep the previous one)
 
 const post = (msg) => self.postMessage(msg);
 const heapBytes = () => py?._module?.HEAPU8?.length ?? 0;
@@ -57,15 +60,16 @@ async function watchDevice() {
 
 async function findWheel() {
   let listing;
+  const index = new URL("wheels/index.json", base);
   try {
-    const r = await fetch(new URL("wheels/index.json", base), { cache: "no-cache" });
+    const r = await fetch(index, { cache: "no-cache" });
     listing = await r.json();
   } catch (e) {
     throw new LoadError("setup", `Could not list the webrwkv wheel at /wheels/index.json (${e.message}). Serve the page with \`webrwkv serve\` after building the wheel.`);
   }
   const wheels = (listing.wheels || []).filter((w) => /^webrwkv-.*\.whl$/.test(w.name)).sort((a, b) => a.name < b.name ? 1 : -1);
   if (!wheels.length) throw new LoadError("setup", "No webrwkv wheel under /wheels/. Build it (the project's setup does) and reload.");
-  return new URL(wheels[0].url, base).href;
+  return new URL(wheels[0].url, index).href; // "/wheels/x.whl" from `webrwkv serve`, "x.whl" in a bundle
 }
 
 // For a .pth: which file ranges Python still needs to read the checkpoint's index (webrwkv.browser_index).
@@ -81,8 +85,9 @@ function indexNeeds(url) {
   };
 }
 
-async function vocabFor(url, override) {
-  const guess = override || url.replace(/\.(safetensors|st|pth)(\?.*)?$/, ".vocab.txt$2");
+// A file next to the model: <stem>.vocab.txt (its vocabulary), <stem>.card.json (its model card).
+async function besideModel(url, suffix, override) {
+  const guess = override || url.replace(/\.(safetensors|st|pth)(\?.*)?$/, `${suffix}$2`);
   if (guess === url) return null;
   try {
     const r = await fetch(guess, { cache: "no-cache" });
@@ -92,13 +97,25 @@ async function vocabFor(url, override) {
   } catch { return null; }
 }
 
+// The model card, checked by Python (webrwkv.model_card); a broken card is reported, not fatal.
+function readCard(text) {
+  if (!text) return { card: null, cardError: "" };
+  try {
+    const c = entry.model_card(text);
+    const card = c.toJs({ dict_converter: Object.fromEntries });
+    c.destroy();
+    return { card, cardError: "" };
+  } catch (e) {
+    return { card: null, cardError: errorOf(e).message };
+  }
+}
+
 async function load(id, { url, vocab, useCache = true, tuning, quant }) {
   loadAbort?.abort();
   const ctrl = new AbortController();
   loadAbort = ctrl;
   const t0 = performance.now();
   const heap0 = heapBytes();
-  entry.unload();
   entry.trace_memory(true); // Python's own allocations during the load (weights must not be among them)
   let result, pyPeak;
   try {
@@ -108,7 +125,9 @@ async function load(id, { url, vocab, useCache = true, tuning, quant }) {
     if (loadAbort === ctrl) loadAbort = null;
   }
   const heap = heapBytes();
-  result.load = { ...result.load, seconds: (performance.now() - t0) / 1000, heapGrowth: heap - heap0, heapBytes: heap, pyPeak };
+  // seconds: the whole load; streamSeconds: the weights' download (or cache read) alone
+  result.load = { ...result.load, streamSeconds: result.load.seconds, seconds: (performance.now() - t0) / 1000,
+    heapGrowth: heap - heap0, heapBytes: heap, pyPeak };
   return result;
 }
 
@@ -118,8 +137,11 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   progress({ phase: "header", text: "Reading the model header…" });
   let { prefix, size, etag } = await fetchHeader(url, ctrl.signal);
   if (isZip(prefix)) ({ prefix, size, etag } = await fetchIndex(url, { prefix, size, etag }, indexNeeds(url), ctrl.signal));
-  const vocabText = await vocabFor(url, vocab);
+  const [vocabText, cardText] = await Promise.all([besideModel(url, ".vocab.txt", vocab), besideModel(url, ".card.json")]);
+  if (ctrl.signal.aborted) throw new LoadError("aborted", "Loading was cancelled.");
   progress({ phase: "plan", text: "Planning GPU buffers…" });
+  // From here on the previous model is gone: plan_load frees it before making the new buffers.
+  loaded = false;
   // quant "int8" / "nf4": the layers' matrices are quantized on the GPU as their bytes arrive
   // the kernels compile (all at once) while the weights stream in
   const kernels = (done, total) => progress({ phase: "kernels", done, total, text: `Preparing the GPU kernels (${done}/${total})…` });
@@ -132,10 +154,15 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
     onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache,
   });
   progress({ phase: "finish", text: "Preparing the GPU kernels…" });
-  const infoPy = await entry.finish_load();
+  const infoPy = await entry.finish_load(cardText);
   const info = infoPy.toJs({ dict_converter: Object.fromEntries });
   infoPy.destroy();
-  return { ...info, url, load: stream };
+  if (ctrl.signal.aborted) { // cancelled while the kernels were prepared: the page must not see a model
+    entry.unload();
+    throw new LoadError("aborted", "Loading was cancelled.");
+  }
+  loaded = true;
+  return { ...info, ...readCard(cardText), url, load: stream };
 }
 
 // A state file (.st / .pth with blocks.N.att.time_state; small, so fetched whole) the model starts from; null: its own.
@@ -177,16 +204,19 @@ async function chat(id, { messages, options }) {
 }
 
 const handlers = {
-  init: (id) => (booting ??= boot(id)),
+  init: (id, msg) => {
+    if (msg.base && !booting) base = new URL(msg.base);
+    return (booting ??= boot(id));
+  },
   load: (id, msg) => load(id, msg),
   generate: (id, msg) => generate(id, msg),
   chat: (id, msg) => chat(id, msg),
-  countTokens: (id, { text }) => entry.count_tokens(String(text)),
   loadState: (id, { url }) => loadState(url),
   reset: () => entry.reset(),
   save: (id, { name }) => entry.save_state(name),
   restore: (id, { name }) => entry.restore_state(name),
-  unload: () => { loadAbort?.abort(); entry?.unload(); },
+  count: (id, { text }) => entry.count_tokens(typeof text === "string" ? text : py.toPy(text)),
+  unload: () => { loadAbort?.abort(); entry?.unload(); loaded = false; },
   loseDevice: () => entry.lose_device(),
   stats: () => ({ ...(entry ? entry.stats().toJs({ dict_converter: Object.fromEntries }) : {}), heapBytes: heapBytes(),
     jsHeapBytes: self.performance?.memory?.usedJSHeapSize ?? null }),
@@ -211,17 +241,18 @@ self.onmessage = (ev) => {
   const msg = ev.data;
   const { id, type } = msg;
   if (type === "stop") { entry?.stop(); return; }
+  if (type === "cancelLoad") { loadAbort?.abort(); return; }
   if (type === "unload") loadAbort?.abort();
   const run = async () => {
     try {
-      if (type !== "init" && type !== "cached" && type !== "clearCache") await handlers.init(id);
+      if (type !== "init" && type !== "cached" && type !== "clearCache") await handlers.init(id, {});
       const h = handlers[type];
       if (!h) throw new Error(`unknown message ${type}`);
       const result = await h(id, msg);
       post({ id, type: "done", result: result?.toJs ? result.toJs({ dict_converter: Object.fromEntries }) : result });
     } catch (e) {
       if (type === "init") booting = null;
-      post({ id, type: "error", error: errorOf(e) });
+      post({ id, type: "error", error: { ...errorOf(e), ...(type === "load" ? { modelKept: loaded } : {}) } });
     }
   };
   chain = chain.then(run);

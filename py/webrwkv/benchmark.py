@@ -89,11 +89,13 @@ def _windows(rt: Any, tokens: dict[int, int], steps: int, params: Any, lookahead
 
 def _bench(rt: Any, prefill: int, decode: int, batch: int = 1) -> dict[str, float]:
     from .sampling import SamplerParams
+    from .progress import status
 
     rng = np.random.default_rng(1)
     toks = rng.integers(0, rt.info.vocab, prefill).tolist()
     greedy, sampled = SamplerParams(temperature=0), SamplerParams(**SAMPLED, seed=1)
     # warm-up: compile every pipeline shape used below
+    status("bench: compiling the kernels (warm-up run)…")
     for warm in (toks, [1]):
         rt.push(0, warm)
         while not rt.run():
@@ -102,6 +104,7 @@ def _bench(rt: Any, prefill: int, decode: int, batch: int = 1) -> dict[str, floa
     if batch > 1:
         _windows(rt, {s: 1 for s in range(batch)}, 2, sampled)
     rt.reset(0)
+    status(f"bench: prefill of {prefill} tokens…")
     t0 = time.perf_counter()
     rt.push(0, toks)
     out = {}
@@ -109,6 +112,7 @@ def _bench(rt: Any, prefill: int, decode: int, batch: int = 1) -> dict[str, floa
         out.update(rt.run())
     t1 = time.perf_counter()
     tok = int(np.argmax(out[0]))
+    status(f"bench: decoding {decode} tokens…")
     t2 = time.perf_counter()
     for _ in range(decode):  # the logits read back every step and the argmax taken by numpy
         rt.push(0, [tok])
@@ -119,6 +123,7 @@ def _bench(rt: Any, prefill: int, decode: int, batch: int = 1) -> dict[str, floa
            "gpu_sampled_tok_s": decode / _windows(rt, {0: tok}, decode, sampled)}
     if batch > 1:
         res["batch_sampled_tok_s"] = batch * decode / _windows(rt, {s: tok for s in range(batch)}, decode, sampled)
+    status("")
     return res
 
 
@@ -138,14 +143,26 @@ def bench_main(args: Any) -> int:
     batch = getattr(args, "batch", 1)
     if batch < 1:
         raise WebRwkvError("--batch must be at least 1")
+    from . import progress
+    from .layers import default_upload
+
+    progress.status("bench: opening the GPU…")
     dev = open_device("native", args.adapter)
     load_s = None
     if args.random:
         info = parse_random(args.random)
-        rt = Runtime(dev, info, random_weights(info), max_batch=batch, token_chunk_size=chunk, quant=quant)
+        progress.status(f"bench: making random weights for {args.random}…")
+        weights = random_weights(info)
+        progress.status("")
+        total = sum(2 * a.size for a in weights.values() if a.ndim == 2)
+        with progress.bar(total, "uploading to the GPU") as bar:
+            rt = Runtime(dev, info, weights, max_batch=batch, token_chunk_size=chunk, quant=quant,
+                         upload=progress.counted_upload(default_upload, bar))
+        del weights
         name = f"random {args.random}"
     else:
         # load time: file -> weights on the GPU, up to the GPU having them all (not opening the device)
+        progress.status("")
         t0 = time.perf_counter()
         eng = load_engine(args.model, "native", max_batch=batch, token_chunk_size=chunk, quant=quant, device=dev)
         dev.sync()

@@ -28,11 +28,14 @@ class Loaded:
     continuation and chat; whichever runs last owns the state)."""
 
     def __init__(self, runtime: Any, tokenizer: Any, info: Any, name: str, prefill_kernel: str,
-                 fmt: ChatFormat) -> None:
+                 card: Any = None) -> None:
         self.runtime, self.tokenizer, self.info, self.name = runtime, tokenizer, info, name
-        self.prefill_kernel, self.fmt = prefill_kernel, fmt
+        self.prefill_kernel = prefill_kernel
         self.text = TextSession(runtime, tokenizer)
-        self.chat = ChatSession(runtime, tokenizer, fmt=fmt)
+        f = card.prompt_format if card is not None else None
+        self.fmt = ChatFormat() if f is None else ChatFormat(f.user, f.bot, f.separator, f.turn_end)
+        self.chat = ChatSession(runtime, tokenizer, fmt=self.fmt, intro=f.intro if f else "",
+                                turns=f.turns if f else (), stop=card.stop if card is not None else ())
         self.owner: Any = None
 
 
@@ -113,8 +116,9 @@ async def _compile(data: bytes, size: int, url: str, tuning: dict, quant: str, p
     return time.perf_counter() - t0
 
 
-async def finish_load() -> dict:
-    """Run the remaining conversions, build the runtime and return the model's description."""
+async def finish_load(card_text: str | None = None) -> dict:
+    """Run the remaining conversions, build the runtime and return the model's description. The model
+    card (if any; the page reports a broken one) sets the chat format, intro and stop strings."""
     global _load, _eng
     if _load is None:
         raise WebRwkvError("no model load is in progress; call load again")
@@ -124,10 +128,19 @@ async def finish_load() -> dict:
     compile_s = await ld.kernels
     kernel = await _warm_up(runtime)
     kernels = {"compile_s": compile_s, "ready_s": time.perf_counter() - t0}
-    fmt = ChatFormat()
-    _eng = Loaded(runtime, tokenizer, info, ld.name, kernel, fmt)
+    card = None
+    if card_text:
+        from .errors import ModelCardError
+        from .model_card import parse_card
+
+        try:
+            card = parse_card(str(card_text))
+        except ModelCardError:
+            card = None
+    _eng = Loaded(runtime, tokenizer, info, ld.name, kernel, card)
     return {"name": ld.name, **info.to_dict(), "adapter": _dev.adapter_name, "prefill_kernel": kernel,
-            "quant": ld.quant, "weight_bytes": runtime.weight_bytes, "chat_format": fmt.to_dict(), "kernels": kernels}
+            "quant": ld.quant, "weight_bytes": runtime.weight_bytes, "chat_format": _eng.fmt.to_dict(),
+            "kernels": kernels}
 
 
 async def _warm_up(rt: Any) -> str:
@@ -183,7 +196,7 @@ def reset() -> None:
     """Start over from an empty state."""
     e = _need()
     e.text.reset()
-    e.chat.reset("", [])
+    e.chat.reset(e.chat.default_intro, [])
     e.owner = None
 
 
@@ -216,9 +229,13 @@ def load_state(data: Any, name: str) -> dict:
     return {"name": str(name) if state is not None else "", "layers": e.info.n_layer}
 
 
-def count_tokens(text: str) -> int:
-    """How many tokens `text` is for the loaded model's tokenizer."""
-    return len(_need().tokenizer.encode(str(text)))
+def count_tokens(text: Any) -> int:
+    """How many tokens `text` is for the loaded model's tokenizer; for a list of {role, content} messages,
+    how many the conversation is as the chat session writes it."""
+    e = _need()
+    if not isinstance(text, str):
+        text = e.chat.transcript([dict(m) for m in _py(text)])
+    return len(e.tokenizer.encode(text))
 
 
 def _options(o: dict) -> tuple[SamplerParams, int, list[str]]:
@@ -312,7 +329,7 @@ async def chat(messages: Any, options: Any, emit: Any) -> dict:
     o = dict(_py(options) or {})
     params, max_tokens, stops = _options(o)
     if e.owner is not e.chat:
-        e.chat.reset("", [])
+        e.chat.reset(e.chat.default_intro, [])
     e.owner = e.chat
     e.chat.set_params(params)
     e.chat.max_tokens, e.chat.extra_stops = max_tokens, stops
@@ -324,3 +341,12 @@ def stats() -> dict:
     """The last generation's numbers, plus the adapter."""
     return {**_stats, "adapter": _dev.adapter_name if _dev else "",
             "prefill_kernel": _eng.prefill_kernel if _eng else ""}
+
+
+# --- for the page: the model card (no engine state is touched) ---------------------------------
+
+def model_card(text: str) -> dict:
+    """A model card (<model>.card.json) checked and filled in; raises ModelCardError when it is wrong."""
+    from .model_card import parse_card
+
+    return parse_card(str(text)).to_dict()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import TokenizerError, WebRwkvError
@@ -30,9 +28,9 @@ def load_engine_for(args: Any, max_batch: int = 1, token_chunk_size: int = DEFAU
                       lora=tuple(args.lora), state=getattr(args, "state", None))
     if not args.vocab:
         return eng.runtime, eng.tokenizer
-    from .tokenizer import Tokenizer
+    from .tokenizer import open_vocab
 
-    tok = Tokenizer(args.vocab)
+    tok = open_vocab(args.vocab)
     if tok.vocab_size > eng.info.vocab:
         raise TokenizerError(f"the vocabulary {args.vocab!r} has {tok.vocab_size} ids but the model has "
                              f"{eng.info.vocab}; pass the model's own vocabulary file")
@@ -50,9 +48,11 @@ def _utf8(stream: TextIO) -> None:
         stream.reconfigure(errors="replace")
 
 
-def _speed_line(st: GenerationStats) -> str:
-    return (f"prefill: {st.prompt_tokens} tokens, {st.prefill_tps:.1f} tok/s; "
-            f"decode: {len(st.ids)} tokens, {st.decode_tps:.1f} tok/s")
+def _speed_line(st: GenerationStats, prefilled: bool = True) -> str:
+    decode = f"decode: {len(st.ids)} tokens, {st.decode_tps:.1f} tok/s"
+    if not prefilled:  # a regenerated reply starts from the saved state: nothing was prefilled
+        return f"prompt reused ({st.prompt_tokens} tokens); {decode}"
+    return f"prefill: {st.prompt_tokens} tokens, {st.prefill_tps:.1f} tok/s; {decode}"
 
 
 # ----------------------------------------------------------------------------- generate
@@ -113,12 +113,24 @@ def load_prompt_file(path: str | None) -> dict[str, Any]:
     return cfg
 
 
-def default_prompt_file(model: str | None) -> str | None:
-    """prompts/shakespeare.json for the bundled model (when the checkout has it); none otherwise."""
-    if model is not None or os.environ.get("WEBRWKV_MODEL"):
-        return None
-    path = Path(__file__).resolve().parents[2] / "prompts" / "shakespeare.json"
-    return str(path) if path.is_file() else None
+def chat_config(prompt_file: str | None, model: str | None) -> tuple[dict[str, Any], str]:
+    """The chat's prompt fields and a line saying what the chat is: from --prompt-file, else from the
+    model card's prompt_format (the bundled model's plays Romeo and Juliet), else User/Assistant."""
+    if prompt_file:
+        cfg = load_prompt_file(prompt_file)
+        return cfg, cfg.get("description") or f"turns as in {prompt_file}"
+    from .model_card import load_card
+
+    card = load_card(model)
+    if card is None:
+        return {}, "User / Assistant turns (the model has no model card next to it)"
+    f = card.prompt_format
+    cfg = {"user": f.user, "bot": f.bot, "separator": f.separator, "turn_end": f.turn_end, "intro": f.intro,
+           "turns": f.turns, "stop": card.stop}
+    about = f.description or f"{f.user.strip()} / {f.bot.strip()} turns"
+    if card.kind == "completion":
+        about += " (a completion model: `webrwkv generate` lets it write on freely)"
+    return cfg, f"{card.name}. {about}"
 
 
 def make_chat(runtime: Any, tok: Any, cfg: dict[str, Any], params: SamplerParams, max_tokens: int,
@@ -135,12 +147,13 @@ def chat_main(args: Any) -> int:
     """Terminal chat; reads one message per line from stdin (a terminal or a pipe)."""
     _check_max_tokens(args.max_tokens)
     params = SamplerParams.from_args(args)
-    cfg = load_prompt_file(args.prompt_file or default_prompt_file(args.model))
+    cfg, about = chat_config(args.prompt_file, args.model)
     runtime, tok = load_engine_for(args)
     chat = make_chat(runtime, tok, cfg, params, args.max_tokens, args.stop)
     tty = sys.stdin.isatty()
     out = sys.stdout
     _utf8(out)
+    print(about, file=sys.stderr)
     print(HELP, file=sys.stderr)
     fmt = chat.fmt
     if tty:
@@ -165,7 +178,8 @@ def chat_main(args: Any) -> int:
             print("(the chat starts over)", file=sys.stderr)
             continue
         try:
-            stream = chat.regenerate() if msg == "+" else chat.reply(msg)
+            regen = msg == "+"
+            stream = chat.regenerate() if regen else chat.reply(msg)
         except WebRwkvError as e:
             print(f"webrwkv: {e}", file=sys.stderr)
             continue
@@ -174,7 +188,7 @@ def chat_main(args: Any) -> int:
         try:
             for item in stream:
                 if isinstance(item, GenerationStats):
-                    speed = _speed_line(item)
+                    speed = _speed_line(item, prefilled=not regen)
                 elif item[1]:
                     out.write(item[1])
                     out.flush()

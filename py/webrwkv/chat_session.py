@@ -107,7 +107,8 @@ class ChatSession:
         self.extra_stops = list(stop)
         self.max_tokens = max(1, max_tokens)
         self.set_params(params or SamplerParams())
-        self.intro, self.turns = intro, [tuple(t) for t in turns]
+        self.default_intro, self.examples = intro, [tuple(t) for t in turns]  # a model card's, or the CLI's
+        self.intro, self.turns = intro, []  # the conversation's own system text and earlier turns
         self.reset()
 
     def set_params(self, params: SamplerParams) -> None:
@@ -116,15 +117,16 @@ class ChatSession:
 
     @property
     def prelude(self) -> str:
-        """The text a fresh conversation starts with: the intro and the example turns."""
-        return self.fmt.prelude(self.intro, self.turns)
+        """The text a fresh conversation starts with: the intro, the example turns, the earlier turns."""
+        return self.fmt.prelude(self.intro, [*self.examples, *self.turns])
 
     @property
     def stops(self) -> list[str]:
         return [*self.fmt.stops(), *self.extra_stops]
 
     def reset(self, intro: str | None = None, turns: Sequence[Sequence[str]] | None = None) -> None:
-        """Start the conversation over (the intro and example turns are read again)."""
+        """Start the conversation over (the intro and example turns are read again); `intro` and `turns`
+        replace the conversation's system text and earlier turns."""
         if intro is not None:
             self.intro = intro
         if turns is not None:
@@ -208,6 +210,7 @@ class ChatSession:
         conversation extends the one read so far (a follow-up), or repeats it but its last reply (a
         regenerate); any other list (an edit, a deleted turn, a new system message) is read afresh."""
         system, turns, user = split_messages(messages)
+        system = system or self.default_intro
         c = self.fmt.clean
         same = lambda a, b: [(c(u), c(r)) for u, r in a] == [(c(u), c(r)) for u, r in b]  # noqa: E731
         read = self.turns + self.history  # the turns the state holds
@@ -224,6 +227,17 @@ class ChatSession:
                 yield item
         finally:
             await stream.aclose()
+
+    def transcript(self, messages: Sequence[dict]) -> str:
+        """The text a conversation [{role, content}] is to the model (a last user message is asked)."""
+        msgs = list(messages)
+        if msgs and msgs[-1].get("role") == "user":
+            system, turns, user = split_messages(msgs)
+            tail = self.fmt.ask(user)
+        else:
+            system, turns, _ = split_messages([*msgs, {"role": "user", "content": "x"}])
+            tail = ""
+        return self.fmt.prelude(system or self.default_intro, [*self.examples, *turns]) + tail
 
     def reply(self, message: str) -> Iterator[StreamItem]:
         self._message(message)  # errors now, not at the first item

@@ -26,6 +26,7 @@ COMMANDS = {
     "tokenize": "webrwkv.tokenizer:tokenize_main",
     "detokenize": "webrwkv.tokenizer:detokenize_main",
     "serve": "webrwkv.server:serve_main",
+    "bundle": "webrwkv.bundle:bundle_main",
     "devices": "webrwkv.gpu.native:devices_main",
 }
 
@@ -43,7 +44,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 def _engine_args(p: argparse.ArgumentParser, backend_default: str = "native") -> None:
     p.add_argument("--model", default=None, help="model file or URL (default: the bundled model)")
-    p.add_argument("--vocab", default=None, help="vocabulary file (default: next to the model, else World)")
+    p.add_argument("--vocab", default=None, help="vocabulary file or URL (default: <model>.vocab.txt next to "
+                   "the model, else World)")
     p.add_argument("--backend", choices=["native", "reference"], default=backend_default)
     p.add_argument("--adapter", default=None, help="GPU adapter name or index (see `webrwkv devices`)")
     p.add_argument("--quant", choices=["none", "int8", "nf4"], default="none")
@@ -52,9 +54,23 @@ def _engine_args(p: argparse.ArgumentParser, backend_default: str = "native") ->
                    help="state file (.st or .pth with blocks.N.att.time_state) every slot starts from")
 
 
+def _version() -> str:
+    from . import __version__
+
+    return f"webrwkv {__version__}"
+
+
+CHAT_HELP = "terminal chat in the model's format; the bundled model plays Romeo and Juliet"
+CHAT_ABOUT = ("Terminal chat in the model's own format, from the model card next to it (prompt_format). "
+              "The bundled Shakespeare model plays a scene of Romeo and Juliet: you speak as Romeo, it "
+              "answers as Juliet. Without a model card, turns are 'User: ...' / 'Assistant: ...'.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="webrwkv", description="RWKV v4-v7 on WebGPU")
+    ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    ap.set_defaults(subcommands=sub.choices)  # each subcommand's own parser, for its usage on a bad flag
 
     p = sub.add_parser("generate", help="generate text from a prompt, streamed")
     _engine_args(p)
@@ -63,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
 
-    p = sub.add_parser("chat", help="terminal chat (User:/Assistant:)")
+    p = sub.add_parser("chat", help=CHAT_HELP, description=CHAT_ABOUT)
     _engine_args(p)
     _sampling_args(p)
-    p.add_argument("--prompt-file", default=None, help="JSON with user, bot, intro and example turns")
+    p.add_argument("--prompt-file", default=None, help="JSON with user, bot, intro and example turns "
+                   "(instead of the model card's prompt_format; see prompts/)")
     p.add_argument("--max-tokens", type=int, default=256)
 
     p = sub.add_parser("batch", help="run several prompts at once through the slots")
@@ -98,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("tokenize", "print token ids as JSON"), ("detokenize", "print text for ids")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--vocab", default=None)
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--vocab", default=None, help="vocabulary file or URL (default: World)")
+        g.add_argument("--model", default=None, help="use this model's vocabulary (<model>.vocab.txt next to it)")
         if name == "tokenize":
             p.add_argument("text", nargs="?", default=None)
             p.add_argument("--file", default=None)
@@ -120,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-dir", default=None, help="served at /models/<file> (default: bundled model)")
 
+    p = sub.add_parser("bundle", help="write a static site (page, JS API, Pyodide, wheel, models) for any web host")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must be empty or not exist)")
+    p.add_argument("--model", action="append", default=None, metavar="FILE",
+                   help="model file to include with its .vocab.txt and .card.json (repeatable; "
+                        "default: the bundled model)")
+    p.add_argument("--no-model", action="store_true", help="include no model (the page loads models by URL)")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds an earlier bundle")
+
     p = sub.add_parser("devices", help="list GPU adapters")
     p.add_argument("--json", action="store_true")
     return ap
@@ -127,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # say it with the subcommand's usage, not the top-level one
+        sub = args.subcommands.get(args.command or "")
+        (sub or ap).error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         ap.print_help()
         return 0

@@ -77,7 +77,7 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
         raise WebRwkvError(f"unknown backend {backend!r}; use 'native' or 'reference'")
     weight_format(quant)  # an unknown name fails here, before anything is read
     path = model if model is not None else default_model_path()
-    info, weights = load_weights(path, keep_fp16=backend == "native")  # the GPU packs fp16 anyway
+    info, weights = _read_weights(path, keep_fp16=backend == "native")  # the GPU packs fp16 anyway
     tuned = None
     if state is not None:  # read (and checked against the model) before any GPU memory is taken
         from .models.states import read_state
@@ -92,12 +92,33 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
 
         eng = Engine(ReferenceRuntime((info, weights), max_batch, token_chunk_size), info, path, backend)
     else:
+        from . import progress
         from .gpu import open_device
+        from .layers import default_upload
         from .runtime import Runtime
 
         dev = device if device is not None else open_device("native", adapter, **device_options)
-        rt = Runtime(dev, info, weights, max_batch=max_batch, token_chunk_size=token_chunk_size, quant=quant)
+        total = sum(2 * a.size for a in weights.values() if getattr(a, "ndim", 0) == 2)
+        with progress.bar(total, "uploading to the GPU") as bar:
+            rt = Runtime(dev, info, weights, max_batch=max_batch, token_chunk_size=token_chunk_size, quant=quant,
+                         upload=progress.counted_upload(default_upload, bar))
         eng = Engine(rt, info, path, backend, dev)
     if tuned is not None:
         eng.runtime.set_initial_state(tuned)
     return eng
+
+
+def _read_weights(path: Any, keep_fp16: bool) -> tuple[ModelInfo, dict]:
+    """load_weights, with a download bar on a terminal when the model is an http(s) URL."""
+    from . import progress
+
+    if not (isinstance(path, str) and path.startswith(("http://", "https://")) and progress.enabled()):
+        return load_weights(path, keep_fp16=keep_fp16)
+    from .sources import open_source
+
+    src = open_source(path)
+    try:
+        with progress.bar(src.size, f"downloading {path.rsplit('/', 1)[-1].split('?')[0]}") as bar:
+            return load_weights(progress.CountedSource(src, bar), keep_fp16=keep_fp16)
+    finally:
+        src.close()

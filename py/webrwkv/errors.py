@@ -27,3 +27,7 @@ class DeviceLostError(GpuError):
 
 class SamplingError(WebRwkvError):
     """Sampling parameters are out of range, every token is banned, or the logits are not numbers."""
+
+
+class ModelCardError(WebRwkvError):
+    """A model card (<model>.card.json) is not valid JSON or has wrong fields."""

@@ -277,25 +277,46 @@ def default_tokenizer() -> Tokenizer:
 
 
 def load_tokenizer_for_model(model_path: str | os.PathLike | None, vocab: str | os.PathLike | None = None) -> Tokenizer:
-    """`vocab` if given, else `<model stem>.vocab.txt` next to a local model file, else the World vocabulary."""
+    """`vocab` (a file or URL) if given, else `<model stem>.vocab.txt` next to the model (a local file
+    or the same folder of a URL), else the World vocabulary."""
+    from .model_card import beside, read_text
+
     if vocab is not None:
-        return Tokenizer(vocab)
+        return open_vocab(vocab)
     if model_path is not None:
-        path = os.fspath(model_path)
-        if "://" not in path:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            candidate = os.path.join(os.path.dirname(path), stem + ".vocab.txt")
-            if os.path.isfile(candidate):
-                return Tokenizer(candidate)
+        where = beside(os.fspath(model_path), ".vocab.txt")
+        if where and "://" in where:
+            text = read_text(where, "vocabulary")
+            if text is not None:
+                return Tokenizer.from_text(text, where)
+        elif where and os.path.isfile(where):
+            return Tokenizer(where)
     return default_tokenizer()
 
 
+def open_vocab(vocab: str | os.PathLike) -> Tokenizer:
+    """A vocabulary from a local file or an http(s) URL."""
+    where = os.fspath(vocab)
+    if "://" not in where:
+        return Tokenizer(where)
+    from .model_card import read_text
+
+    text = read_text(where, "vocabulary")
+    if text is None:
+        raise TokenizerError(f"there is no vocabulary at {where} (not found); check the --vocab URL")
+    return Tokenizer.from_text(text, where)
+
+
 def _cli_tokenizer(args) -> Tokenizer:
-    return Tokenizer(args.vocab) if getattr(args, "vocab", None) else default_tokenizer()
+    if getattr(args, "vocab", None):
+        return open_vocab(args.vocab)
+    if getattr(args, "model", None):
+        return load_tokenizer_for_model(args.model)
+    return default_tokenizer()
 
 
 def tokenize_main(args) -> int:
-    """`webrwkv tokenize [--vocab FILE] (TEXT | --file F)`: print the ids as a JSON list."""
+    """`webrwkv tokenize [--vocab FILE | --model M] (TEXT | --file F)`: print the ids as a JSON list."""
     if (args.text is None) == (args.file is None):
         raise TokenizerError("give either TEXT or --file FILE (use --file - to read standard input)")
     if args.file is None:
@@ -313,7 +334,7 @@ def tokenize_main(args) -> int:
 
 
 def detokenize_main(args) -> int:
-    """`webrwkv detokenize [--vocab FILE] IDS_JSON`: print the text of the ids."""
+    """`webrwkv detokenize [--vocab FILE | --model M] IDS_JSON`: print the text of the ids."""
     try:
         ids = json.loads(args.ids)
     except ValueError:

@@ -1,0 +1,64 @@
+// Loading with the real engine: a failed load keeps the model that works (or says plainly that none is
+// left), Cancel while the GPU kernels are prepared leaves no model that the page believes in, and the
+// load line reports the download's own rate.
+const { test, expect } = require('@playwright/test');
+const { hostModels, golden, url } = require('./models');
+const { loadViaUi, send, byteVocab } = require('./ui');
+
+test('A failed load keeps the working model; one that fails after freeing it says so', async ({ page, baseURL }) => {
+  const files = { 'good.st': golden('v7.st'), 'good.vocab.txt': { data: byteVocab() }, 'cut.st': golden('v5.st') };
+  const cutAt = 8 + Number(files['cut.st'].data.readBigUInt64LE(0));
+  await hostModels(page, files);
+  await page.route('**/e2e-models/cut.st', (route) => {
+    const start = Number(/bytes=(\d+)/.exec(route.request().headers().range || '')?.[1] ?? 0);
+    return start >= cutAt ? route.abort('connectionreset') : route.fallback();
+  });
+  await page.goto('/');
+  await loadViaUi(page, url(baseURL, 'good.st'));
+  // the rate shown is the download's own (bytes / streaming seconds), not bytes / the whole load
+  const l = await page.evaluate(() => window.webrwkvApp.engine.model.load);
+  expect(l.streamSeconds).toBeGreaterThan(0);
+  expect(l.streamSeconds).toBeLessThan(l.seconds);
+  const shown = Number(/download ([\d.]+) MB\/s/.exec(await page.locator('#progress-text').innerText())[1]);
+  expect(shown).toBeCloseTo(l.fetched / 1e6 / l.streamSeconds, 0);
+
+  await loadViaUi(page, url(baseURL, 'missing.st'), { expectError: true });
+  await expect(page.locator('#status')).toContainText('not found');
+  await expect(page.locator('#status')).toContainText('good.st is still loaded');
+  await expect(page.locator('#model-info')).toContainText('good.st');
+  await page.click('#mode-chat');
+  await expect(page.locator('#send')).toBeEnabled();
+  await page.locator('#max-tokens').fill('8');
+  await page.locator('#temperature').fill('0');
+  expect((await send(page, 'Hello')).length).toBeGreaterThan(0); // it still answers
+
+  await loadViaUi(page, url(baseURL, 'cut.st'), { expectError: true });
+  await expect(page.locator('#status')).toContainText('No model is loaded now');
+  await expect(page.locator('#model-info')).toHaveText('');
+  await expect(page.locator('#model-chip-text')).toHaveText('No model');
+  await expect(page.locator('#send')).toBeDisabled();
+});
+
+test('Cancel while the GPU kernels are prepared leaves no half-loaded model', async ({ page, baseURL }) => {
+  await hostModels(page, { 'good.st': golden('v7.st') });
+  await page.goto('/');
+  await expect(page.locator('#load')).toBeEnabled({ timeout: 120_000 });
+  // press Cancel the moment kernel preparation starts (it cannot be interrupted: the load must end unloaded)
+  await page.evaluate(() => {
+    const text = document.getElementById('progress-text');
+    new MutationObserver((_, obs) => {
+      if (text.textContent.includes('Preparing the GPU kernels')) { obs.disconnect(); window.__cancelledAt = text.textContent; document.getElementById('cancel-load').click(); }
+    }).observe(text, { childList: true, characterData: true, subtree: true });
+  });
+  await page.fill('#model-url', url(baseURL, 'good.st'));
+  await page.click('#load');
+  await expect(page.locator('#load')).toBeEnabled({ timeout: 240_000 });
+  expect(await page.evaluate(() => window.__cancelledAt)).toContain('Preparing the GPU kernels');
+  await expect(page.locator('#status')).toContainText('cancelled');
+  await expect(page.locator('#model-info')).toHaveText('');
+  expect(await page.evaluate(() => window.webrwkvApp.model)).toBeNull();
+  const err = await page.evaluate(() => window.webrwkvApp.engine.countTokens('x').then(() => null, (e) => e.message));
+  expect(err).toContain('no model is loaded'); // the worker agrees: nothing is loaded
+  await loadViaUi(page, url(baseURL, 'good.st')); // and a load afterwards works
+  await expect(page.locator('#model-info')).toContainText('RWKV v7');
+});
