@@ -250,3 +250,22 @@ def test_generate_and_batch_take_a_state_file(tmp_path):
     assert sorted(out.stdout.splitlines()) == [f"[0] {text}", f"[1] {text}"]
     bad = cli("chat", "--backend", "reference", "--model", str(GOLDEN / "v4.st"), "--state", state)
     assert bad.returncode == 2 and "v4 models have no tunable state" in bad.stderr
+
+
+def test_chat_takes_a_state_file_like_a_tuned_checkpoint(tmp_path):
+    """chat --state FILE answers as the same weights do with the state inside the checkpoint, not as without."""
+    chars = "\n" + "".join(map(chr, range(32, 127)))  # chat turns hold newlines
+    vocab = tmp_path / "ascii.vocab.txt"
+    vocab.write_text("".join(f"{i + 1} {c.encode()!r} 1\n" for i, c in enumerate(chars)), encoding="utf-8")
+    tuned = tuned_checkpoint("v6", tmp_path)
+
+    def chat(model, *extra):
+        out = subprocess.run([sys.executable, "-m", "webrwkv", "chat", "--backend", "reference", "--model", str(model),
+                              "--vocab", str(vocab), "--temperature", "0", "--max-tokens", "8", *extra],
+                             input="Hello\n", capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    with_file = chat(GOLDEN / "v6-converted.st", "--state", str(GOLDEN / "v6-state.st"))
+    assert with_file.strip() and with_file == chat(tuned)
+    assert with_file != chat(GOLDEN / "v6-converted.st")
