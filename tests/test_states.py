@@ -17,7 +17,7 @@ from gpu_util import GOLDEN, device, drain, one_by_one, rel
 from webrwkv import reference as ref
 from webrwkv.engine import load_engine
 from webrwkv.errors import ModelFormatError, SourceError, WebRwkvError
-from webrwkv.models import init_state, load_index, load_weights
+from webrwkv.models import init_state, initial_state, load_index, load_weights
 from webrwkv.models.states import read_state
 from webrwkv.reference import ReferenceRuntime
 from webrwkv.safetensors import read_header, read_tensor, write_safetensors
@@ -269,3 +269,20 @@ def test_chat_takes_a_state_file_like_a_tuned_checkpoint(tmp_path):
     with_file = chat(GOLDEN / "v6-converted.st", "--state", str(GOLDEN / "v6-state.st"))
     assert with_file.strip() and with_file == chat(tuned)
     assert with_file != chat(GOLDEN / "v6-converted.st")
+
+
+def test_info_tells_a_tuned_checkpoint_and_a_state_file_is_not_a_model(tmp_path):
+    tuned = tuned_checkpoint("v6", tmp_path)
+    for model, want in ((tuned, True), (GOLDEN / "v6-converted.st", False)):
+        out = cli("info", "--json", str(model))
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["tuned_state"] is want
+    for state in ("v6-state.st", "v6-state.pth"):  # passed as the model by mistake
+        out = cli("info", str(GOLDEN / state))
+        assert out.returncode == 2 and "a state file, not a model" in out.stderr and "--state" in out.stderr
+    # the converted layout keeps the tuned state: convert, load again, the same initial state
+    out = cli("convert", str(tuned), str(tmp_path / "c.st"), "--layout", "converted", "--dtype", "fp32")
+    assert out.returncode == 0, out.stderr
+    a, b = load_weights(tuned), load_weights(tmp_path / "c.st")
+    sa, sb = initial_state(a[0], a[1]), initial_state(b[0], b[1])
+    assert sa["blocks.1.att_kv"].any() and all(np.array_equal(sa[k], sb[k]) for k in sa)

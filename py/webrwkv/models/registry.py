@@ -60,6 +60,10 @@ def detect_version(names) -> str:
     for version, mod in VERSIONS.items():
         if mod.detect(names):
             return version
+    if names and all(n.endswith(".att.time_state") for n in names):
+        raise ModelFormatError("the file holds only blocks.N.att.time_state: a state file, not a model; load "
+                               "the model it was tuned for and pass this file with --state (engine.loadState "
+                               "in the browser)")
     raise ModelFormatError(
         "cannot tell the RWKV version from the tensor names (expected e.g. blocks.0.att.time_first, "
         "time_faaaa, gate.weight, time_maa_x or r_k); is this an RWKV v4-v7 checkpoint?")
