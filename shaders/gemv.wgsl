@@ -1,6 +1,7 @@
-// Matrix x f32 vector for single tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]), groups and
-// epilogue as in matmul.wgsl. Workgroup (row block of R rows, token t, group g); TPR threads per row, each
-// reading 8 weights at a time, UNROLL loads in flight. SUBGROUPS=1 reduces with subgroup shuffles (up to TPR
+// Matrix x f32 vectors for a few tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]), groups and
+// epilogue as in matmul.wgsl. Workgroup (row block of R rows, MT tokens from wid.y * MT, group g); TPR threads
+// per row, each reading 8 weights at a time, UNROLL loads in flight, and using each load for all MT tokens
+// (a decode step of MT slots reads the weights once). SUBGROUPS=1 reduces with subgroup shuffles (up to TPR
 // lanes), then partial sums through shared memory. The weight format (gemv_fp16, gemv_int8 or gemv_nf4,
 // included by name) declares the binding `w` (K8 elements a row), prepares any workgroup tables (prologue, in
 // uniform control flow), loads 8 weights (wload), dots them with their activations (wdot) and applies any
@@ -17,6 +18,7 @@ enable subgroups;
 const K8: u32 = {{K}}u / 8u;
 const R: u32 = {{R}}u;
 const TPR: u32 = {{TPR}}u;
+const MT: u32 = {{MT}}u;
 
 #include {{FORMAT}}
 #include matmul
@@ -28,8 +30,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 #else
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
 #endif
-  let t = wid.y;
-  if (t >= info[{{TSRC}}u]) { return; }
+  let t0 = wid.y * MT;
+  let T = info[{{TSRC}}u];
+  if (t0 >= T) { return; }
   let g = wid.z;
   let nl = lid / TPR;
   let j = lid % TPR;
@@ -37,10 +40,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nr = g_nr(g);
   if (wid.x * R >= nr) { return; }
   prologue(lid);
-  var acc = 0.0;
+#for m in 0..MT
+  var acc${m} = 0.0;
+#endfor
   if (n < nr) {
     let wb = (g_row(g) + n) * K8;
-    let xb = ({{X_OFF}}u + t * {{X_TS}}u + g_x(g)) / 4u;
+#for m in 0..MT
+    let xb${m} = ({{X_OFF}}u + min(t0 + ${m}u, T - 1u) * {{X_TS}}u + g_x(g)) / 4u;
+#endfor
     // UNROLL independent 16-byte loads in flight per thread, then the remainder one at a time
     var k = j;
     for (; k + ({{UNROLL}}u - 1u) * TPR < K8; k += {{UNROLL}}u * TPR) {
@@ -48,30 +55,43 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let q${u} = wload(wb, k + ${u}u * TPR);
 #endfor
 #for u in 0..UNROLL
-      acc += wdot(q${u}, wb, xb, k + ${u}u * TPR);
+#for m in 0..MT
+      acc${m} += wdot(q${u}, wb, xb${m}, k + ${u}u * TPR);
+#endfor
 #endfor
     }
     for (; k < K8; k += TPR) {
-      acc += wdot(wload(wb, k), wb, xb, k);
+      let q = wload(wb, k);
+#for m in 0..MT
+      acc${m} += wdot(q, wb, xb${m}, k);
+#endfor
     }
   }
+#for m in 0..MT
+#if m > 0
+  workgroupBarrier();  // the previous token's partial sums are read
+#endif
 #if SUBGROUPS
   // butterfly over the lanes of one subgroup (up to TPR wide), then the lanes' partials through shared memory
-  let wd = min(sg_size, TPR);
-  var v = acc;
-  for (var m = 1u; m < wd; m = m << 1u) { v += subgroupShuffleXor(v, m); }
-  if (sg_id % wd == 0u) { red[lid / wd] = v; }
+  let wd${m} = min(sg_size, TPR);
+  var v${m} = acc${m};
+  for (var b = 1u; b < wd${m}; b = b << 1u) { v${m} += subgroupShuffleXor(v${m}, b); }
+  if (sg_id % wd${m} == 0u) { red[lid / wd${m}] = v${m}; }
   workgroupBarrier();
-  var total = 0.0;
-  if (j == 0u) { let per = TPR / wd; for (var q = 0u; q < per; q++) { total += red[nl * per + q]; } }
+  var total${m} = 0.0;
+  if (j == 0u) { let per = TPR / wd${m}; for (var q = 0u; q < per; q++) { total${m} += red[nl * per + q]; } }
 #else
-  red[lid] = acc;
+  red[lid] = acc${m};
   workgroupBarrier();
   for (var s = TPR / 2u; s > 0u; s = s >> 1u) { if (j < s) { red[lid] += red[lid + s]; } workgroupBarrier(); }
-  let total = red[lid];
+  let total${m} = red[lid];
 #endif
+#endfor
   if (j == 0u && n < nr) {
     let col = g_col(g) + n;
-    emit(t, col, act(g, scaled(g_row(g) + n, total)));
+    let row = g_row(g) + n;
+#for m in 0..MT
+    if (t0 + ${m}u < T) { emit(t0 + ${m}u, col, act(g, scaled(row, total${m}))); }
+#endfor
   }
 }

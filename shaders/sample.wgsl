@@ -3,7 +3,9 @@
 // w = exp(x - max) (ties at a boundary are kept), reshaped by the temperature and drawn in id order with the
 // counter-based uniform(seed, stream, step). The chosen id becomes the slot's next input token (the step's
 // token table) and is appended to the slot's ring of ids; decayed penalty counts are updated.
-// One workgroup per output row; output row i is segment i (one token each).
+// One workgroup per output row; output row i is segment i (one token each). Every pass over the vocabulary
+// issues U independent loads per thread and iteration (#for): one load at a time leaves the workgroup
+// waiting on memory latency (a 30-pass top-p search took 1.6 ms on an H200 that way).
 
 @group(0) @binding(0) var<storage, read_write> info: array<u32>;   // step metadata (tokens rewritten)
 @group(0) @binding(1) var<storage, read> logits: array<f32>;       // [n_out, VOCAB]
@@ -13,6 +15,7 @@
 
 const VOCAB: u32 = {{VOCAB}}u;
 const WG: u32 = {{WG}}u;
+const U: u32 = {{U}}u;                       // loads in flight per thread in a pass
 const TOK0: u32 = {{TOK0}}u;
 const CAP: u32 = {{CAP}}u;
 const NW: u32 = (VOCAB + 31u) / 32u;         // words of a bit set over the vocabulary
@@ -25,25 +28,11 @@ const STRIDE: u32 = W + VOCAB;
 const CH: u32 = (VOCAB + WG - 1u) / WG;      // ids per thread in the draw (a contiguous chunk each)
 const LOWEST = -0x1.fffffep+127f;            // a banned id's logit (-inf has no WGSL constant; exp gives 0 alike)
 // params of a slot (u32 words): temperature, top_p, top_k, min_p, presence, frequency, decay (f32 bits),
-// seed lo, seed hi, stream, vocab limit, flags (1: penalties active)
+// seed lo, seed hi, stream, vocab limit, flags (1: penalties active, 2: some ids banned)
 
 var<workgroup> sh_u: array<u32, 4>;
 var<workgroup> sh_f: array<f32, WG>;
 var<workgroup> sh_i: array<u32, WG>;
-var<workgroup> sh_sum: array<f32, WG>;
-
-// sum of v over the workgroup, as a uniform value (it steers loops that hold barriers)
-fn usum(v: f32, lid: u32) -> f32 {
-  sh_sum[lid] = v;
-  workgroupBarrier();
-  for (var w = WG / 2u; w > 0u; w = w >> 1u) {
-    if (lid < w) { sh_sum[lid] = sh_sum[lid] + sh_sum[lid + w]; }
-    workgroupBarrier();
-  }
-  let r = workgroupUniformLoad(&sh_sum[0]);
-  workgroupBarrier();
-  return r;
-}
 
 fn pcg(v: u32) -> u32 {
   let state = v * 747796405u + 2891336453u;
@@ -59,9 +48,22 @@ fn uniform01(seed_lo: u32, seed_hi: u32, stream: u32, step: u32) -> f32 {
   return f32(h >> 8u) / 16777216.0;
 }
 
+// sum of v over the workgroup, as a uniform value (it steers loops that hold barriers)
+fn usum(v: f32, lid: u32) -> f32 {
+  sh_f[lid] = v;
+  workgroupBarrier();
+  for (var w = WG / 2u; w > 0u; w = w >> 1u) {
+    if (lid < w) { sh_f[lid] = sh_f[lid] + sh_f[lid + w]; }
+    workgroupBarrier();
+  }
+  let r = workgroupUniformLoad(&sh_f[0]);
+  workgroupBarrier();
+  return r;
+}
+
 fn bit(base: u32, c: u32) -> bool { return ((st[base + c / 32u] >> (c % 32u)) & 1u) == 1u; }
 
-// the largest f32 bits t in [0, 1] whose weights reach `goal`: mass(w >= t) (MASS) or count(w >= t)
+// the largest f32 bits t in [0, 1] whose weights reach `goal`: mass(w >= t) (mass) or count(w >= t)
 fn search(sb: u32, V: u32, lid: u32, goal: f32, mass: bool) -> f32 {
   var lo = 0u;
   var hi = 0x3f800001u;  // f(lo) >= goal > f(hi): w <= 1
@@ -70,9 +72,13 @@ fn search(sb: u32, V: u32, lid: u32, goal: f32, mass: bool) -> f32 {
     let mid = lo + (hi - lo) / 2u;
     let tm = bitcast<f32>(mid);
     var q = 0.0;
-    for (var c = lid; c < V; c += WG) {
-      let w = bitcast<f32>(st[sb + W + c]);
-      q += select(0.0, select(1.0, w, mass), w >= tm);
+    for (var c0 = lid; c0 < V; c0 += U * WG) {
+#for j in 0..U
+      let w${j} = bitcast<f32>(st[sb + W + min(c0 + ${j}u * WG, V - 1u)]);
+#endfor
+#for j in 0..U
+      if (c0 + ${j}u * WG < V && w${j} >= tm) { q += select(1.0, w${j}, mass); }
+#endfor
     }
     if (usum(q, lid) >= goal) { lo = mid; } else { hi = mid; }
   }
@@ -100,49 +106,71 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let decay = bitcast<f32>(params[pb + 6u]);
   let V = min(params[pb + 10u], VOCAB);
   let penal = (params[pb + 11u] & 1u) == 1u;
+  let bans = (params[pb + 11u] & 2u) == 2u;
+  let greedy = temp == 0.0 || top_k == 1u;
   let sb = s * STRIDE;
 
-  // adjusted logits x (bans -inf, penalties subtracted) into z; the largest (lowest id among equals); NaN / +inf
+  // adjusted logits x (bans, penalties) into z when sampling; the largest (lowest id among equals); NaN / +inf
   var m = LOWEST;
   var mi = VOCAB;
   var bad = 0u;
-  for (var c = lid; c < V; c += WG) {
-    var x = logits[i * VOCAB + c];
-    let xb = bitcast<u32>(x);  // NaN and +inf by their bits: compilers may assume floats are finite
-    if ((xb & 0x7fffffffu) > 0x7f800000u || xb == 0x7f800000u) { bad = 1u; }
-    if (bit(sb + SEEN, c)) { x = x - (pres + freq * bitcast<f32>(st[sb + COUNTS + c])); }
-    if (bit(sb + BANNED, c)) { x = LOWEST; }
-    if (x > m || (mi == VOCAB && x == m)) { m = x; mi = c; }
-    st[sb + Z + c] = bitcast<u32>(x);
+  for (var c0 = lid; c0 < V; c0 += U * WG) {
+#for j in 0..U
+    var x${j} = logits[i * VOCAB + min(c0 + ${j}u * WG, V - 1u)];
+#endfor
+#for j in 0..U
+    {
+      let c = c0 + ${j}u * WG;
+      let xb = bitcast<u32>(x${j});  // NaN and +inf by their bits: compilers may assume floats are finite
+      if (c < V) {
+        if ((xb & 0x7fffffffu) > 0x7f800000u || xb == 0x7f800000u) { bad = 1u; }
+        if (penal && bit(sb + SEEN, c)) { x${j} = x${j} - (pres + freq * bitcast<f32>(st[sb + COUNTS + c])); }
+        if (bans && bit(sb + BANNED, c)) { x${j} = LOWEST; }
+        if (x${j} > m || (mi == VOCAB && x${j} == m)) { m = x${j}; mi = c; }
+        if (!greedy) { st[sb + Z + c] = bitcast<u32>(x${j}); }
+      }
+    }
+#endfor
   }
   sh_f[lid] = m;
-  sh_i[lid] = mi;
+  sh_i[lid] = mi | (bad << 31u);
   workgroupBarrier();
   for (var w = WG / 2u; w > 0u; w = w >> 1u) {
     if (lid < w) {
       let om = sh_f[lid + w];
-      let oi = sh_i[lid + w];
-      if (oi < VOCAB && (sh_i[lid] == VOCAB || om > sh_f[lid] || (om == sh_f[lid] && oi < sh_i[lid]))) {
+      let oi = sh_i[lid + w] & 0x7fffffffu;
+      let mine = sh_i[lid] & 0x7fffffffu;
+      let flag = (sh_i[lid] | sh_i[lid + w]) & 0x80000000u;
+      if (oi < VOCAB && (mine == VOCAB || om > sh_f[lid] || (om == sh_f[lid] && oi < mine))) {
         sh_f[lid] = om;
-        sh_i[lid] = oi;
+        sh_i[lid] = oi | flag;
+      } else {
+        sh_i[lid] = mine | flag;
       }
     }
     workgroupBarrier();
   }
   let top = workgroupUniformLoad(&sh_f[0]);
-  var pick = workgroupUniformLoad(&sh_i[0]);
-  let nbad = usum(f32(bad), lid);
+  let packed = workgroupUniformLoad(&sh_i[0]);
+  var pick = packed & 0x7fffffffu;
   let ib = s * (CAP + 2u);
-  if (nbad > 0.0 || top <= LOWEST) {
-    if (lid == 0u) { ids[ib + 1u] = select(2u, 1u, nbad > 0.0); }  // 1: NaN / inf logits, 2: all banned
+  if ((packed >> 31u) == 1u || top <= LOWEST) {
+    if (lid == 0u) { ids[ib + 1u] = select(2u, 1u, (packed >> 31u) == 1u); }  // 1: NaN / inf logits, 2: all banned
     return;
   }
-  if (!(temp == 0.0 || top_k == 1u)) {
+  if (!greedy) {
     var tot = 0.0;
-    for (var c = lid; c < V; c += WG) {
-      let w = exp(bitcast<f32>(st[sb + Z + c]) - top);
-      st[sb + W + c] = bitcast<u32>(w);
-      tot += w;
+    for (var c0 = lid; c0 < V; c0 += U * WG) {
+#for j in 0..U
+      let z${j} = bitcast<f32>(st[sb + Z + min(c0 + ${j}u * WG, V - 1u)]);
+#endfor
+#for j in 0..U
+      if (c0 + ${j}u * WG < V) {
+        let w = exp(z${j} - top);
+        st[sb + W + c0 + ${j}u * WG] = bitcast<u32>(w);
+        tot += w;
+      }
+#endfor
     }
     let total = usum(tot, lid);
     // candidates: w >= t, t the largest of min_p, the top_k-th weight and the top-p weight

@@ -75,11 +75,13 @@ def kernel_sources() -> list[str]:
                 rt.run(all_logits=True)
         from webrwkv.sampling import Sampler, SamplerParams
 
-        for quant in ("int8", "nf4"):  # the quantized GEMV and GEMM bodies, and the GPU sampler
+        for quant in ("none", "int8", "nf4"):  # GEMV for a few tokens, the quantized bodies, the GPU sampler
             rt = Runtime(dev, info, w, 1, 16, quant=quant)
             rt.push(0, list(range(20)))
             while rt.pending(0):
                 rt.run()
+            rt.push(0, [1, 2, 3])
+            rt.run()
             rt.decoder.configure(0, Sampler(SamplerParams(top_p=0.5, top_k=3, seed=1)))
             rt.decoder.read(rt.decoder.submit({0: 1}, 2))
         k = Kernels(dev)
@@ -89,6 +91,11 @@ def kernel_sources() -> list[str]:
         mm = MatMul(k, meta, blocks, kp, 1, 40, dev.buffer(4 * 2048 * 37), dev.buffer(4 * 40 * 37), x_ts=2048, y_ts=40, fmt=FP16)
         assert len(mm.ops(37)) == 2  # split over K + reduction
         k.get("softmax", V=256, WG=64)
+        from webrwkv.decode import sample_pipeline
+
+        # The workgroup this adapter allows (SwiftShader caps X at 256; a real GPU's 1024-thread variant
+        # differs only in the WG constant and is run natively in test_gpu_sampler).
+        sample_pipeline(k, 1000, 64)
     finally:
         del dev.pipeline
         dev.pipeline_cache.clear()

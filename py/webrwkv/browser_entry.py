@@ -148,10 +148,11 @@ async def _warm_up(rt: Any) -> str:
     compiler refuses the tiled GEMM kernel (Chrome's uniformity analysis is stricter than wgpu-native's),
     prefill falls back to the GEMV kernel, token rows in parallel. Returns the prefill kernel."""
     kernel = "gemm"
-    rt.push(0, [0, 0])
+    gemm = [0] * (rt.k.tuning.gemv_max_t + 1)  # the fewest tokens that take the GEMM kernel
+    rt.push(0, gemm)
     await rt.run_async()
     await _dev.sync_async()
-    if _dev.errors and rt.k.tuning.gemv_max_t < 2:
+    if _dev.errors and rt.k.tuning.gemv_max_t < len(gemm):
         _dev.errors.clear()
         rt.use_gemv_prefill()
         rt.push(0, [0, 0])

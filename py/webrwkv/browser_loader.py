@@ -312,7 +312,7 @@ def record_kernels(dev: Any, prefix: bytes, size: int, url: str, tuning: dict | 
     ld = StreamingLoad(dry, prefix, size, url, None, token_chunk_size=chunk, tuning=tuning, quant=quant,
                        tokenizer=False)
     rt = ld.runtime
-    for t in (2, chunk):
+    for t in {2, rt.k.tuning.gemv_max_t + 1, chunk}:  # GEMV for a few tokens, GEMM (two tilings) for more
         rt.parts((t, 1, 1, t))
         rt.parts((t, 1, 0, t))
     rt.decoder.submit({0: 0}, 1)  # the decode step and its sampler

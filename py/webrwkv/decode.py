@@ -18,7 +18,7 @@ from .errors import SamplingError, WebRwkvError
 
 CAP = 128               # ids per slot in the ring
 MAX_WINDOW = CAP // 2   # steps per window, so that two windows in flight fit in the ring
-SAMPLE_WG = 256
+SAMPLE_LOADS = 4        # loads in flight per thread of the sampler's passes
 ERRORS = {1: "the logits hold NaN or infinity: the model produced invalid numbers; check the model file, "
              "or compare with --backend reference", 2: "every token is banned; ban fewer tokens"}
 
@@ -44,8 +44,18 @@ def pack_params(sampler: Any, vocab: int) -> np.ndarray:
     words[:12] = (_f32(p.temperature), _f32(p.top_p), p.top_k, _f32(p.min_p), _f32(p.presence_penalty),
                   _f32(p.frequency_penalty), _f32(p.penalty_decay), sampler.seed & 0xFFFFFFFF,
                   (sampler.seed >> 32) & 0xFFFFFFFF, sampler.stream & 0xFFFFFFFF, vocab,
-                  int(bool(p.presence_penalty or p.frequency_penalty)))
+                  int(bool(p.presence_penalty or p.frequency_penalty)) | 2 * int(bool(p.banned)))
     return words
+
+
+def sample_pipeline(k: Any, vocab: int, tok0: int, wg: int | None = None) -> Any:
+    """shaders/sample.wgsl for a vocabulary and a metadata layout: on a GPU, workgroups as wide as the device
+    allows (up to 1024 threads hide more memory latency in its passes over the vocabulary); 256 on a CPU
+    adapter, which runs a workgroup's threads a few at a time."""
+    wg_, wg = wg, 256
+    while not k.dev.software and wg < 1024 and wg * 2 <= k.dev.limits.get("max_workgroup_invocations", 256):
+        wg *= 2
+    return k.get("sample", VOCAB=vocab, WG=wg_ or wg, U=SAMPLE_LOADS, TOK0=tok0, CAP=CAP)
 
 
 def pack_state(sampler: Any, V: int) -> np.ndarray:
@@ -86,7 +96,7 @@ class GpuDecoder:
         self.layout: list[int] | None = None  # slots of the last window; their next tokens are on the GPU
         self.windows = 0
         self._steps: dict[tuple, list] = {}
-        self._pipe = rt.k.get("sample", VOCAB=V, WG=SAMPLE_WG, TOK0=rt.tok0, CAP=CAP)
+        self._pipe = sample_pipeline(rt.k, V, rt.tok0)
 
     # -- per stream ------------------------------------------------------------------------------
     def configure(self, slot: int, sampler: Any, vocab: int | None = None) -> None:

@@ -18,6 +18,7 @@ from .errors import GpuError
 _HERE = Path(__file__).resolve().parent
 SHADER_DIRS = (_HERE / "shaders", _HERE.parents[1] / "shaders")
 
+MAX_MT = 8  # tokens one GEMV workgroup serves at most (accumulators per thread)
 # activation codes of shaders/matmul.wgsl's act_code
 ACTS = {"none": 0, "relu2": 1, "sigmoid": 2, "tanh": 3}
 
@@ -31,7 +32,7 @@ class Tuning:
     gemv_tpr: int = 32          # threads per output row (power of two)
     gemv_subgroups: int = 1     # reduce with subgroup shuffles when the device has them
     gemv_unroll: int = 4        # weight loads in flight per GEMV thread
-    gemv_max_t: int = 1         # use GEMV when a matmul has at most this many tokens
+    gemv_max_t: int = 8         # use GEMV when a matmul has at most this many tokens (each weight load serves all)
     gemm_tm: int = 64           # tokens per GEMM tile
     gemm_tn: int = 64           # output rows per GEMM tile
     gemm_tk: int = 16           # K step of the GEMM tile
@@ -179,12 +180,13 @@ class MatMul:
         rows = max(g[0] + g[1] for g in groups)
         return dict(self.p, GROUPS=self._groups(groups), GATE_AT=4, **self.fmt.kernel_values(kernel, rows, self.K))
 
-    def _gemv(self) -> list:
+    def _gemv(self, mt: int) -> list:
+        """GEMV pipelines for up to `mt` tokens per workgroup (the weights are read once for all of them)."""
         tu, k = self.k.tuning, self.k
         sub = int(bool(k.subgroups and tu.gemv_subgroups))
         out = []
         for (buf, _, _), groups in zip(self.blocks, self.groups):
-            pipe = k.get("gemv", **self._values("gemv", groups), R=tu.gemv_rows, TPR=tu.gemv_tpr,
+            pipe = k.get("gemv", **self._values("gemv", groups), R=tu.gemv_rows, TPR=tu.gemv_tpr, MT=mt,
                          WG=tu.gemv_rows * tu.gemv_tpr, UNROLL=max(1, tu.gemv_unroll), SUBGROUPS=sub,
                          ENABLE_SUBGROUPS=int(bool(sub and k.dev.subgroups_directive)))
             out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // tu.gemv_rows)))
@@ -232,9 +234,11 @@ class MatMul:
 
     def ops(self, T: int) -> list[tuple]:
         if T <= self.k.tuning.gemv_max_t:
-            if "gemv" not in self._cache:
-                self._cache["gemv"] = self._gemv()
-            return [(p, b, (n, T, self.P)) for p, b, n in self._cache["gemv"]]
+            mt = 1 if T == 1 else MAX_MT  # two variants only: each costs a compile in the browser
+            key = ("gemv", mt)
+            if key not in self._cache:
+                self._cache[key] = self._gemv(mt)
+            return [(p, b, (n, -(-T // mt), self.P)) for p, b, n in self._cache[key]]
         split = self._split(T)
         if split not in self._cache:
             self._cache[split] = self._gemm(split)

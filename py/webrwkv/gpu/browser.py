@@ -58,6 +58,7 @@ class BrowserDevice(Device):
         self.features = set(features)
         self.subgroups_directive = "subgroups" in self.features
         self.handle = device
+        self.software = "software" in self.adapter_name or "swiftshader" in self.adapter_name.lower()
         lim = device.limits
         binding = int(lim.maxStorageBufferBindingSize)
         if max_binding_override:

@@ -57,6 +57,8 @@ class Device:
     handle : Any
         The backend's own device object (the browser's GPUDevice, for JS code that writes into
         the engine's buffers), or None.
+    software : bool
+        The adapter runs on the CPU (Mesa lavapipe, SwiftShader): kernels size their workgroups for it.
     """
 
     adapter_name: str = "?"
@@ -67,6 +69,7 @@ class Device:
     wait_s: float = 0.0
     js_calls: int = 0
     handle: Any = None
+    software: bool = False
 
     @property
     def pipeline_cache(self) -> dict:
@@ -182,7 +185,7 @@ class RecordingDevice(Device):
 
     def __init__(self, like: Device) -> None:
         self.adapter_name, self.limits, self.features = like.adapter_name, dict(like.limits), set(like.features)
-        self.subgroups_directive = like.subgroups_directive
+        self.subgroups_directive, self.software = like.subgroups_directive, like.software
 
     def buffer(self, nbytes: int, usage: str = STORAGE, label: str = "") -> Any:
         return ("buffer", int(nbytes), label)

@@ -89,6 +89,7 @@ class NativeDevice(Device):
             raise GpuError(f"could not open a device on {_describe(a)}: {e}") from e
         self.adapter_name = _describe(a)
         self.adapter_type = a.info.get("adapter_type", "")
+        self.software = self.adapter_type == "CPU"
         self.features = {"subgroups"} if feats else set()
         lim = self._dev.limits
         binding = lim["max-storage-buffer-binding-size"]
