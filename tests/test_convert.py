@@ -119,7 +119,7 @@ def test_cli_info(tmp_path):
     info, _ = load_index(GOLDEN / "v6-converted.st")
     assert d == {"version": "v6", "layers": 2, "emb": 64, "heads": 2, "head_size": 32, "vocab": 256,
                  "dim_ffn": 224, "dims": {"time_maa": 16, "time_decay": 32}, "layout": "converted",
-                 "dtype": "fp16", "bytes": info.nbytes, "path": str(GOLDEN / "v6-converted.st"),
+                 "dtype": "fp16", "bytes": info.nbytes, "path": str(GOLDEN / "v6-converted.st"), "tuned_state": False,
                  "format": "safetensors"}
     r = cli("info", "--json", str(GOLDEN / "v6-bf16.pth"))
     assert r.returncode == 0, r.stderr

@@ -16,8 +16,9 @@ from webrwkv.models import VERSIONS as REGISTRY
 
 GOLDEN = Path(__file__).parent / "golden"
 VERSIONS = sorted(REGISTRY)  # every version of the registry
-FFN = {"v4": 256, "v5": 256, "v6": 224, "v7": 256}
-DIMS = {"v4": {}, "v5": {}, "v6": {"time_maa": 16, "time_decay": 32}, "v7": {"w": 16, "a": 16, "v": 8, "g": 32}}
+FFN = {"v4": 256, "v5": 256, "v6": 224, "v7": 256, "v7de": 256}
+DIMS = {"v4": {}, "v5": {}, "v6": {"time_maa": 16, "time_decay": 32}, "v7": {"w": 16, "a": 16, "v": 8, "g": 32},
+        "v7de": {"w": 16, "a": 16, "v": 8, "g": 32, "s": 32}}
 
 
 class MemorySource:

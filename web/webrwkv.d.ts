@@ -205,6 +205,9 @@ export interface Engine {
   reset(): Promise<void>;
   saveState(name?: string): Promise<void>;
   restoreState(name?: string): Promise<void>;
+  /** Start every reset from a state file (.st or .pth holding blocks.N.att.time_state); null: the model's own
+   * state. Resets now; a state made for another model rejects (kind "badfile") and changes nothing. */
+  loadState(url: string | URL | null): Promise<{ name: string; layers: number }>;
   refreshStats(): Promise<Engine["stats"]>;
   unload(): Promise<void>;
   cachedModels(): Promise<CachedModel[]>;

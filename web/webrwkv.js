@@ -290,6 +290,10 @@ class Engine {
   reset() { return this._w.call("reset"); }
   saveState(name = "default") { return this._w.call("save", { name }); }
   restoreState(name = "default") { return this._w.call("restore", { name }); }
+  // A state file (.st or .pth holding blocks.N.att.time_state) to start from after every reset; null: the model's own.
+  loadState(url) {
+    return this._w.call("loadState", { url: url == null ? null : resolveUrl(url, "loadState: the state URL").href });
+  }
   async refreshStats() { Object.assign(this._stats, await this._w.call("stats")); return this.stats; }
   unload() { this.model = null; return this._w.call("unload"); }
   cachedModels() { return listCached(); }

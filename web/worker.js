@@ -1,6 +1,6 @@
 // Web Worker: boots the vendored Pyodide (same origin, no CDN), installs the
 // webrwkv wheel with micropip, and serves the engine protocol to the page:
-//   {id, type: "init" | "load" | "generate" | "chat" | "count" | "stop" | "cancelLoad" | "reset" | "save" | "restore" |
+//   {id, type: "init" | "load" | "loadState" | "generate" | "chat" | "count" | "stop" | "cancelLoad" | "reset" | "save" | "restore" |
 //             "unload" | "stats" | "cached" | "clearCache"}
 // Replies: {id, type: "progress" | "token" | "done" | "error", ...}. Its files (vendor/, wheels/) are found
 // next to this script, or under the `base` URL that "init" gives (the page may be on another origin).
@@ -165,6 +165,27 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   return { ...info, ...readCard(cardText), url, load: stream };
 }
 
+// A state file (.st / .pth with blocks.N.att.time_state; small, so fetched whole) the model starts from; null: its own.
+async function loadState(url) {
+  let bytes = null, name = "";
+  if (url != null) {
+    const href = new URL(url, base).href;
+    name = new URL(href).pathname.split("/").pop() || href;
+    let r;
+    try {
+      r = await fetch(href);
+    } catch (e) {
+      throw new LoadError("network", `Could not fetch the state file ${href} (${e.message}).`);
+    }
+    if (!r.ok) throw new LoadError("network", `The state file ${href} answered HTTP ${r.status}.`);
+    bytes = new Uint8Array(await r.arrayBuffer());
+  }
+  const out = entry.load_state(bytes, name);
+  const res = out.toJs({ dict_converter: Object.fromEntries });
+  out.destroy();
+  return res;
+}
+
 async function generate(id, { prompt, options }) {
   const emit = (token, text) => post({ id, type: "token", token, text });
   const statsPy = await entry.generate(typeof prompt === "string" ? prompt : py.toPy(prompt), py.toPy(options || {}), emit);
@@ -190,6 +211,7 @@ const handlers = {
   load: (id, msg) => load(id, msg),
   generate: (id, msg) => generate(id, msg),
   chat: (id, msg) => chat(id, msg),
+  loadState: (id, { url }) => loadState(url),
   reset: () => entry.reset(),
   save: (id, { name }) => entry.save_state(name),
   restore: (id, { name }) => entry.restore_state(name),

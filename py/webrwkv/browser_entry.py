@@ -213,6 +213,23 @@ def restore_state(name: str) -> None:
     e.owner = e.text
 
 
+def load_state(data: Any, name: str) -> dict:
+    """Start from a state file's state (the bytes of a safetensors or .pth file with blocks.N.att.time_state,
+    fetched whole by JS); None (no data) goes back to the model's own. Reset, like reset() does; a state
+    made for another model is refused (ModelFormatError) and changes nothing."""
+    from .models.states import read_state
+    from .sources import BytesSource
+
+    e = _need()
+    state = None
+    if data is not None:
+        raw = data.to_bytes() if hasattr(data, "to_bytes") else bytes(data)
+        state = read_state(BytesSource(raw, str(name)), e.info, str(name))
+    e.runtime.set_initial_state(state)
+    reset()
+    return {"name": str(name) if state is not None else "", "layers": e.info.n_layer}
+
+
 def count_tokens(text: Any) -> int:
     """How many tokens `text` is for the loaded model's tokenizer; for a list of {role, content} messages,
     how many the conversation is as the chat session writes it."""

@@ -20,9 +20,8 @@ from .checkpoints import read_model_header
 from .errors import ModelFormatError
 from .formats import FP16, WeightFormat, padded, weight_format
 from .gpu import UNIFORM
-from .models import TensorRef
-from .models.loader import index_header
-from .safetensors import tensor_to_numpy, TensorInfo
+from .models import TensorRef, initial_state, tuned_state_names
+from .models.loader import index_header, to_canonical
 from .tokenizer import Tokenizer, default_tokenizer
 
 SRC_CODE = {"F32": 0, "F16": 1, "BF16": 2}
@@ -152,7 +151,8 @@ class StreamingLoad:
         self._uniforms: list = []
         # tensor -> [(src row, rows, dst buffer or (QuantJob, row block), dst row, dst row length)]
         self.segments: dict[str, list] = {}
-        vec_names = [n for n, r in self.refs.items() if len(r.canonical_shape) == 1]
+        tuned = tuned_state_names(self.info)  # a state-tuned checkpoint's state comes back with the vectors
+        vec_names = [n for n, r in self.refs.items() if len(r.canonical_shape) == 1 or n in tuned]
         raws = {n: Raw(r, None, r.offset & ~3) for n, r in self.refs.items() if n not in vec_names}
         # vectors are zero until finish() reads them back and calls runtime.write_vectors
         weights: dict[str, Any] = {n: np.zeros(self.refs[n].canonical_shape, np.float32) for n in vec_names}
@@ -231,8 +231,7 @@ class StreamingLoad:
         for n, (p, a0, _) in self.vec_spans.items():
             r = self.refs[n]
             start = p + r.offset - a0
-            t = TensorInfo(r.name, r.dtype, tuple(r.shape), 0, r.nbytes)
-            out[n] = tensor_to_numpy(t, raw[start: start + r.nbytes]).reshape(r.canonical_shape).astype(np.float32)
+            out[n] = to_canonical(r, raw[start: start + r.nbytes]).astype(np.float32, copy=False)
         return out
 
     def _pipe(self, dtype: str, transpose: bool) -> Any:
@@ -292,7 +291,9 @@ class StreamingLoad:
         for job in self.jobs:  # matrices that got no bytes at all (all padding)
             if not job.done and job.left == 0:
                 job.run()
-        self.runtime.write_vectors(await self._vectors())
+        small = await self._vectors()
+        self.runtime.write_vectors(small)
+        self.runtime.set_initial_state(initial_state(self.info, small), own=True)  # loadState(null) comes back here
         await self.dev.sync_async()
         for b in self._uniforms + [self.vec_buf]:
             self.dev.destroy(b)

@@ -25,7 +25,7 @@ def load_engine_for(args: Any, max_batch: int = 1, token_chunk_size: int = DEFAU
 
     eng = load_engine(model=args.model, backend=args.backend, max_batch=max_batch,
                       token_chunk_size=token_chunk_size, adapter=args.adapter, quant=args.quant,
-                      lora=tuple(args.lora))
+                      lora=tuple(args.lora), state=getattr(args, "state", None))
     if not args.vocab:
         return eng.runtime, eng.tokenizer
     from .tokenizer import open_vocab

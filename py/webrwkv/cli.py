@@ -71,6 +71,8 @@ def _engine_args(p: argparse.ArgumentParser, backend_default: str = "native") ->
     p.add_argument("--adapter", default=None, help="GPU adapter name or index (see `webrwkv devices`)")
     p.add_argument("--quant", choices=["none", "int8", "nf4"], default="none")
     p.add_argument("--lora", action="append", default=[], help="LoRA file[:alpha] merged at load")
+    p.add_argument("--state", default=None,
+                   help="state file (.st or .pth with blocks.N.att.time_state) every slot starts from")
 
 
 def _version() -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import WebRwkvError
-from .models import ModelInfo, default_model_path, load_index, load_weights
+from .models import ModelInfo, default_model_path, load_index, load_weights, tuned_state_names
 from .models.loader import from_arrays, to_layout
 
 
@@ -74,10 +74,11 @@ def info_main(args: argparse.Namespace) -> int:
 
     path = args.model or default_model_path()
     with open_source(path) as src:
-        info, _ = load_index(src)
+        info, refs = load_index(src)
         head = src.read(0, min(src.size, 16))
     info.path = os.fspath(path)
     d = describe(info)
+    d["tuned_state"] = any(n in refs for n in tuned_state_names(info))  # starts from its time_state tensors
     d["format"] = "pytorch" if sniff(head) == "zip" else "safetensors"
     if args.json:
         print(json.dumps(d))

@@ -36,6 +36,14 @@ class Engine:
             self._tokenizer = tok
         return self._tokenizer
 
+    def load_state(self, state: Any, slot: int | None = None) -> None:
+        """Start `slot` (every slot when None) from a state file (path, URL or byte source of a safetensors or
+        .pth file with blocks.N.att.time_state); reset() returns there. None: back to the model's own state.
+        A state made for another model raises ModelFormatError and changes nothing."""
+        from .models.states import read_state
+
+        self.runtime.set_initial_state(None if state is None else read_state(state, self.info), slot)
+
     @property
     def vocab_mismatch(self) -> str:
         """'' when tokenizer and model agree, else a one-line description."""
@@ -57,12 +65,13 @@ def _apply_optional(module: str, func: str, what: str, *args: Any) -> Any:
 
 
 def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, token_chunk_size: int = DEFAULT_CHUNK,
-                adapter: Any = None, quant: str = "none", lora: Sequence[str] = (), *,
+                adapter: Any = None, quant: str = "none", lora: Sequence[str] = (), *, state: Any = None,
                 device: Any = None, **device_options: Any) -> Engine:
     """Load `model` (path/URL/byte source; None = the bundled model) for `backend` ("native" | "reference").
 
     `adapter` picks a GPU (name substring or index); `device` passes an already open webrwkv.gpu
-    Device; `device_options` go to the native device (e.g. max_binding_override).
+    Device; `device_options` go to the native device (e.g. max_binding_override). `state` is a state file
+    every slot starts from (Engine.load_state); a state-tuned checkpoint's own state is used without it.
     """
     if backend not in ("native", "reference"):
         raise WebRwkvError(f"unknown backend {backend!r}; use 'native' or 'reference'")
@@ -75,6 +84,11 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
         dev = device if device is not None else open_device("native", adapter, **device_options)
         check_limits(dev, load_index(path)[0], max_batch, token_chunk_size)
     info, weights = _read_weights(path, keep_fp16=backend == "native")  # the GPU packs fp16 anyway
+    tuned = None
+    if state is not None:  # read (and checked against the model) before any GPU memory is taken
+        from .models.states import read_state
+
+        tuned = read_state(state, info)
     for spec in lora:
         weights = _apply_optional("lora", "merge_lora", "LoRA merging", info, weights, spec)
     if backend == "reference":
@@ -82,16 +96,20 @@ def load_engine(model: Any = None, backend: str = "native", max_batch: int = 1, 
             raise WebRwkvError("quantization applies to the GPU backend only; drop --quant or use --backend native")
         from .reference import ReferenceRuntime
 
-        return Engine(ReferenceRuntime((info, weights), max_batch, token_chunk_size), info, path, backend)
-    from . import progress
-    from .layers import default_upload
-    from .runtime import Runtime
+        eng = Engine(ReferenceRuntime((info, weights), max_batch, token_chunk_size), info, path, backend)
+    else:
+        from . import progress
+        from .layers import default_upload
+        from .runtime import Runtime
 
-    total = sum(2 * a.size for a in weights.values() if getattr(a, "ndim", 0) == 2)
-    with progress.bar(total, "uploading to the GPU") as bar:
-        rt = Runtime(dev, info, weights, max_batch=max_batch, token_chunk_size=token_chunk_size, quant=quant,
-                     upload=progress.counted_upload(default_upload, bar))
-    return Engine(rt, info, path, backend, dev)
+        total = sum(2 * a.size for a in weights.values() if getattr(a, "ndim", 0) == 2)
+        with progress.bar(total, "uploading to the GPU") as bar:
+            rt = Runtime(dev, info, weights, max_batch=max_batch, token_chunk_size=token_chunk_size, quant=quant,
+                         upload=progress.counted_upload(default_upload, bar))
+        eng = Engine(rt, info, path, backend, dev)
+    if tuned is not None:
+        eng.runtime.set_initial_state(tuned)
+    return eng
 
 
 def _read_weights(path: Any, keep_fp16: bool) -> tuple[ModelInfo, dict]:

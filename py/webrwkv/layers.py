@@ -63,20 +63,26 @@ def pad64(n: int) -> int:
 
 
 def pack_vecs(info: Any, w: dict, names: list[str]) -> tuple[np.ndarray, dict, int]:
-    """All per-channel vectors as one f32 array: per-layer blocks of stride VS (LN_VECS + `names`), then
-    the global ones. Returns (array, {name: offset in a layer block}, VS)."""
+    """All per-channel vectors as one f32 array: per-layer blocks of stride VS (LN_VECS + `names`, each as long
+    as the layers' own, C unless e.g. [dim_ffn]), then the global ones. Returns (array, {name: offset in a
+    layer block}, VS)."""
     C, names = info.n_embd, LN_VECS + list(names)
-    vs = pad64(len(names) * C)
+    sizes = {}
+    for n in names:
+        found = [np.size(w[f"blocks.{i}.{n}"]) for i in range(info.n_layer) if f"blocks.{i}.{n}" in w]
+        sizes[n] = max(found, default=C)
+    offs = dict(zip(names, np.cumsum([0] + [sizes[n] for n in names]).tolist()))
+    vs = pad64(sum(sizes.values()))
     out = np.zeros(vs * info.n_layer + len(HEAD_VECS) * C, np.float32)
     for i in range(info.n_layer):
-        for j, n in enumerate(names):
+        for n in names:
             v = w.get(f"blocks.{i}.{n}")
             if v is not None:
-                out[i * vs + j * C: i * vs + (j + 1) * C] = np.asarray(v, np.float32).reshape(-1)
+                out[i * vs + offs[n]: i * vs + offs[n] + sizes[n]] = np.asarray(v, np.float32).reshape(-1)
     base = vs * info.n_layer
     for j, n in enumerate(HEAD_VECS):
         out[base + j * C: base + (j + 1) * C] = mat(w[n]).reshape(-1)
-    return out, {n: j * C for j, n in enumerate(names)}, vs
+    return out, {n: int(offs[n]) for n in names}, vs
 
 
 def state_geometry(layout: list[tuple[str, tuple]]) -> tuple[int, dict]:
@@ -114,6 +120,7 @@ class LayerBuilder:
 
     mat = staticmethod(mat)
     pad_end = staticmethod(pad_end)
+    stack = staticmethod(stack)
 
     # -- bindings ------------------------------------------------------------------------
     def vec_bind(self, i: int) -> tuple:
@@ -135,6 +142,11 @@ class LayerBuilder:
         self.weight_bytes += fmt.nbytes(m.shape[0], Kp)
         self.split_matrices += len(blocks) > 1
         return blocks, Kp
+
+    def table(self, m: Any, label: str) -> tuple[list, int]:
+        """A matrix a kernel reads rows of itself (a per-token lookup table like the embedding): fp16 row
+        blocks [(buffer, first row, rows)] within the binding limit, and the padded row length."""
+        return self._upload(mat(m), label, FP16)
 
     def _fits(self, rows: int, k: int) -> bool:
         limit = min(self.dev.limits["max_storage_binding"], self.dev.limits["max_buffer_size"])

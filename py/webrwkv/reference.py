@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import WebRwkvError
-from .models import VERSIONS, ModelInfo, init_state, load_weights, state_layout
+from .models import VERSIONS, ModelInfo, initial_state, load_weights, state_layout
 from .models.nn import layer_norm, linear
 
 Weights = dict[str, np.ndarray]
@@ -33,18 +33,21 @@ def _check_tokens(info: ModelInfo, tokens: Sequence[int]) -> np.ndarray:
 
 def forward(weights: Weights, info: ModelInfo, tokens: Sequence[int], state: State | None = None,
             all_logits: bool = False) -> tuple[np.ndarray, State]:
-    """Run a token sequence. Returns (logits [V] of the last token, or [T, V] with all_logits,
-    the new state). The input state is not modified."""
+    """Run a token sequence from `state` (None: the model's initial state, a state-tuned checkpoint's when it
+    is one). Returns (logits [V] of the last token, or [T, V] with all_logits, the new state). The input
+    state is not modified."""
     toks = _check_tokens(info, tokens)
-    state = {k: np.array(v, dtype=np.float32) for k, v in (state or init_state(info)).items()}
+    state = {k: np.array(v, dtype=np.float32) for k, v in (state or initial_state(info, weights)).items()}
     w, mod = weights, VERSIONS[info.version]
     x = layer_norm(w["emb.weight"][toks], w["blocks.0.ln0.weight"], w["blocks.0.ln0.bias"])
-    v_first = None
+    # what the layers hand on (v7: v_first); a version with `begin` also sees the tokens and LN0's output
+    begin = getattr(mod, "begin", None)
+    carry = begin(w, info, toks, x) if begin is not None else None
     for i in range(info.n_layer):
         b = f"blocks.{i}."
-        dx, v_first = mod.time_mix(w, info, i, layer_norm(x, w[b + "ln1.weight"], w[b + "ln1.bias"]), state, v_first)
+        dx, carry = mod.time_mix(w, info, i, layer_norm(x, w[b + "ln1.weight"], w[b + "ln1.bias"]), state, carry)
         x = x + dx
-        x = x + mod.channel_mix(w, info, i, layer_norm(x, w[b + "ln2.weight"], w[b + "ln2.bias"]), state)
+        x = x + mod.channel_mix(w, info, i, layer_norm(x, w[b + "ln2.weight"], w[b + "ln2.bias"]), state, carry)
     if not all_logits:
         x = x[-1:]
     logits = linear(layer_norm(x, w["ln_out.weight"], w["ln_out.bias"]), w["head.weight"]).astype(np.float32)
@@ -76,7 +79,9 @@ class ReferenceRuntime:
         if max_batch < 1 or token_chunk_size < 1:
             raise WebRwkvError("max_batch and token_chunk_size must be at least 1")
         self.max_batch, self.token_chunk_size = max_batch, token_chunk_size
-        self._state = [init_state(self.info) for _ in range(max_batch)]
+        self._model_init = initial_state(self.info, self.weights)  # a state-tuned checkpoint's, else zeros
+        self._inits = [self._model_init] * max_batch
+        self._state = [self.get_init(s) for s in range(max_batch)]
         self._pending: list[list[int]] = [[] for _ in range(max_batch)]
         self._done: list[list[np.ndarray]] = [[] for _ in range(max_batch)]
 
@@ -125,19 +130,33 @@ class ReferenceRuntime:
         return self.get_state(slot)
 
     def set_state(self, slot: int, state: State) -> None:
-        slot = self._slot(slot)
+        self._state[self._slot(slot)] = self._checked(state)
+
+    def _checked(self, state: State) -> State:
         new = {}
         for name, shape in state_layout(self.info):
             if name not in state or tuple(np.shape(state[name])) != tuple(shape):
                 got = "missing" if name not in state else f"shape {list(np.shape(state[name]))}"
                 raise WebRwkvError(f"state entry '{name}' is {got}; this model needs {list(shape)}")
             new[name] = np.array(state[name], dtype=np.float32)
-        self._state[slot] = new
+        return new
+
+    def get_init(self, slot: int) -> State:
+        """A copy of what reset() returns the slot to."""
+        return {k: v.copy() for k, v in self._inits[self._slot(slot)].items()}
 
     def reset(self, slot: int) -> None:
-        """Fresh state and no pending input for the slot."""
+        """The slot's initial state (set_initial_state) and no pending input."""
         slot = self._slot(slot)
-        self._state[slot], self._pending[slot], self._done[slot] = init_state(self.info), [], []
+        self._state[slot], self._pending[slot], self._done[slot] = self.get_init(slot), [], []
+
+    def set_initial_state(self, state: State | None, slot: int | None = None) -> None:
+        """Make `state` what reset() returns the slot to (every slot's when slot is None) and reset it now;
+        None goes back to the model's own."""
+        init = self._model_init if state is None else self._checked(state)
+        for s in range(self.max_batch) if slot is None else [self._slot(slot)]:
+            self._inits[s] = init
+            self.reset(s)
 
     def clone(self, src: int, dst: int) -> None:
         """Copy src's state into dst."""

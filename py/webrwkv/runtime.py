@@ -14,7 +14,7 @@ from .errors import GpuError, WebRwkvError
 from .formats import weight_format
 from .kernels import Kernels, Tuning
 from .layers import LayerBuilder, Upload, base_activations, build, default_upload, pack_vecs, state_geometry
-from .models import VERSIONS, ModelInfo, init_state, state_layout
+from .models import VERSIONS, ModelInfo, initial_state, state_layout
 
 State = dict[str, np.ndarray]
 # tokens per run by default: 512-token chunks give 1.3-1.5x the prefill of 128 on large models (bench/RESULTS.md)
@@ -110,9 +110,11 @@ class Runtime:
         self._decoder: Any = None
         self._pending: list[list[int]] = [[] for _ in range(max_batch)]
         self._done: list[list[np.ndarray]] = [[] for _ in range(max_batch)]
-        self._init = self._pack(init_state(info))
+        # what reset() returns each slot to: a state-tuned checkpoint's state (its time_state tensors), else zeros
+        self._model_init = self._pack(initial_state(info, weights))
+        self._inits = [self._model_init] * max_batch
         for s in range(max_batch):
-            dev.write(self.state, 4 * s * self.slot_floats, self._init)
+            dev.write(self.state, 4 * s * self.slot_floats, self._model_init)
         lb.w = {}  # every matrix is on the GPU (or in a deferred upload): let go of the arrays / file views
 
     @property
@@ -199,10 +201,21 @@ class Runtime:
         self.dev.write(self.state, 4 * self.check_slot(slot) * self.slot_floats, self._pack(state))
 
     def reset(self, slot: int) -> None:
-        """Fresh state and no pending input for the slot."""
+        """The slot's initial state (set_initial_state) and no pending input."""
         s = self.check_slot(slot)
-        self.dev.write(self.state, 4 * s * self.slot_floats, self._init)
+        self.dev.write(self.state, 4 * s * self.slot_floats, self._inits[s])
         self._pending[s], self._done[s] = [], []
+
+    def set_initial_state(self, state: State | None, slot: int | None = None, own: bool = False) -> None:
+        """Make `state` (e.g. a state file's, webrwkv.models.states.read_state) what reset() returns the slot
+        to, or every slot's when slot is None, and reset it now; None goes back to the model's own. own=True
+        makes `state` the model's own (the streamed loader: a tuned checkpoint's state arrives after __init__)."""
+        packed = self._model_init if state is None else self._pack(state)
+        if own:
+            self._model_init = packed
+        for s in range(self.max_batch) if slot is None else [self.check_slot(slot)]:
+            self._inits[s] = packed
+            self.reset(s)
 
     def clone(self, src: int, dst: int) -> None:
         """Copy src's state into dst (on the GPU)."""

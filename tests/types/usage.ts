@@ -34,11 +34,15 @@ async function main(out: HTMLElement): Promise<void> {
     out.textContent += c.choices[0]?.delta.content ?? "";
     if (c.usage) console.log(c.usage.total_tokens);
   }
+  // @ts-expect-error loadState takes a URL or null, not the file's bytes
+  await engine.loadState(new Uint8Array(4));
   const full = await engine.chat.completions.create({ messages: [{ role: "user", content: "Hi!" }] });
   console.log(full.choices[0].message.content, full.usage.prompt_tokens, full.choices[0].finish_reason);
 
   console.log(await engine.countTokens([{ role: "user", content: "Hi" }]), engine.model?.chat_format?.stops);
   console.log(await engine.countTokens("Hello"), await cachedModels(), await clearModelCache());
+  const tuned = await engine.loadState("/models/tuned-state.st");
+  console.log(tuned.name, tuned.layers, await engine.loadState(null));
   try {
     await engine.load("missing.st", { signal: AbortSignal.timeout(1000) });
   } catch (e) {

@@ -15,7 +15,8 @@ from ..errors import ModelFormatError
 from ..checkpoints import CheckedSource, read_model_header
 from ..safetensors import SafetensorsHeader, TensorInfo, clip, tensor_to_numpy, tensor_view
 from ..sources import open_source
-from .registry import VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names
+from .registry import (VERSIONS, ModelInfo, TensorRef, detect_version, model_shapes, optional_names, state_layout,
+                       tuned_state_names)
 
 _DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
 _ATTR = re.compile(r"^(blocks\.\d+\.(?:att|ffn)\.)(.+)$")
@@ -169,15 +170,7 @@ def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, 
     info = ModelInfo(version, n_layer, C, H, S, V, F, dims, layout, dtype, path, nbytes)
     _check_room(info, len(cshapes), path)
 
-    refs: dict[str, TensorRef] = {}
-    optional = optional_names(info)
-    for cname, want in model_shapes(info).items():
-        if cname not in infos:
-            if cname in optional:
-                continue
-            src = layout_name(cname, version, layout)
-            raise ModelFormatError(f"{path}: tensor '{src}' is missing; the checkpoint is incomplete "
-                                   f"or not RWKV {version}")
+    def ref(cname: str, want: tuple) -> TensorRef:
         t, got = infos[cname], cshapes[cname]
         if t.dtype not in _DTYPES:
             raise ModelFormatError(f"{path}: tensor '{t.name}' is {t.dtype}; webrwkv reads F32, F16 and BF16")
@@ -192,7 +185,27 @@ def index_header(header: SafetensorsHeader, path: str = "") -> tuple[ModelInfo, 
             raise ModelFormatError(
                 f"{path}: tensor '{t.name}' has shape {list(t.shape)}; RWKV {version} ({layout} layout) "
                 f"with n_embd={C}, heads={H}, dim_ffn={F} needs {list(want)} (canonical [out, in])")
-        refs[cname] = TensorRef(t.name, t.dtype, t.shape, t.start, t.nbytes, transform, want)
+        return TensorRef(t.name, t.dtype, t.shape, t.start, t.nbytes, transform, want)
+
+    refs: dict[str, TensorRef] = {}
+    optional = optional_names(info)
+    for cname, want in model_shapes(info).items():
+        if cname not in infos:
+            if cname in optional:
+                continue
+            src = layout_name(cname, version, layout)
+            raise ModelFormatError(f"{path}: tensor '{src}' is missing; the checkpoint is incomplete "
+                                   f"or not RWKV {version}")
+        refs[cname] = ref(cname, want)
+    tuned = tuned_state_names(info)  # a state-tuned checkpoint: every layer's initial state
+    present = [n for n in tuned if n in infos]
+    if present and len(present) < len(tuned):
+        missing = layout_name(next(n for n in tuned if n not in infos), version, layout)
+        raise ModelFormatError(f"{path}: the checkpoint is state-tuned ('{infos[present[0]].name}') but "
+                               f"'{missing}' is missing; a tuned state needs every layer")
+    layout_shapes = dict(state_layout(info))
+    for cname in present:
+        refs[cname] = ref(cname, tuple(layout_shapes[tuned[cname]]))
     return info, refs
 
 

@@ -104,7 +104,7 @@ def time_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, v_first: An
     return linear(y, w[a + "output.weight"]), v_first
 
 
-def channel_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict) -> np.ndarray:
+def channel_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, carry: Any = None) -> np.ndarray:
     """sigmoid(W_r x_r) * W_v relu(W_k x_k)^2 with lerp mixes (v5 uses this FFN too)."""
     f, s = f"blocks.{i}.ffn.", f"blocks.{i}.ffn_x"
     sx = shifted(x, state[s])

@@ -21,7 +21,8 @@ __all__ = ["channel_mix"]
 
 # -- names and shapes ----------------------------------------------------------------------------
 RENAMES = {"time_faaaa": "time_first"}
-ADAPTERS: tuple[str, ...] = ()
+# the official layout swaps the last two axes of these (time_state: see TUNED_STATE)
+ADAPTERS: tuple[str, ...] = ("time_state",)
 # stored shapes of vectors that are not [C] in the checkpoint files (canonical: flat [C])
 STORED_SHAPES = {"time_mix_k": "1,1,C", "time_mix_v": "1,1,C", "time_mix_r": "1,1,C", "time_mix_g": "1,1,C",
                  "time_decay": "H,S", "time_faaaa": "H,S"}
@@ -70,6 +71,12 @@ def state_layout(n_layer: int, C: int, H: int, S: int) -> list[tuple[str, tuple]
         b = f"blocks.{i}."
         out += [(b + "att_x", (C,)), (b + "att_kv", (H, S, S)), (b + "ffn_x", (C,))]
     return out
+
+
+# A state-tuned checkpoint (or a state file) holds each layer's initial kv matrix as att.time_state, stored
+# [H, S(value i), S(key j)]: the official package transposes it into its [h, key, value] state, so it is listed
+# in ADAPTERS and arrives canonical as att_kv. v6 and v7 share this (their state-tuning files lie the same way).
+TUNED_STATE = {"att.time_state": "att_kv"}
 
 
 # -- reference (numpy) --------------------------------------------------------------------------------

@@ -13,16 +13,16 @@ import numpy as np
 
 from .nn import linear, shifted, sigmoid
 from .v4 import receptance_ffn
-from .v5 import att_core, state_layout, wkv5_op
+from .v5 import TUNED_STATE, att_core, state_layout, wkv5_op
 
 VERSION = "v6"
 KERNEL = "wkv5"  # shaders/wkv5.wgsl with DDLERP=1
-__all__ = ["att_core", "state_layout"]
+__all__ = ["att_core", "state_layout", "TUNED_STATE"]
 
 # -- names and shapes ----------------------------------------------------------------------------
 RENAMES = {"time_maa_": "time_mix_", "time_faaaa": "time_first"}
 # official [in, out] (time_maa_w2 is [5, D, C]); canonical and converted are [out, in]
-ADAPTERS = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
+ADAPTERS = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2", "time_state")
 # stored shapes of vectors that are not [C] in the checkpoint files (canonical: flat [C])
 STORED_SHAPES = {**{f"time_maa_{m}": "1,1,C" for m in "xwkvrg"}, "time_decay": "1,1,C", "time_faaaa": "H,S"}
 
@@ -89,7 +89,7 @@ def time_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, v_first: An
     return linear(y, w[a + "output.weight"]), v_first
 
 
-def channel_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict) -> np.ndarray:
+def channel_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, carry: Any = None) -> np.ndarray:
     f, s = f"blocks.{i}.ffn.", f"blocks.{i}.ffn_x"
     dx = shifted(x, state[s]) - x
     state[s] = x[-1]

@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 
 from .nn import GN_EPS, group_norm, linear, shifted, sigmoid
-from .v5 import state_layout
+from .v5 import TUNED_STATE, state_layout
 
 VERSION = "v7"
 KERNEL = "wkv7"  # shaders/wkv7.wgsl
-__all__ = ["state_layout"]
+__all__ = ["state_layout", "TUNED_STATE"]
 
 # -- names and shapes ----------------------------------------------------------------------------
 RENAMES: dict[str, str] = {}
-# LoRA-style adapters: official [in, out], canonical and converted [out, in]
-ADAPTERS = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
+# LoRA-style adapters: official [in, out], canonical and converted [out, in]; and v5's time_state
+ADAPTERS = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2", "time_state")
 # stored shapes of vectors that are not [C] in the checkpoint files (canonical: flat [C])
 STORED_SHAPES = {**{n: "1,1,C" for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a")},
                  "r_k": "H,S"}
@@ -136,7 +136,7 @@ def time_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, v_first: An
     return linear(y, w[p + "output.weight"]), v_first
 
 
-def channel_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict) -> np.ndarray:
+def channel_mix(w: dict, info: Any, i: int, x: np.ndarray, state: dict, carry: Any = None) -> np.ndarray:
     f, s = f"blocks.{i}.ffn.", f"blocks.{i}.ffn_x"
     dx = shifted(x, state[s]) - x
     state[s] = x[-1]
