@@ -288,3 +288,67 @@ def test_serve_help_says_the_limits_and_api_dispatches(capsys):
         assert flag in text, flag
     assert main(["serve", "--api", "--slots", "0"]) == 2  # reaches the API's checks, before any model loads
     assert "--slots must be at least 1" in capsys.readouterr().err
+
+
+def test_an_engine_error_reaches_the_client_and_the_server_goes_on(env, monkeypatch):
+    """NaN logits (SamplingError from a window's read): a 500 error object, or an error event in a stream that
+    the openai client raises; the slots are reset and the next request is served as before."""
+    from webrwkv.errors import SamplingError
+
+    c, dec = env["client"], env["rt"].decoder
+    wait_idle(env["sch"])
+
+    def nan(w):
+        raise SamplingError("the logits hold NaN or infinity")
+
+    monkeypatch.setattr(dec, "read", nan)
+    with pytest.raises(openai.InternalServerError, match="NaN"):
+        c.completions.create(model="tiny", prompt="hi", max_tokens=4)
+    read, calls = type(dec).read, []
+
+    def nan_later(w):  # the first window's tokens go out, then the error comes as an event of the stream
+        calls.append(w)
+        return read(dec, w) if len(calls) == 1 else nan(w)
+
+    monkeypatch.setattr(dec, "read", nan_later)
+    chunks = []
+    with pytest.raises(openai.APIError, match="NaN"):
+        for ch in c.completions.create(model="tiny", prompt="hi", max_tokens=50, stream=True, temperature=0):
+            chunks.append(ch)
+    assert chunks and chunks[0].choices[0].text  # the error came after the stream had started
+    monkeypatch.undo()
+    r = c.completions.create(model="tiny", prompt="hi", max_tokens=7, temperature=0)
+    assert r.choices[0].text == solo(env, "hi", 7, temperature=0).text
+
+
+def test_an_unexpected_engine_failure_is_an_openai_error(env, monkeypatch):
+    """Not a WebRwkvError (a bug, a driver's exception): still an OpenAI error object that names it, before the
+    headers as a 500 answer, after them as an error event; the slot is freed and the server goes on."""
+    c, dec, sch = env["client"], env["rt"].decoder, env["sch"]
+    wait_idle(sch)
+    read, calls = type(dec).read, []
+
+    def boom(w):
+        raise RuntimeError("boom in the driver")
+
+    monkeypatch.setattr(dec, "read", boom)
+    with pytest.raises(openai.InternalServerError) as e:
+        c.completions.create(model="tiny", prompt="hi", max_tokens=4)
+    assert e.value.body["code"] == "engine_error" and "boom in the driver" in e.value.body["message"]
+
+    def boom_later(w):
+        calls.append(w)
+        return read(dec, w) if len(calls) == 1 else boom(w)
+
+    monkeypatch.setattr(dec, "read", boom_later)
+    chunks = []
+    with pytest.raises(openai.APIError, match="boom in the driver"):
+        for ch in c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=50, stream=True, temperature=0):
+            chunks.append(ch)
+    assert chunks and chunks[0].choices[0].delta.role == "assistant"
+    monkeypatch.undo()
+    wait_idle(sch, 30)
+    assert sch.status()["error"] is None and len(sch.free_slots()) == SLOTS
+    r = c.completions.create(model="tiny", prompt="hi", max_tokens=7, temperature=0)
+    assert r.choices[0].text == solo(env, "hi", 7, temperature=0).text

@@ -100,6 +100,10 @@ class ApiServer:
             return self._error(e.status, e.reason)
         except WebRwkvError as e:
             return self._error(500, str(e), None, "engine_error")
+        except (asyncio.CancelledError, ConnectionError):
+            raise  # the client went away
+        except Exception as e:  # noqa: BLE001 - a bug: still an answer the client can read
+            return self._error(500, f"internal error: {e!r}", None, "internal_error")
 
     # -- endpoints ----------------------------------------------------------------------------------
     async def _models(self, request: Any) -> Any:
@@ -152,8 +156,10 @@ class ApiServer:
         try:
             while True:
                 pieces, stats, error = await queue.get()
-                if error is not None:
+                if isinstance(error, WebRwkvError):
                     raise error
+                if error is not None:
+                    raise WebRwkvError(f"the engine failed: {error!r}") from error
                 yield pieces, stats
                 if stats is not None:
                     return
@@ -198,7 +204,7 @@ class ApiServer:
                 pending = await events.__anext__()
             await resp.write(b"data: [DONE]\n\n")
         except WebRwkvError as e:  # after the headers: the error goes in the stream, as OpenAI sends it
-            await send(error_body(str(e), getattr(e, "status", 500), getattr(e, "param", None), "engine_error"))
+            await send(error_body(str(e), 500, None, "engine_error"))
         finally:
             await events.aclose()
         return resp

@@ -222,10 +222,11 @@ class Scheduler:
         joined = False
         for s, job in list(self._prefill.items()):
             if not self.rt.pending(s):
-                del self._prefill[s]
                 if self.gpu:
                     self.rt.decoder.configure(s, job.ts.sampler, self.vocab or None)
-                self._live[s] = _Live(job, job.max_tokens, job.prompt_ids[-1], perf_counter())
+                with self._cv:
+                    self._live[s] = _Live(job, job.max_tokens, job.prompt_ids[-1], perf_counter())
+                    del self._prefill[s]
                 joined = True
         return joined
 
@@ -248,13 +249,15 @@ class Scheduler:
 
     def _finish(self, s: int) -> None:
         """The stream on slot s is over (its state is settled): send its stats, free the slot."""
-        lv = self._live.pop(s)
-        job, st = lv.job, lv.job.ts.stats
+        job = self._live[s].job
+        st = job.ts.stats
         st.decode_s = perf_counter() - job.t_admit - st.prefill_s
-        self._release(s, (job.prompt_ids + st.ids)[:-1])
-        self.served += 1
-        self.generated += len(st.ids)
-        self.cached_tokens += job.cached
+        with self._cv:  # one step for status(): the counters, the free slot and the live set agree
+            self.served += 1
+            self.generated += len(st.ids)
+            self.cached_tokens += job.cached
+            self._release(s, (job.prompt_ids + st.ids)[:-1])
+            del self._live[s]
         if not job.cancelled:
             self._emit(job, [], st)
 
