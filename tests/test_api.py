@@ -352,3 +352,50 @@ def test_an_unexpected_engine_failure_is_an_openai_error(env, monkeypatch):
     assert sch.status()["error"] is None and len(sch.free_slots()) == SLOTS
     r = c.completions.create(model="tiny", prompt="hi", max_tokens=7, temperature=0)
     assert r.choices[0].text == solo(env, "hi", 7, temperature=0).text
+
+
+def test_the_serve_api_command_serves_and_stops_on_ctrl_c(env, tmp_path):
+    """`webrwkv serve --api` as a process: its flags reach the server (model name, default max_tokens, the API key
+    from the environment, the chat format of --prompt-file), its greedy text is generate_stream's, Ctrl-C ends it."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "tiny.st").write_bytes((GOLDEN / "v7.st").read_bytes())
+    (d / "tiny.vocab.txt").write_text(vocab_text())
+    (d / "fmt.json").write_text(json.dumps({"user": "Q", "bot": "A", "stop": ["\nQ:"]}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "webrwkv.cli", "serve", "--api", "--model", str(d / "tiny.st"), "--port", str(port),
+           "--slots", "2", "--max-tokens", "5", "--model-name", "mine", "--prompt-file", str(d / "fmt.json"),
+           "--token-chunk-size", "16"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "WEBRWKV_API_KEY": "k1"})
+    try:
+        line = proc.stderr.readline()
+        assert f"127.0.0.1:{port}/v1" in line and "model 'mine', 2 slots" in line, line
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k1", max_retries=0, timeout=120)
+        assert [m.id for m in c.models.list()] == ["mine"]
+        r = c.completions.create(model="mine", prompt="Once upon a time", temperature=0)
+        assert r.usage.completion_tokens == 5 and r.choices[0].text == solo(env, "Once upon a time", 5,
+                                                                             temperature=0).text
+        msgs = [{"role": "user", "content": "Hello there"}]
+        r = c.chat.completions.create(model="mine", messages=msgs, max_tokens=12, temperature=0)
+        want, st = solo_chat_in(env, ChatFormat(user="Q", bot="A"), msgs, 12, ["\nQ:"], temperature=0)
+        assert r.choices[0].message.content == want and r.usage.prompt_tokens == st.prompt_tokens
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k2", max_retries=0).models.list()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(30)
+    assert rc == 130, proc.stderr.read()
+
+
+def solo_chat_in(env, fmt, messages, max_tokens: int, stop, **kw):
+    chat = ChatSession(env["ref"], env["tok"], SamplerParams(**kw), fmt, max_tokens=max_tokens, stop=list(stop))
+    items = list(iterate_sync(chat.respond_async(messages)))
+    return "".join(p for _, p in items[:-1]).lstrip(), items[-1]
