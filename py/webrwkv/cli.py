@@ -27,6 +27,7 @@ COMMANDS = {
     "detokenize": "webrwkv.tokenizer:detokenize_main",
     "serve": "webrwkv.server:serve_main",
     "bundle": "webrwkv.bundle:bundle_main",
+    "serve --api": "webrwkv.api:serve_api_main",
     "devices": "webrwkv.gpu.native:devices_main",
 }
 
@@ -85,6 +86,27 @@ CHAT_HELP = "terminal chat in the model's format; the bundled model plays Romeo 
 CHAT_ABOUT = ("Terminal chat in the model's own format, from the model card next to it (prompt_format). "
               "The bundled Shakespeare model plays a scene of Romeo and Juliet: you speak as Romeo, it "
               "answers as Juliet. Without a model card, turns are 'User: ...' / 'Assistant: ...'.")
+
+
+def _api_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("OpenAI-compatible API (--api): /v1/chat/completions, /v1/completions, /v1/models")
+    g.add_argument("--api", action="store_true", help="serve the API for --model instead of the page")
+    _engine_args(g)
+    _sampling_args(g)  # the defaults of fields a request leaves out
+    g.add_argument("--slots", type=int, default=4, help="requests decoded at once, in the same steps (default %(default)s)")
+    g.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot; more get 503 (default %(default)s)")
+    g.add_argument("--max-tokens", type=int, default=256, help="max_tokens of a request that gives none (default %(default)s)")
+    g.add_argument("--max-tokens-limit", type=int, default=4096, help="the most max_tokens a request may ask; more get 400 (default %(default)s)")
+    g.add_argument("--max-prompt-tokens", type=int, default=16384, help="prompt tokens a request may send; more get 400 (default %(default)s)")
+    g.add_argument("--max-request-bytes", type=int, default=1 << 20, help="request body size; larger bodies get 413 (default %(default)s)")
+    g.add_argument("--token-chunk-size", type=int, default=512, help="prompt tokens per prefill run, between decode windows (default %(default)s)")
+    g.add_argument("--prompt-file", default=None, help="chat format (JSON, as for `chat`)")
+    g.add_argument("--model-name", default=None, help="the model id /v1/models shows (default: the file name)")
+    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or $WEBRWKV_API_KEY)")
+    g.add_argument("--cors-origin", default="*", help="Access-Control-Allow-Origin of every answer (default %(default)s)")
+    g.add_argument("--no-state-reuse", action="store_true",
+                   help="read every prompt from the start (by default a prompt that continues what a free "
+                        "slot's state has read reads only the rest)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,13 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["official", "converted"], default="converted")
     p.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
 
-    p = sub.add_parser("serve", help="serve the chat page, Pyodide, the wheel and models", epilog=SERVE_LIMITS,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p = sub.add_parser("serve", help="serve the chat page, Pyodide, the wheel and models; with --api, an "
+                       "OpenAI-compatible API", epilog=SERVE_LIMITS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="(default %(default)s)")
     p.add_argument("--model-dir", default=None,
                    help="served at /models/<file>: its .st, .safetensors and .pth files, <model>.vocab.txt, "
-                        "<model>.json and MODEL_CARD.md, nothing else (default: the bundled model)")
+                        "<model>.card.json, <model>.json and MODEL_CARD.md, nothing else (default: the bundled model)")
+    _api_args(p)
 
     p = sub.add_parser("bundle", help="write a static site (page, JS API, Pyodide, wheel, models) for any web host")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must be empty or not exist)")
@@ -185,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         ap.print_help()
         return 0
-    modname, funcname = COMMANDS[args.command].split(":")
+    command = "serve --api" if args.command == "serve" and args.api else args.command
+    modname, funcname = COMMANDS[command].split(":")
     try:
         func = getattr(importlib.import_module(modname), funcname)
         return int(func(args) or 0)

@@ -31,3 +31,18 @@ class SamplingError(WebRwkvError):
 
 class ModelCardError(WebRwkvError):
     """A model card (<model>.card.json) is not valid JSON or has wrong fields."""
+
+
+class RequestError(WebRwkvError):
+    """An API request the server will not run as sent: `status` is its HTTP code, `param` the field at fault."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+
+class ServerBusyError(RequestError):
+    """Every slot is busy and the queue of waiting requests is full: try again shortly."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 503, None, "queue_full")
