@@ -218,8 +218,7 @@ const handlers = {
   count: (id, { text }) => entry.count_tokens(typeof text === "string" ? text : py.toPy(text)),
   unload: () => { loadAbort?.abort(); entry?.unload(); loaded = false; },
   loseDevice: () => entry.lose_device(),
-  stats: () => ({ ...(entry ? entry.stats().toJs({ dict_converter: Object.fromEntries }) : {}), heapBytes: heapBytes(),
-    jsHeapBytes: self.performance?.memory?.usedJSHeapSize ?? null }),
+  stats: () => ({ ...(entry ? entry.stats().toJs({ dict_converter: Object.fromEntries }) : {}), heapBytes: heapBytes() }),
   cached: () => listCached(),
   clearCache: () => clearCache(),
 };
