@@ -50,7 +50,7 @@ def env(tmp_path_factory):
     ref = load_engine(d / "tiny.st", "native", max_batch=1, token_chunk_size=16, device=device())
     for e in (eng, ref):  # the server's tuning on both (GEMV up to SLOTS tokens: each slot as if alone)
         prefer_gemv(e.runtime, SLOTS)
-    assert eng.runtime.k.tuning.gemv_max_t == SLOTS  # lavapipe is a CPU adapter
+    assert eng.runtime.k.tuning.gemv_max_t >= SLOTS  # every decode step of the slots runs the GEMV
     sch = Scheduler(eng.runtime, eng.tokenizer, max_queue=8).start()
     srv = ApiServer(sch, eng.tokenizer, "tiny", FMT, Limits(SamplerParams(), 16, 400, 256, ()), port=0,
                     max_request_bytes=64 << 10).start()

@@ -260,7 +260,7 @@ def _finish(stats: GenerationStats) -> str:
 def serve_api_main(args: Any) -> int:
     """`webrwkv serve --api`: load the model once with --slots slots and serve until Ctrl-C."""
     _need_aiohttp()
-    from .chat import default_prompt_file, load_engine_for, load_prompt_file
+    from .chat import chat_config, load_engine_for
     from .sampling import SamplerParams
 
     for name in ("slots", "max_queue", "max_request_bytes", "max_tokens", "max_tokens_limit", "max_prompt_tokens",
@@ -270,7 +270,7 @@ def serve_api_main(args: Any) -> int:
     if args.max_tokens > args.max_tokens_limit:
         raise WebRwkvError(f"--max-tokens ({args.max_tokens}) is above --max-tokens-limit ({args.max_tokens_limit})")
     params = SamplerParams.from_args(args)
-    cfg = load_prompt_file(args.prompt_file or default_prompt_file(args.model))
+    cfg, _ = chat_config(args.prompt_file, args.model)  # --prompt-file, else the model card's format
     # load_engine_for passes every engine option of the command line (model, vocab, backend, quant, LoRA and
     # the initial state where load_engine takes one) to load_engine
     runtime, tok = load_engine_for(args, max_batch=args.slots, token_chunk_size=args.token_chunk_size)
