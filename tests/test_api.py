@@ -399,3 +399,52 @@ def solo_chat_in(env, fmt, messages, max_tokens: int, stop, **kw):
     chat = ChatSession(env["ref"], env["tok"], SamplerParams(**kw), fmt, max_tokens=max_tokens, stop=list(stop))
     items = list(iterate_sync(chat.respond_async(messages)))
     return "".join(p for _, p in items[:-1]).lstrip(), items[-1]
+
+
+def test_serve_api_state_file_is_every_slots_start(tmp_path):
+    """`serve --api --state FILE`: greedy completions continue from the tuned state, as the reference does
+    from that state (the official package's v6 state golden), and differ from the untuned model's."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from webrwkv import reference as ref
+    from webrwkv.models import load_weights
+    from webrwkv.models.states import read_state
+
+    model, state = str(GOLDEN / "v6-converted.st"), str(GOLDEN / "v6-state.st")
+    chars = "".join(map(chr, range(32, 127)))  # one token per printable character (id 1 + its index)
+    vocab = tmp_path / "ascii.vocab.txt"
+    vocab.write_text("".join(f"{i + 1} {c.encode()!r} 1\n" for i, c in enumerate(chars)), encoding="utf-8")
+    info, w = load_weights(model)
+
+    def greedy(start) -> str:
+        logits, st = ref.forward(w, info, [1 + chars.index("H")], start)
+        out = ""
+        for _ in range(6):
+            logits[1 + len(chars):] = -np.inf  # ids past the vocabulary are never drawn
+            i = int(np.argmax(logits))
+            out += chars[i - 1]
+            logits, st = ref.forward(w, info, [i], st)
+        return out
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "webrwkv.cli", "serve", "--api", "--backend", "reference", "--model", model,
+           "--vocab", str(vocab), "--state", state, "--port", str(port), "--slots", "2", "--token-chunk-size", "16"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert f"127.0.0.1:{port}/v1" in line, line
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        texts = [c.completions.create(model="x", prompt="H", max_tokens=6, temperature=0).choices[0].text
+                 for _ in range(2)]  # the second request starts from the tuned state again
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    tuned = greedy(read_state(state, info))
+    assert texts == [tuned, tuned] and tuned != greedy(None)
