@@ -9,6 +9,7 @@ test('A model name that looks like HTML is shown verbatim', async ({ page, baseU
   await hostModels(page, { [`${name}.st`]: golden('v7.st'), [`${name}.vocab.txt`]: { data: byteVocab() } });
   await page.goto('/');
   await loadViaUi(page, url(baseURL, `${name}.st`));
-  await expect(page.locator('#empty p')).toHaveText(`${name}.st is loaded. Say hello.`);
-  await expect(page.locator('#empty h2')).toHaveText('Ready');
+  await expect(page.locator('#transcript .empty h2')).toHaveText(`${name}.st is ready`); // no card: chat
+  await expect(page.locator('#model-chip-text')).toHaveText(`${name}.st`);
+  await expect(page.locator('#model-info')).toContainText(`${name}.st · RWKV v7`);
 });
