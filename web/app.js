@@ -285,8 +285,9 @@ async function init() {
   $("cancel-load").onclick = () => app.loadAbort?.abort();
   $("play-go").addEventListener("click", () => { if (!app.model) loadModel(); });
   $("clear-cache").onclick = async () => { await clearModelCache(); await refreshCache(); };
-  $("mode-chat").onclick = () => { setMode("chat"); renderTranscript(); };
-  $("mode-play").onclick = () => setMode("play");
+  // a mode picked while the model list is still loading is kept (the page must not switch under the user)
+  $("mode-chat").onclick = () => { app.modePicked = true; setMode("chat"); renderTranscript(); };
+  $("mode-play").onclick = () => { app.modePicked = true; setMode("play"); };
   $("settings-toggle").onclick = () => toggleDrawer("side");
   $("model-chip").onclick = () => (isNarrow() ? toggleDrawer("side") : $("model-pick").focus());
   $("convs-toggle").onclick = () => toggleDrawer("convs");
@@ -299,7 +300,7 @@ async function init() {
   refreshCache();
   await fillModels();
   const first = app.cards.get(pickedUrl());
-  setMode(first?.kind === "completion" ? "play" : "chat");
+  if (!app.modePicked) setMode(first?.kind === "completion" ? "play" : "chat");
   if (first?.sample_prompt && !$("play-text").value.trim()) $("play-text").value = first.sample_prompt;
   $("play-about").textContent = first ? `${first.name}: ${first.description}` : "";
   showModel();
