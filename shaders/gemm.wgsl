@@ -16,9 +16,13 @@ const TK: u32 = {{TK}}u;
 const WG: u32 = {{WG}}u;
 const MM: u32 = {{MM}}u;
 const NN: u32 = {{NN}}u;
+// floats per k of the tiles: 4 more than a row of them, so that the loads' stores (consecutive threads take
+// consecutive k) fall into different shared-memory banks instead of all into one
+const XS: u32 = TM + 4u;
+const WS: u32 = TN + 4u;
 
-var<workgroup> xs: array<vec4<f32>, {{TK}} * {{TM}} / 4>;   // [k][m]
-var<workgroup> ws: array<vec4<f32>, {{TK}} * {{TN}} / 4>;   // [k][n]
+var<workgroup> xs: array<vec4<f32>, {{TK}} * ({{TM}} + 4) / 4>;   // [k][m]
+var<workgroup> ws: array<vec4<f32>, {{TK}} * ({{TN}} + 4) / 4>;   // [k][n]
 
 #include {{FORMAT}}
 #include matmul
@@ -51,16 +55,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let kk = i % TK;
       var v = 0.0;
       if (m0 + m < T && k0 + kk < kend) { v = x[xb + (m0 + m) * {{X_TS}}u + k0 + kk]; }
-      let a = kk * TM + m;
+      let a = kk * XS + m;
       xs[a / 4u][a % 4u] = v;
     }
     workgroupBarrier();
     for (var kk = 0u; kk < TK; kk++) {
 #for q in 0..NN / 4
-      let b${q} = ws[kk * (TN / 4u) + tn * ${NN / 4}u + ${q}u];
+      let b${q} = ws[kk * (WS / 4u) + tn * ${NN / 4}u + ${q}u];
 #endfor
 #for p in 0..MM / 4
-      let a${p} = xs[kk * (TM / 4u) + tm * ${MM / 4}u + ${p}u];
+      let a${p} = xs[kk * (XS / 4u) + tm * ${MM / 4}u + ${p}u];
 #endfor
 #for i in 0..MM
 #for q in 0..NN / 4

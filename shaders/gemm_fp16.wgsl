@@ -8,9 +8,9 @@ fn load_w(lid: u32, n0: u32, nr: u32, wr: u32, k0: u32, kend: u32) {
     let n = n0 + r;
     var v = vec2<f32>(0.0);
     if (n < nr && k0 + 2u * kp < kend) { v = unpack2x16float(w[(wr + n) * (K / 2u) + k0 / 2u + kp]); }
-    let a = (2u * kp) * TN + r;
+    let a = (2u * kp) * WS + r;
     ws[a / 4u][a % 4u] = v.x;
-    ws[(a + TN) / 4u][(a + TN) % 4u] = v.y;
+    ws[(a + WS) / 4u][(a + WS) % 4u] = v.y;
   }
 }
 

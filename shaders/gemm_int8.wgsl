@@ -17,7 +17,7 @@ fn load_w(lid: u32, n0: u32, nr: u32, wr: u32, k0: u32, kend: u32) {
     var v = vec4<f32>(0.0);
     if (n < nr && k0 + 4u * kq < kend) { v = i4(w[(wr + n) * (K / 4u) + k0 / 4u + kq]); }
     for (var c = 0u; c < 4u; c++) {
-      let a = (4u * kq + c) * TN + r;
+      let a = (4u * kq + c) * WS + r;
       ws[a / 4u][a % 4u] = v[c];
     }
   }

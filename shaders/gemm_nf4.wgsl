@@ -23,7 +23,7 @@ fn load_w(lid: u32, n0: u32, nr: u32, wr: u32, k0: u32, kend: u32) {
       s = bitcast<f32>(w[SB + (wr + n) * NB + kw / 64u]);
     }
     for (var c = 0u; c < 8u; c++) {
-      let a = (8u * kq + c) * TN + r;
+      let a = (8u * kq + c) * WS + r;
       ws[a / 4u][a % 4u] = s * lv(q, 4u * c);
     }
   }

@@ -1,11 +1,11 @@
 // Matrix x f32 vectors for a few tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]), groups and
 // epilogue as in matmul.wgsl. Workgroup (row block of R rows, MT tokens from wid.y * MT, group g); TPR threads
 // per row, each reading 8 weights at a time, UNROLL loads in flight, and using each load for all MT tokens
-// (a decode step of MT slots reads the weights once). SUBGROUPS=1 reduces with subgroup shuffles (up to TPR
-// lanes), then partial sums through shared memory. The weight format (gemv_fp16, gemv_int8 or gemv_nf4,
-// included by name) declares the binding `w` (K8 elements a row), prepares any workgroup tables (prologue, in
-// uniform control flow), loads 8 weights (wload), dots them with their activations (wdot) and applies any
-// remaining scale to the row sum (scaled).
+// (a decode step of MT slots reads the weights once and turns them into floats once). SUBGROUPS=1 reduces with
+// subgroup shuffles (up to TPR lanes), then partial sums through shared memory. The weight format (gemv_fp16,
+// gemv_int8 or gemv_nf4, included by name) declares the binding `w` (K8 elements a row), prepares any workgroup
+// tables (prologue, in uniform control flow), loads 8 weights (wload), turns them into floats (wvals, with any
+// per-block scale) and applies any remaining scale to the row sum (scaled).
 #if ENABLE_SUBGROUPS
 enable subgroups;
 #endif
@@ -20,8 +20,13 @@ const R: u32 = {{R}}u;
 const TPR: u32 = {{TPR}}u;
 const MT: u32 = {{MT}}u;
 
+struct W8 { lo: vec4<f32>, hi: vec4<f32> }  // 8 weights as floats
+
 #include {{FORMAT}}
 #include matmul
+
+// 8 weights dotted with the activations of the token whose row starts at vec4 xb
+fn wdot(v: W8, xb: u32, k: u32) -> f32 { return dot(v.lo, xv[xb + 2u * k]) + dot(v.hi, xv[xb + 2u * k + 1u]); }
 
 @compute @workgroup_size({{WG}})
 #if SUBGROUPS
@@ -55,15 +60,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let q${u} = wload(wb, k + ${u}u * TPR);
 #endfor
 #for u in 0..UNROLL
+      let f${u} = wvals(q${u}, wb, k + ${u}u * TPR);
 #for m in 0..MT
-      acc${m} += wdot(q${u}, wb, xb${m}, k + ${u}u * TPR);
+      acc${m} += wdot(f${u}, xb${m}, k + ${u}u * TPR);
 #endfor
 #endfor
     }
     for (; k < K8; k += TPR) {
-      let q = wload(wb, k);
+      let f = wvals(wload(wb, k), wb, k);
 #for m in 0..MT
-      acc${m} += wdot(q, wb, xb${m}, k);
+      acc${m} += wdot(f, xb${m}, k);
 #endfor
     }
   }

@@ -15,9 +15,7 @@ fn prologue(lid: u32) {}
 
 fn wload(wb: u32, k: u32) -> vec2<u32> { return w[wb + k]; }
 
-fn wdot(q: vec2<u32>, wb: u32, xb: u32, k: u32) -> f32 {
-  return dot(i4(q.x), xv[xb + 2u * k]) + dot(i4(q.y), xv[xb + 2u * k + 1u]);
-}
+fn wvals(q: vec2<u32>, wb: u32, k: u32) -> W8 { return W8(i4(q.x), i4(q.y)); }
 
 fn scaled(row: u32, total: f32) -> f32 {
   let i = SB + row;

@@ -23,10 +23,10 @@ fn nf(q: u32, b: u32) -> vec4<f32> {
 
 fn wload(wb: u32, k: u32) -> u32 { return w[wb + k]; }
 
-// 8 weights (u32 k of the row starting at wb) dotted with their activations, times the block scale
-fn wdot(q: u32, wb: u32, xb: u32, k: u32) -> f32 {
-  let sb = SB + wb / K8 * NB;
-  return bitcast<f32>(w[sb + k / 8u]) * (dot(nf(q, 0u), xv[xb + 2u * k]) + dot(nf(q, 16u), xv[xb + 2u * k + 1u]));
+// 8 weights (u32 k of the row starting at wb) as floats, times their block's scale
+fn wvals(q: u32, wb: u32, k: u32) -> W8 {
+  let s = bitcast<f32>(w[SB + wb / K8 * NB + k / 8u]);
+  return W8(s * nf(q, 0u), s * nf(q, 16u));
 }
 
 fn scaled(row: u32, total: f32) -> f32 { return total; }
