@@ -1,11 +1,12 @@
 // Matrix x f32 vectors for a few tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]), groups and
 // epilogue as in matmul.wgsl. Workgroup (row block of R rows, MT tokens from wid.y * MT, group g); TPR threads
-// per row, each reading 8 weights at a time, UNROLL loads in flight, and using each load for all MT tokens
-// (a decode step of MT slots reads the weights once and turns them into floats once). SUBGROUPS=1 reduces with
-// subgroup shuffles (up to TPR lanes), then partial sums through shared memory. The weight format (gemv_fp16,
-// gemv_int8 or gemv_nf4, included by name) declares the binding `w` (K8 elements a row), prepares any workgroup
-// tables (prologue, in uniform control flow), loads 8 weights (wload), turns them into floats (wvals, with any
-// per-block scale) and applies any remaining scale to the row sum (scaled).
+// per row group of RPT rows, each reading 8 weights of each of its rows at a time, UNROLL loads in flight, and
+// using each load for all MT tokens (a decode step of MT slots reads the weights once and turns them into
+// floats once) and each activation load for all RPT rows. SUBGROUPS=1 reduces with subgroup shuffles (up to TPR
+// lanes), then partial sums through shared memory. The weight format (gemv_fp16, gemv_int8 or gemv_nf4,
+// included by name) declares the binding `w` (K8 elements a row), prepares any workgroup tables (prologue, in
+// uniform control flow), loads 8 weights (wload), turns them into floats (wvals, with any per-block scale) and
+// applies any remaining scale to the row sum (scaled).
 #if ENABLE_SUBGROUPS
 enable subgroups;
 #endif
@@ -19,14 +20,12 @@ const K8: u32 = {{K}}u / 8u;
 const R: u32 = {{R}}u;
 const TPR: u32 = {{TPR}}u;
 const MT: u32 = {{MT}}u;
+const RPT: u32 = {{RPT}}u;
 
 struct W8 { lo: vec4<f32>, hi: vec4<f32> }  // 8 weights as floats
 
 #include {{FORMAT}}
 #include matmul
-
-// 8 weights dotted with the activations of the token whose row starts at vec4 xb
-fn wdot(v: W8, xb: u32, k: u32) -> f32 { return dot(v.lo, xv[xb + 2u * k]) + dot(v.hi, xv[xb + 2u * k + 1u]); }
 
 @compute @workgroup_size({{WG}})
 #if SUBGROUPS
@@ -41,63 +40,91 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let g = wid.z;
   let nl = lid / TPR;
   let j = lid % TPR;
-  let n = wid.x * R + nl;
+  let n = wid.x * R + nl * RPT;  // this thread's first row; rows past nr repeat the last one, unwritten
   let nr = g_nr(g);
   if (wid.x * R >= nr) { return; }
   prologue(lid);
+#for r in 0..RPT
 #for m in 0..MT
-  var acc${m} = 0.0;
+  var acc${r}_${m} = 0.0;
+#endfor
 #endfor
   if (n < nr) {
-    let wb = (g_row(g) + n) * K8;
+#for r in 0..RPT
+    let wb${r} = (g_row(g) + min(n + ${r}u, nr - 1u)) * K8;
+#endfor
 #for m in 0..MT
     let xb${m} = ({{X_OFF}}u + min(t0 + ${m}u, T - 1u) * {{X_TS}}u + g_x(g)) / 4u;
 #endfor
-    // UNROLL independent 16-byte loads in flight per thread, then the remainder one at a time
+    // UNROLL x RPT independent 16-byte loads in flight per thread, then the remainder one k at a time
     var k = j;
     for (; k + ({{UNROLL}}u - 1u) * TPR < K8; k += {{UNROLL}}u * TPR) {
 #for u in 0..UNROLL
-      let q${u} = wload(wb, k + ${u}u * TPR);
+#for r in 0..RPT
+      let q${u}_${r} = wload(wb${r}, k + ${u}u * TPR);
+#endfor
 #endfor
 #for u in 0..UNROLL
-      let f${u} = wvals(q${u}, wb, k + ${u}u * TPR);
+      let k${u} = k + ${u}u * TPR;
+#for r in 0..RPT
+      let f${u}_${r} = wvals(q${u}_${r}, wb${r}, k${u});
+#endfor
 #for m in 0..MT
-      acc${m} += wdot(f${u}, xb${m}, k + ${u}u * TPR);
+      let xl${u}_${m} = xv[xb${m} + 2u * k${u}];
+      let xh${u}_${m} = xv[xb${m} + 2u * k${u} + 1u];
+#for r in 0..RPT
+      acc${r}_${m} += dot(f${u}_${r}.lo, xl${u}_${m}) + dot(f${u}_${r}.hi, xh${u}_${m});
+#endfor
 #endfor
 #endfor
     }
     for (; k < K8; k += TPR) {
-      let f = wvals(wload(wb, k), wb, k);
+#for r in 0..RPT
+      let f${r} = wvals(wload(wb${r}, k), wb${r}, k);
+#endfor
 #for m in 0..MT
-      acc${m} += wdot(f, xb${m}, k);
+      let xl${m} = xv[xb${m} + 2u * k];
+      let xh${m} = xv[xb${m} + 2u * k + 1u];
+#for r in 0..RPT
+      acc${r}_${m} += dot(f${r}.lo, xl${m}) + dot(f${r}.hi, xh${m});
+#endfor
 #endfor
     }
   }
+#for r in 0..RPT
 #for m in 0..MT
-#if m > 0
-  workgroupBarrier();  // the previous token's partial sums are read
+#if r > 0 or m > 0
+  workgroupBarrier();  // the previous sum's partials are read
 #endif
 #if SUBGROUPS
   // butterfly over the lanes of one subgroup (up to TPR wide), then the lanes' partials through shared memory
-  let wd${m} = min(sg_size, TPR);
-  var v${m} = acc${m};
-  for (var b = 1u; b < wd${m}; b = b << 1u) { v${m} += subgroupShuffleXor(v${m}, b); }
-  if (sg_id % wd${m} == 0u) { red[lid / wd${m}] = v${m}; }
+  let wd${r}_${m} = min(sg_size, TPR);
+  var v${r}_${m} = acc${r}_${m};
+  for (var b = 1u; b < wd${r}_${m}; b = b << 1u) { v${r}_${m} += subgroupShuffleXor(v${r}_${m}, b); }
+  if (sg_id % wd${r}_${m} == 0u) { red[lid / wd${r}_${m}] = v${r}_${m}; }
   workgroupBarrier();
-  var total${m} = 0.0;
-  if (j == 0u) { let per = TPR / wd${m}; for (var q = 0u; q < per; q++) { total${m} += red[nl * per + q]; } }
+  var total${r}_${m} = 0.0;
+  if (j == 0u) {
+    let per = TPR / wd${r}_${m};
+    for (var q = 0u; q < per; q++) { total${r}_${m} += red[nl * per + q]; }
+  }
 #else
-  red[lid] = acc${m};
+  red[lid] = acc${r}_${m};
   workgroupBarrier();
   for (var s = TPR / 2u; s > 0u; s = s >> 1u) { if (j < s) { red[lid] += red[lid + s]; } workgroupBarrier(); }
-  let total${m} = red[lid];
+  let total${r}_${m} = red[lid];
 #endif
 #endfor
-  if (j == 0u && n < nr) {
-    let col = g_col(g) + n;
-    let row = g_row(g) + n;
+#endfor
+  if (j == 0u) {
+#for r in 0..RPT
+    if (n + ${r}u < nr) {
+      let col${r} = g_col(g) + n + ${r}u;
+      let row${r} = g_row(g) + n + ${r}u;
 #for m in 0..MT
-    if (t0 + ${m}u < T) { emit(t0 + ${m}u, col, act(g, scaled(row, total${m}))); }
+      if (t0 + ${m}u < T) { emit(t0 + ${m}u, col${r}, act(g, scaled(row${r}, total${r}_${m}))); }
+#endfor
+    }
 #endfor
   }
 }

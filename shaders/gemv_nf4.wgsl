@@ -12,7 +12,7 @@ const SB: u32 = {{SB}}u;
 var<workgroup> lut: array<vec2<f32>, 256>;
 
 fn prologue(lid: u32) {
-  for (var i = lid; i < 256u; i += R * TPR) { lut[i] = vec2<f32>(NF4[i & 15u], NF4[i >> 4u]); }
+  for (var i = lid; i < 256u; i += {{WG}}u) { lut[i] = vec2<f32>(NF4[i & 15u], NF4[i >> 4u]); }
   workgroupBarrier();
 }
 

@@ -29,14 +29,17 @@ def _f32(dev, a):
     return buf
 
 
-@pytest.mark.parametrize("T,K,gemv_t", [(1, 72, 1), (1, 2056, 1), (3, 72, 1), (3, 2056, 8), (8, 72, 8), (37, 72, 8),
-                                         (37, 2048, 8)])
+@pytest.mark.parametrize("T,K,gemv_t,mt_rows", [(1, 72, 1, 1), (1, 2056, 1, 1), (3, 72, 1, 1), (3, 2056, 8, 1),
+                                                 (3, 2056, 8, 3), (8, 72, 8, 1), (8, 520, 8, 3), (37, 72, 8, 1),
+                                                 (37, 2048, 8, 1)])
 @pytest.mark.parametrize("subgroups", [0, 1])
-def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, subgroups):
-    """T=1: GEMV (K=2056: unrolled loads and a remainder); T <= gemv_t: GEMV serving 8 tokens a workgroup;
-    more tokens: tiled GEMM; K=2048 with few tiles: GEMM split over K plus a reduction."""
+def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, mt_rows, subgroups):
+    """T=1: GEMV (K=2056: unrolled loads and a remainder); T <= gemv_t: GEMV serving 8 tokens a workgroup, one
+    row a thread or three (40 rows a group: the last row block is partly past the end); more tokens: tiled
+    GEMM; K=2048 with few tiles: GEMM split over K plus a reduction."""
     dev = device()
-    k = Kernels(dev, Tuning(gemv_max_t=gemv_t, gemv_subgroups=subgroups, gemv_tpr=16, gemv_rows=4))
+    k = Kernels(dev, Tuning(gemv_max_t=gemv_t, gemv_subgroups=subgroups, gemv_tpr=16, gemv_rows=4,
+                            gemv_mt_rows=mt_rows, gemv_mt_wg=1))
     rng = np.random.default_rng(T)
     P, NR = 3, 40
     W = (rng.standard_normal((P * NR, K)) * 0.2).astype(np.float16).astype(np.float32)
@@ -52,11 +55,36 @@ def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, subgroups):
         mm = MatMul(k, meta, [(blocks[0][0], 0, NR)], Kp, P, NR, xb, yb, x_ts=P * K, x_gs=K, y_ts=P * NR,
                     acts=acts, mode=mode, gate=gb if mode == "gate" else None, g_ts=P * NR, fmt=FP16)
         ops = mm.ops(T)
+        assert mm.gemv_rows_per_thread(8) == mt_rows
         assert len(ops) == (2 if K == 2048 and T > gemv_t else 1)  # the split-K reduction is a second dispatch
         dev.encode(ops)
         got = np.frombuffer(dev.read(yb, 0, Y0.nbytes), np.float32).reshape(T, -1)
         ref = {"store": want, "add": Y0 + want, "gate": Y0 + G * want}[mode]
         assert rel(got, ref) <= 5e-6, mode  # measured <= 1.5e-6
+
+
+@pytest.mark.parametrize("fmt", ["int8", "nf4"])
+@pytest.mark.parametrize("mt_rows", [1, 3])
+def test_quantized_gemv_for_several_tokens(fmt, mt_rows):
+    """The int8 / NF4 GEMV serving 5 tokens a workgroup, one row a thread or three, against numpy on the
+    weights quantized and dequantized by webrwkv.quant (the formats' reference)."""
+    from quant_util import round_trip
+    from webrwkv.formats import weight_format
+
+    dev = device()
+    k = Kernels(dev, Tuning(gemv_tpr=16, gemv_rows=4, gemv_mt_rows=mt_rows, gemv_mt_wg=1))
+    rng = np.random.default_rng(5)
+    T, N, K = 5, 40, 520  # K: 4 loads a thread, so three rows a thread are used
+    W = (rng.standard_normal((N, K)) * 0.2).astype(np.float32)
+    X = rng.standard_normal((T, K)).astype(np.float32)
+    f = weight_format(fmt)
+    blocks, Kp = f.upload_cpu(dev, W, "w")
+    yb = dev.buffer(4 * T * N)
+    mm = MatMul(k, _meta(dev, T, 0), blocks, Kp, 1, N, _f32(dev, X), yb, x_ts=K, y_ts=N, fmt=f)
+    assert mm.gemv_rows_per_thread(8) == mt_rows
+    dev.encode(mm.ops(T))
+    got = np.frombuffer(dev.read(yb, 0, 4 * T * N), np.float32).reshape(T, N)
+    assert rel(got, X @ round_trip(fmt, W).T) <= 5e-6
 
 
 @pytest.mark.parametrize("T", [1, 9])
@@ -73,6 +101,7 @@ def test_row_blocks_cover_a_matrix_larger_than_the_binding_limit(T):
     assert len(blocks) == 10 and all(n * K * 2 <= 4096 for _, _, n in blocks)
     yb = dev.buffer(4 * T * N)
     mm = MatMul(k, _meta(dev, 0, T), blocks, Kp, 1, N, _f32(dev, X), yb, x_ts=K, y_ts=N, tsrc=2, fmt=FP16)
+    assert mm.gemv_rows_per_thread(8) == mt_rows
     dev.encode(mm.ops(T))
     got = np.frombuffer(dev.read(yb, 0, 4 * T * N), np.float32).reshape(T, N)
     assert rel(got, X @ W.T) <= 1e-5
