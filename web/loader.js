@@ -1,6 +1,8 @@
 // Streaming model loader: the tensor index by Range requests (a safetensors header, or a .pth's zip tail
-// and pickle), then tensor data in <= 32 MB blocks (a few in flight) written straight into GPU buffers
-// from JS, with a Cache API copy so the next load of the same file needs no weight requests.
+// and pickle), then tensor data in <= 32 MB blocks (a few in flight), each read straight into a GPU buffer
+// mapped at creation and copied on the GPU to its tensors, with a Cache API copy so the next load of the
+// same file needs no weight requests. (Mapped staging moved 2.4 GB/s in Chromium on an H200 where
+// writeBuffer of the same 32 MB blocks moved 0.8 GB/s: the bytes cross to the GPU process once.)
 
 export const BLOCK = 32 << 20;
 const IN_FLIGHT = 3;
@@ -212,42 +214,61 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
     if (now - lastReport > 100) { lastReport = now; report(); }
   };
   let cacheOk = !!cache;
+  // The block's bytes land in `into`: a staging buffer's mapped range, or plain memory written with
+  // writeBuffer where a mapped buffer cannot be made (the device refused its size).
+  const stage = (n) => {
+    try {
+      const buf = device.createBuffer({ size: n, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true, label: "load staging" });
+      return { buf, into: new Uint8Array(buf.getMappedRange()) };
+    } catch {
+      return { buf: null, into: new Uint8Array(n) };
+    }
+  };
   const doBlock = async (k) => {
     const bs = r0 + k * BLOCK, be = Math.min(size, bs + BLOCK);
     const key = keyFor(url, `${ident}&block=${k}&of=${BLOCK}`);
-    let data = null;
-    if (cache) {
-      const hit = await cache.match(key);
-      if (hit) {
-        data = new Uint8Array(await hit.arrayBuffer());
-        if (data.length !== be - bs) data = null;
-        else { fromCache += data.length; onBytes(data.length); }
+    // writes may pass the file's end by up to 3 bytes: the staging is zero there
+    const span = Math.max(be - bs, ...pieces[k].map(([, e]) => e - bs));
+    const st = stage(span + (-span & 3));
+    try {
+      const data = st.into.subarray(0, be - bs);
+      let hit = null;
+      if (cache) {
+        hit = await cache.match(key);
+        const got = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+        if (got && got.length === data.length) { data.set(got); fromCache += got.length; onBytes(got.length); } else hit = null;
       }
-    }
-    if (!data) {
-      data = await readBody(await rangeFetch(url, bs, be, signal), new Uint8Array(be - bs), onBytes, signal);
-      if (cacheOk) {
-        try { await cache.put(key, new Response(data)); } catch (e) { cacheOk = false; console.warn("model cache disabled:", e.message); }
+      if (!hit) {
+        await readBody(await rangeFetch(url, bs, be, signal), data, onBytes, signal);
+        if (cacheOk) {
+          try { await cache.put(key, new Response(data.slice())); } catch (e) { cacheOk = false; console.warn("model cache disabled:", e.message); }
+        }
       }
-    }
-    if (signal?.aborted) throw new LoadError("aborted", "Loading was cancelled.");
-    for (const [s, e, buf, off, tag] of pieces[k]) {
-      let src = data.subarray(s - bs, e - bs);
-      if (src.length < e - s) { const p = new Uint8Array(e - s); p.set(src); src = p; }
-      let dst = buf, at = off;
-      const st = staging.get(tag);
-      if (st) {
-        st.buffer ??= device.createBuffer({ size: st.size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label: `staging ${tag}` });
-        dst = st.buffer;
-        at = s - st.a0;
+      if (signal?.aborted) throw new LoadError("aborted", "Loading was cancelled.");
+      if (st.buf) st.buf.unmap();
+      const enc = st.buf ? device.createCommandEncoder({ label: "load copies" }) : null;
+      const done = [];
+      for (const [s, e, buf, off, tag] of pieces[k]) {
+        let dst = buf, at = off;
+        const tgt = staging.get(tag);
+        if (tgt) {
+          tgt.buffer ??= device.createBuffer({ size: tgt.size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label: `staging ${tag}` });
+          dst = tgt.buffer;
+          at = s - tgt.a0;
+        }
+        if (enc) enc.copyBufferToBuffer(st.buf, s - bs, dst, at, e - s);
+        else device.queue.writeBuffer(dst, at, st.into.buffer, st.into.byteOffset + (s - bs), e - s);
+        const rest = left.get(tag) - (e - s);
+        left.set(tag, rest);
+        if (rest === 0) done.push([tag, tgt]);
       }
-      device.queue.writeBuffer(dst, at, src.buffer, src.byteOffset, e - s);
-      const rest = left.get(tag) - (e - s);
-      left.set(tag, rest);
-      if (rest === 0) {
-        onWriteDone?.(tag, st ? st.buffer : null);
-        if (st) staging.delete(tag);
+      if (enc) device.queue.submit([enc.finish()]);
+      for (const [tag, tgt] of done) { // after the copies are queued: the caller's kernels read them
+        onWriteDone?.(tag, tgt ? tgt.buffer : null);
+        if (tgt) staging.delete(tag);
       }
+    } finally {
+      st.buf?.destroy(); // freed once the queued copies have run
     }
   };
   let next = 0;
