@@ -21,8 +21,8 @@ const NN: u32 = {{NN}}u;
 const XS: u32 = TM + 4u;
 const WS: u32 = TN + 4u;
 
-var<workgroup> xs: array<vec4<f32>, {{TK}} * ({{TM}} + 4) / 4>;   // [k][m]
-var<workgroup> ws: array<vec4<f32>, {{TK}} * ({{TN}} + 4) / 4>;   // [k][n]
+var<workgroup> xs: array<vec4<f32>, TK * XS / 4u>;   // [k][m]
+var<workgroup> ws: array<vec4<f32>, TK * WS / 4u>;   // [k][n]
 
 #include {{FORMAT}}
 #include matmul

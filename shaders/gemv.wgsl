@@ -24,6 +24,8 @@ const RPT: u32 = {{RPT}}u;
 
 struct W8 { lo: vec4<f32>, hi: vec4<f32> }  // 8 weights as floats
 
+fn dot8(f: W8, lo: vec4<f32>, hi: vec4<f32>) -> f32 { return dot(f.lo, lo) + dot(f.hi, hi); }
+
 #include {{FORMAT}}
 #include matmul
 
@@ -73,7 +75,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let xl${u}_${m} = xv[xb${m} + 2u * k${u}];
       let xh${u}_${m} = xv[xb${m} + 2u * k${u} + 1u];
 #for r in 0..RPT
-      acc${r}_${m} += dot(f${u}_${r}.lo, xl${u}_${m}) + dot(f${u}_${r}.hi, xh${u}_${m});
+      acc${r}_${m} += dot8(f${u}_${r}, xl${u}_${m}, xh${u}_${m});
 #endfor
 #endfor
 #endfor
@@ -86,7 +88,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let xl${m} = xv[xb${m} + 2u * k];
       let xh${m} = xv[xb${m} + 2u * k + 1u];
 #for r in 0..RPT
-      acc${r}_${m} += dot(f${r}.lo, xl${m}) + dot(f${r}.hi, xh${m});
+      acc${r}_${m} += dot8(f${r}, xl${m}, xh${m});
 #endfor
 #endfor
     }
