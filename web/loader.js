@@ -232,13 +232,13 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
     const st = stage(span + (-span & 3));
     try {
       const data = st.into.subarray(0, be - bs);
-      let hit = null;
-      if (cache) {
-        hit = await cache.match(key);
-        const got = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
-        if (got && got.length === data.length) { data.set(got); fromCache += got.length; onBytes(got.length); } else hit = null;
-      }
-      if (!hit) {
+      const hit = cache ? await cache.match(key) : null;
+      const got = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+      if (got?.length === data.length) {
+        data.set(got);
+        fromCache += got.length;
+        onBytes(got.length);
+      } else {
         await readBody(await rangeFetch(url, bs, be, signal), data, onBytes, signal);
         if (cacheOk) {
           try { await cache.put(key, new Response(data.slice())); } catch (e) { cacheOk = false; console.warn("model cache disabled:", e.message); }
