@@ -2,11 +2,12 @@
 // epilogue as in matmul.wgsl. Workgroup (row block of R rows, MT tokens from wid.y * MT, group g); TPR threads
 // per row group of RPT rows, each reading 8 weights of each of its rows at a time, UNROLL loads in flight, and
 // using each load for all MT tokens (a decode step of MT slots reads the weights once and turns them into
-// floats once) and each activation load for all RPT rows. SUBGROUPS=1 reduces with subgroup shuffles (up to TPR
-// lanes), then partial sums through shared memory. The weight format (gemv_fp16, gemv_int8 or gemv_nf4,
-// included by name) declares the binding `w` (K8 elements a row), prepares any workgroup tables (prologue, in
-// uniform control flow), loads 8 weights (wload), turns them into floats (wvals, with any per-block scale) and
-// applies any remaining scale to the row sum (scaled).
+// floats once) and each activation load for all RPT rows. SUBGROUPS=1 reduces with subgroup shuffles (up to
+// TPR lanes), then all RPT x MT sums' partials through shared memory at once, and the row group's lanes write
+// the sums between them. The weight format (gemv_fp16, gemv_int8 or gemv_nf4, included by name) declares the
+// binding `w` (K8 elements a row), prepares any workgroup tables (prologue, in uniform control flow), loads 8
+// weights (wload), turns them into floats (wvals, with any per-block scale) and applies any remaining scale to
+// the row sum (scaled).
 #if ENABLE_SUBGROUPS
 enable subgroups;
 #endif
@@ -21,6 +22,10 @@ const R: u32 = {{R}}u;
 const TPR: u32 = {{TPR}}u;
 const MT: u32 = {{MT}}u;
 const RPT: u32 = {{RPT}}u;
+
+#if SUBGROUPS
+var<workgroup> part: array<f32, {{PART}}>;  // lane partials of every sum: (WG / 4) x RPT x MT at most
+#endif
 
 struct W8 { lo: vec4<f32>, hi: vec4<f32> }  // 8 weights as floats
 
@@ -93,29 +98,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 #endfor
     }
   }
+#if SUBGROUPS
+  // butterfly over the lanes of one subgroup (up to TPR wide); every sum's lane partials go to shared memory
+  // at once (wd >= 4 lanes write: WebGPU's smallest subgroup), so one barrier serves all RPT x MT sums
+  let wd = min(sg_size, TPR);
+  let per = TPR / wd;
+#for r in 0..RPT
+#for m in 0..MT
+  var v${r}_${m} = acc${r}_${m};
+  for (var b = 1u; b < wd; b = b << 1u) { v${r}_${m} += subgroupShuffleXor(v${r}_${m}, b); }
+  if (sg_id % wd == 0u) { part[(lid / wd) * (RPT * MT) + ${r}u * MT + ${m}u] = v${r}_${m}; }
+#endfor
+#endfor
+  workgroupBarrier();
+  // lane j of a row group adds up and writes sums j, j + TPR, ... (not one lane all RPT x MT of them)
+  for (var i = j; i < RPT * MT; i += TPR) {
+    var total = 0.0;
+    for (var q = 0u; q < per; q++) { total += part[(nl * per + q) * (RPT * MT) + i]; }
+    let row = n + i / MT;
+    let t = t0 + i % MT;
+    if (row < nr && t < T) { emit(t, g_col(g) + row, act(g, scaled(g_row(g) + row, total))); }
+  }
+#else
 #for r in 0..RPT
 #for m in 0..MT
 #if r > 0 or m > 0
   workgroupBarrier();  // the previous sum's partials are read
 #endif
-#if SUBGROUPS
-  // butterfly over the lanes of one subgroup (up to TPR wide), then the lanes' partials through shared memory
-  let wd${r}_${m} = min(sg_size, TPR);
-  var v${r}_${m} = acc${r}_${m};
-  for (var b = 1u; b < wd${r}_${m}; b = b << 1u) { v${r}_${m} += subgroupShuffleXor(v${r}_${m}, b); }
-  if (sg_id % wd${r}_${m} == 0u) { red[lid / wd${r}_${m}] = v${r}_${m}; }
-  workgroupBarrier();
-  var total${r}_${m} = 0.0;
-  if (j == 0u) {
-    let per = TPR / wd${r}_${m};
-    for (var q = 0u; q < per; q++) { total${r}_${m} += red[nl * per + q]; }
-  }
-#else
   red[lid] = acc${r}_${m};
   workgroupBarrier();
   for (var s = TPR / 2u; s > 0u; s = s >> 1u) { if (j < s) { red[lid] += red[lid + s]; } workgroupBarrier(); }
   let total${r}_${m} = red[lid];
-#endif
 #endfor
 #endfor
   if (j == 0u) {
@@ -129,4 +142,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 #endfor
   }
+#endif
 }

@@ -29,17 +29,21 @@ def _f32(dev, a):
     return buf
 
 
-@pytest.mark.parametrize("T,K,gemv_t,mt_rows", [(1, 72, 1, 1), (1, 2056, 1, 1), (3, 72, 1, 1), (3, 2056, 8, 1),
-                                                 (3, 2056, 8, 3), (8, 72, 8, 1), (8, 520, 8, 3), (37, 72, 8, 1),
-                                                 (37, 2048, 8, 1)])
+@pytest.mark.parametrize("T,K,gemv_t,mt_rows,mt_wg,shape", [
+    (1, 72, 1, 1, 1, (1, 8)), (1, 2056, 1, 1, 1, (1, 16)), (3, 72, 1, 1, 1, (1, 8)), (3, 2056, 8, 1, 1, (1, 16)),
+    (3, 2056, 8, 3, 1, (3, 16)), (3, 2056, 8, 3, 24, (3, 64)), (8, 2056, 8, 3, 43, (1, 16)),
+    (8, 72, 8, 1, 1, (1, 8)), (8, 520, 8, 3, 1, (3, 16)), (37, 72, 8, 1, 1, (1, 8)), (37, 2048, 8, 1, 1, (1, 16))])
 @pytest.mark.parametrize("subgroups", [0, 1])
-def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, mt_rows, subgroups):
+def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, mt_rows, mt_wg, shape, subgroups):
     """T=1: GEMV (K=2056: unrolled loads and a remainder); T <= gemv_t: GEMV serving 8 tokens a workgroup, one
-    row a thread or three (40 rows a group: the last row block is partly past the end); more tokens: tiled
-    GEMM; K=2048 with few tiles: GEMM split over K plus a reduction."""
+    row a thread or three (40 rows a group: the last row block is partly past the end; K=72: 8 threads a
+    row, not 16, as each makes at least one load), with 64 threads a row
+    where 16 leave fewer than mt_wg workgroups (one row group a workgroup, partials summed in shared memory),
+    one row a thread where even 64 do; more tokens: tiled GEMM; K=2048 with few tiles: GEMM split over K
+    plus a reduction."""
     dev = device()
     k = Kernels(dev, Tuning(gemv_max_t=gemv_t, gemv_subgroups=subgroups, gemv_tpr=16, gemv_rows=4,
-                            gemv_mt_rows=mt_rows, gemv_mt_wg=1))
+                            gemv_mt_rows=mt_rows, gemv_mt_wg=mt_wg))
     rng = np.random.default_rng(T)
     P, NR = 3, 40
     W = (rng.standard_normal((P * NR, K)) * 0.2).astype(np.float16).astype(np.float32)
@@ -55,7 +59,8 @@ def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, mt_rows, subgrou
         mm = MatMul(k, meta, [(blocks[0][0], 0, NR)], Kp, P, NR, xb, yb, x_ts=P * K, x_gs=K, y_ts=P * NR,
                     acts=acts, mode=mode, gate=gb if mode == "gate" else None, g_ts=P * NR, fmt=FP16)
         ops = mm.ops(T)
-        assert mm.gemv_rows_per_thread(8) == mt_rows
+        assert mm.gemv_shape(8) == shape
+        assert mm.gemv_shape(1) == (1, 8 if K == 72 else 16)
         assert len(ops) == (2 if K == 2048 and T > gemv_t else 1)  # the split-K reduction is a second dispatch
         dev.encode(ops)
         got = np.frombuffer(dev.read(yb, 0, Y0.nbytes), np.float32).reshape(T, -1)
