@@ -30,14 +30,14 @@ def _f32(dev, a):
 
 
 @pytest.mark.parametrize("T,K,gemv_t,mt_rows,mt_wg,shape", [
-    (1, 72, 1, 1, 1, (1, 8)), (1, 2056, 1, 1, 1, (1, 16)), (3, 72, 1, 1, 1, (1, 8)), (3, 2056, 8, 1, 1, (1, 16)),
+    (1, 72, 1, 1, 1, (1, 2)), (1, 2056, 1, 1, 1, (1, 16)), (3, 72, 1, 1, 1, (1, 2)), (3, 2056, 8, 1, 1, (1, 16)),
     (3, 2056, 8, 3, 1, (3, 16)), (3, 2056, 8, 3, 24, (3, 64)), (8, 2056, 8, 3, 43, (1, 16)),
-    (8, 72, 8, 1, 1, (1, 8)), (8, 520, 8, 3, 1, (3, 16)), (37, 72, 8, 1, 1, (1, 8)), (37, 2048, 8, 1, 1, (1, 16))])
+    (8, 72, 8, 1, 1, (1, 2)), (8, 520, 8, 3, 1, (3, 16)), (37, 72, 8, 1, 1, (1, 2)), (37, 2048, 8, 1, 1, (1, 16))])
 @pytest.mark.parametrize("subgroups", [0, 1])
 def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, mt_rows, mt_wg, shape, subgroups):
     """T=1: GEMV (K=2056: unrolled loads and a remainder); T <= gemv_t: GEMV serving 8 tokens a workgroup, one
     row a thread or three (40 rows a group: the last row block is partly past the end; K=72: 8 threads a
-    row, not 16, as each makes at least one load), with 64 threads a row
+    row for one token, 2 for several, not 16, so each makes 1 or 4 loads), with 64 threads a row
     where 16 leave fewer than mt_wg workgroups (one row group a workgroup, partials summed in shared memory),
     one row a thread where even 64 do; more tokens: tiled GEMM; K=2048 with few tiles: GEMM split over K
     plus a reduction."""

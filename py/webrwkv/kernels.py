@@ -202,13 +202,14 @@ class MatMul:
 
     def gemv_shape(self, mt: int) -> tuple[int, int]:
         """(rows a GEMV thread serves, threads a row). One token: one row, gemv_tpr threads (fewer where K
-        is short). Several tokens: gemv_mt_rows rows, so each activation load serves them all; a short matrix
-        then gets more threads a row (up to gemv_mt_tpr, while each still makes 4 loads a row) until its grid
-        has gemv_mt_wg workgroups, or where it cannot, one row a thread (an H200 at L24, 8 tokens: FFN value
-        1.35 -> 1.0 ms a step)."""
+        is short: each makes a load). Several tokens: fewer threads where K is short (each makes 4 loads) and
+        gemv_mt_rows rows, so each activation load serves them all; a short matrix then gets more threads a
+        row (up to gemv_mt_tpr, while each still makes 4 loads a row) until its grid has gemv_mt_wg
+        workgroups, or where it cannot, one row a thread (an H200 at L24, 8 tokens: FFN value 1.35 -> 1.0 ms
+        a step)."""
         tu = self.k.tuning
         rpt, tpr, wg = max(1, tu.gemv_mt_rows), tu.gemv_tpr, tu.gemv_rows * tu.gemv_tpr
-        while tpr > 1 and self.K < 8 * tpr:  # no idle threads: a LoRA's K of 64 gets 8 threads a row
+        while tpr > 1 and self.K < (8 if mt == 1 else 32) * tpr:  # each thread makes 1 load (4 for several tokens)
             tpr //= 2
         base = tpr
         if mt == 1 or rpt == 1 or self.K < 32 * tpr:
