@@ -3,11 +3,10 @@
 // per row group of RPT rows, each reading 8 weights of each of its rows at a time, UNROLL loads in flight, and
 // using each load for all MT tokens (a decode step of MT slots reads the weights once and turns them into
 // floats once) and each activation load for all RPT rows. SUBGROUPS=1 reduces with subgroup shuffles (up to
-// TPR lanes), then all RPT x MT sums' partials through shared memory at once, and the row group's lanes write
-// the sums between them. The weight format (gemv_fp16, gemv_int8 or gemv_nf4, included by name) declares the
-// binding `w` (K8 elements a row), prepares any workgroup tables (prologue, in uniform control flow), loads 8
-// weights (wload), turns them into floats (wvals, with any per-block scale) and applies any remaining scale to
-// the row sum (scaled).
+// TPR lanes), then all sums' partials through shared memory at once (see below). The weight format (gemv_fp16,
+// gemv_int8 or gemv_nf4, included by name) declares the binding `w` (K8 elements a row), prepares any
+// workgroup tables (prologue, in uniform control flow), loads 8 weights (wload), turns them into floats
+// (wvals, with any per-block scale) and applies any remaining scale to the row sum (scaled).
 #if ENABLE_SUBGROUPS
 enable subgroups;
 #endif
@@ -22,9 +21,12 @@ const R: u32 = {{R}}u;
 const TPR: u32 = {{TPR}}u;
 const MT: u32 = {{MT}}u;
 const RPT: u32 = {{RPT}}u;
+#if SUBGROUPS
+const NP: u32 = {{NP}}u;  // RPT x MT up to a power of two
+#endif
 
 #if SUBGROUPS
-var<workgroup> part: array<f32, {{PART}}>;  // lane partials of every sum: (WG / 4) x RPT x MT at most
+var<workgroup> part: array<f32, {{PART}}>;  // lane partials of every sum: (WG / 4) x NP at most
 #endif
 
 struct W8 { lo: vec4<f32>, hi: vec4<f32> }  // 8 weights as floats
@@ -99,22 +101,57 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
   }
 #if SUBGROUPS
-  // butterfly over the lanes of one subgroup (up to TPR wide); every sum's lane partials go to shared memory
-  // at once (wd >= 4 lanes write: WebGPU's smallest subgroup), so one barrier serves all RPT x MT sums
+  // The RPT x MT sums (NP of them, zeros past RPT x MT) over the wd lanes of a subgroup, by exchanging halves:
+  // at lane bit BITS[s] a lane keeps one half of its values and adds the other lane's copy of that half, so
+  // after log2(wd) steps each lane holds NP / wd of the sums (31 shuffles for 32 sums, where a butterfly a sum
+  // takes 160). Where wd > NP the last value finishes with a butterfly. Every lane's partials then go to
+  // shared memory, one barrier for all, and the row group's lanes add them up and write the sums between them.
   let wd = min(sg_size, TPR);
   let per = TPR / wd;
-#for r in 0..RPT
-#for m in 0..MT
-  var v${r}_${m} = acc${r}_${m};
-  for (var b = 1u; b < wd; b = b << 1u) { v${r}_${m} += subgroupShuffleXor(v${r}_${m}, b); }
-  if (sg_id % wd == 0u) { part[(lid / wd) * (RPT * MT) + ${r}u * MT + ${m}u] = v${r}_${m}; }
+  let ln = sg_id % wd;
+#for i in 0..NP
+#if i < RPT * MT
+  var h0_${i} = acc${i / MT}_${i % MT};
+#else
+  var h0_${i} = 0.0;
+#endif
 #endfor
+#for s in 0..LN
+#for i in 0..HALF[s]
+  var h${s + 1}_${i} = 0.0;
+#endfor
+  if (wd > ${BITS[s]}u) {
+    let up${s} = (ln & ${BITS[s]}u) != 0u;
+#for i in 0..HALF[s]
+    h${s + 1}_${i} = select(h${s}_${i}, h${s}_${i + HALF[s]}, up${s})
+                   + subgroupShuffleXor(select(h${s}_${i + HALF[s]}, h${s}_${i}, up${s}), ${BITS[s]}u);
+#endfor
+  }
+#endfor
+  let base = (lid / wd) * NP;
+#for k in 0..LN + 1
+#if k < LN
+  if (wd == ${BITS[k]}u) {  // stopped after k steps
+#else
+  if (wd >= NP) {
+    for (var b = NP; b < wd; b = b << 1u) { h${k}_0 += subgroupShuffleXor(h${k}_0, b); }
+#endif
+    var off${k} = 0u;  // the first sum this lane holds
+#for s in 0..k
+    if ((ln & ${BITS[s]}u) != 0u) { off${k} += ${HALF[s]}u; }
+#endfor
+    if (ln < NP) {
+#for i in 0..CNT[k]
+      part[base + off${k} + ${i}u] = h${k}_${i};
+#endfor
+    }
+  }
 #endfor
   workgroupBarrier();
   // lane j of a row group adds up and writes sums j, j + TPR, ... (not one lane all RPT x MT of them)
   for (var i = j; i < RPT * MT; i += TPR) {
     var total = 0.0;
-    for (var q = 0u; q < per; q++) { total += part[(nl * per + q) * (RPT * MT) + i]; }
+    for (var q = 0u; q < per; q++) { total += part[(nl * per + q) * NP + i]; }
     let row = n + i / MT;
     let t = t0 + i % MT;
     if (row < nr && t < T) { emit(t, g_col(g) + row, act(g, scaled(g_row(g) + row, total))); }

@@ -192,10 +192,14 @@ class MatMul:
         rpt, tpr = self.gemv_shape(mt)
         wg = tu.gemv_rows * tu.gemv_tpr
         rows = max(1, wg // tpr) * rpt  # per workgroup
+        ln = (rpt * mt - 1).bit_length()  # the subgroup reduction's halving steps
+        npow = 1 << ln
         for (buf, _, _), groups in zip(self.blocks, self.groups):
             pipe = k.get("gemv", **self._values("gemv", groups), R=rows, RPT=rpt, TPR=tpr, MT=mt,
                          WG=max(1, wg // tpr) * tpr, UNROLL=max(1, tu.gemv_unroll), SUBGROUPS=sub,
-                         PART=max(1, wg // tpr) * (tpr // min(4, tpr)) * rpt * mt,
+                         PART=max(1, wg // tpr) * (tpr // min(4, tpr)) * npow, NP=npow, LN=ln,
+                         BITS=[1 << s for s in range(ln)], HALF=[npow >> (s + 1) for s in range(ln)],
+                         CNT=[npow >> s for s in range(ln + 1)],
                          ENABLE_SUBGROUPS=int(bool(sub and k.dev.subgroups_directive)))
             out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // rows)))
         return out
