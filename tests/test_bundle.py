@@ -21,7 +21,7 @@ BUNDLED = ROOT / "models" / "rwkv7-shakespeare.st"
 
 def test_a_bundle_holds_the_page_engine_pyodide_wheel_and_models(tmp_path):
     out = write_bundle(tmp_path / "site", [str(BUNDLED), str(ROOT / "tests" / "golden" / "v7.st")])
-    for f in ("index.html", "app.js", "style.css", "webrwkv.js", "webrwkv.d.ts", "worker.js", "loader.js",
+    for f in ("index.html", "app.js", "style.css", "webrwkv.js", "webrwkv.d.ts", "worker.js", "loader.js", "fetch-worker.js",
               "gpu_helper.js", "markdown.js", "store.js", "vendor/pyodide/pyodide.mjs", "vendor/pyodide/pyodide.asm.wasm",
               "vendor/marked/marked.esm.js", "vendor/dompurify/purify.es.mjs", "README.md", MARKER):
         assert (out / f).is_file(), f

@@ -1,11 +1,14 @@
 // Streaming model loader: the tensor index by Range requests (a safetensors header, or a .pth's zip tail
-// and pickle), then tensor data in <= 32 MB blocks (a few in flight), each read straight into a GPU buffer
-// mapped at creation and copied on the GPU to its tensors, with a Cache API copy so the next load of the
-// same file needs no weight requests. (Mapped staging moved 2.4 GB/s in Chromium on an H200 where
-// writeBuffer of the same 32 MB blocks moved 0.8 GB/s: the bytes cross to the GPU process once.)
+// and pickle), then tensor data in <= 32 MB blocks, fetched by a few download workers (fetch-worker.js) or,
+// where none can start, here; each block goes into a GPU buffer mapped at creation and is copied on the GPU
+// to its tensors, with a Cache API copy so the next load of the same file needs no weight requests.
+// (Chromium on an H200: mapped staging moved 2.4 GB/s where writeBuffer of the same 32 MB blocks moved
+// 0.8 GB/s; the fetches of one thread 0.6 GB/s, of four workers 1.1-1.4 GB/s.)
 
 export const BLOCK = 32 << 20;
-const IN_FLIGHT = 3;
+const IN_FLIGHT = 3;     // blocks in flight, fetched in this thread
+const WORKERS = 4;       // download workers
+const PER_WORKER = 2;    // blocks in flight each
 const PREFIX = 4096;
 const CACHE = "webrwkv-models-v1";
 
@@ -16,7 +19,7 @@ export class LoadError extends Error {
 const short = (url) => { try { return new URL(url).pathname.split("/").pop() || url; } catch { return url; } };
 
 // One Range request; the server must answer 206 (a 200 means it ignored Range). start < 0: the last -start bytes.
-async function rangeFetch(url, start, end, signal) {
+export async function rangeFetch(url, start, end, signal) {
   let r;
   try {
     const range = start < 0 ? `bytes=${start}` : `bytes=${start}-${end - 1}`;
@@ -40,7 +43,7 @@ async function rangeFetch(url, start, end, signal) {
   return r;
 }
 
-async function readBody(r, into, onBytes, signal) {
+export async function readBody(r, into, onBytes, signal) {
   const reader = r.body.getReader();
   let n = 0;
   try {
@@ -169,14 +172,71 @@ async function dropStale(cache, url, ident) {
   }
 }
 
+// ---- download workers -----------------------------------------------------------
+// fetchPool().get(url, start, end, onBytes, signal) -> Promise<Uint8Array>, from `n` workers in turn. A worker
+// that cannot start (no module workers, the script missing) fails its jobs over to this thread, so a load
+// never depends on it; a LoadError from a worker is the one this thread would have raised.
+function fetchPool(n) {
+  const jobs = new Map();
+  let seq = 0;
+  const local = (url, start, end, onBytes, signal) =>
+    rangeFetch(url, start, end, signal).then((r) => readBody(r, new Uint8Array(end - start), onBytes, signal));
+  const start = () => {
+    let w;
+    try { w = new Worker(new URL("./fetch-worker.js", import.meta.url), { type: "module", name: "webrwkv download" }); } catch { return null; }
+    const slot = { w, ok: true };
+    w.onmessage = ({ data }) => {
+      const j = jobs.get(data.id);
+      if (!j) return;
+      if (data.bytes) j.onBytes(data.bytes);
+      if (data.error) { jobs.delete(data.id); j.reject(new LoadError(data.error.kind, data.error.message)); }
+      else if (data.done) { jobs.delete(data.id); j.resolve(new Uint8Array(data.done)); }
+    };
+    w.onerror = (e) => { // the worker itself failed: its jobs go on here
+      e.preventDefault?.();
+      slot.ok = false;
+      for (const [id, j] of jobs) {
+        if (j.slot !== slot) continue;
+        jobs.delete(id);
+        local(...j.args).then(j.resolve, j.reject);
+      }
+    };
+    return slot;
+  };
+  const slots = Array.from({ length: n }, start).filter(Boolean);
+  let turn = 0;
+  return {
+    get(url, s, e, onBytes, signal) {
+      if (signal?.aborted) return Promise.reject(new LoadError("aborted", "Loading was cancelled."));
+      const live = slots.filter((x) => x.ok);
+      if (!live.length) return local(url, s, e, onBytes, signal);
+      const slot = live[turn++ % live.length];
+      const id = ++seq;
+      const onAbort = () => slot.w.postMessage({ abort: id });
+      signal?.addEventListener("abort", onAbort, { once: true });
+      return new Promise((resolve, reject) => {
+        jobs.set(id, { resolve, reject, onBytes, slot, args: [url, s, e, onBytes, signal] });
+        slot.w.postMessage({ id, url, start: s, end: e });
+      }).finally(() => signal?.removeEventListener("abort", onAbort));
+    },
+    get workers() { return slots.filter((x) => x.ok).length; },
+    close() { // the load ended (or failed): jobs still out end as cancelled
+      for (const x of slots) x.w.terminate();
+      for (const j of jobs.values()) j.reject(new LoadError("aborted", "Loading was cancelled."));
+      jobs.clear();
+    },
+  };
+}
+
 // ---- streaming ----------------------------------------------------------------
 // writes: [[fileStart, fileEnd, gpuBuffer, dstOffset, tag], ...], all 4-byte aligned
 // (fileEnd may pass the file's end by up to 3 bytes: zero padding). A null gpuBuffer asks for a
 // staging buffer of the write's size, made here when its first bytes arrive and handed to
 // onWriteDone(tag, buffer) once complete (the caller converts it on the GPU and frees it).
-export async function streamWrites({ url, device, size, ident, dataStart, writes, onProgress, onWriteDone, signal, useCache = true }) {
+export async function streamWrites({ url, device, size, ident, dataStart, writes, onProgress, onWriteDone, signal, useCache = true,
+  block = BLOCK }) { // block: smaller only in tests (many blocks from a small file)
   const r0 = dataStart - (dataStart % 4);
-  const nblocks = Math.ceil((size - r0) / BLOCK);
+  const nblocks = Math.ceil((size - r0) / block);
   const pieces = Array.from({ length: nblocks }, () => []);
   const left = new Map();
   const staging = new Map(); // tag -> {a0, size, buffer}
@@ -184,15 +244,15 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
     if (buf == null) staging.set(tag, { a0, size: a1 - a0, buffer: null });
     if (a0 % 4 || a1 % 4 || off % 4 || a0 < r0) throw new Error(`unaligned write ${a0}-${a1} -> ${off}`);
     left.set(tag, (left.get(tag) || 0) + (a1 - a0));
-    for (let k = Math.floor((a0 - r0) / BLOCK); k < nblocks && r0 + k * BLOCK < a1; k++) {
-      const bs = r0 + k * BLOCK;
-      const s = Math.max(a0, bs), e = k === nblocks - 1 ? a1 : Math.min(a1, bs + BLOCK);
+    for (let k = Math.floor((a0 - r0) / block); k < nblocks && r0 + k * block < a1; k++) {
+      const bs = r0 + k * block;
+      const s = Math.max(a0, bs), e = k === nblocks - 1 ? a1 : Math.min(a1, bs + block);
       if (e > s) pieces[k].push([s, e, buf, off + (s - a0), tag]);
     }
   }
   const needed = [];
   for (let k = 0; k < nblocks; k++) if (pieces[k].length) needed.push(k);
-  const total = needed.reduce((t, k) => t + Math.min(BLOCK, size - (r0 + k * BLOCK)), 0);
+  const total = needed.reduce((t, k) => t + Math.min(block, size - (r0 + k * block)), 0);
   const cache = useCache ? await openCache() : null;
   let cached = false;
   if (cache) {
@@ -224,25 +284,31 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
       return { buf: null, into: new Uint8Array(n) };
     }
   };
+  const pool = !cached && needed.length > 1 && typeof Worker === "function" ? fetchPool(WORKERS) : null;
   const doBlock = async (k) => {
-    const bs = r0 + k * BLOCK, be = Math.min(size, bs + BLOCK);
-    const key = keyFor(url, `${ident}&block=${k}&of=${BLOCK}`);
+    const bs = r0 + k * block, be = Math.min(size, bs + block);
+    const key = keyFor(url, `${ident}&block=${k}&of=${block}`);
     // writes may pass the file's end by up to 3 bytes: the staging is zero there
     const span = Math.max(be - bs, ...pieces[k].map(([, e]) => e - bs));
+    const hit = cache ? await cache.match(key) : null;
+    let got = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
+    const fromHit = got?.length === be - bs;
+    if (fromHit) {
+      fromCache += got.length;
+      onBytes(got.length);
+    } else {
+      got = null;
+    }
+    // a download worker's block arrives whole and is copied into the staging made for it then; a block
+    // fetched here is read straight into its staging
+    if (!got && pool) got = await pool.get(url, bs, be, onBytes, signal);
     const st = stage(span + (-span & 3));
     try {
       const data = st.into.subarray(0, be - bs);
-      const hit = cache ? await cache.match(key) : null;
-      const got = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
-      if (got?.length === data.length) {
-        data.set(got);
-        fromCache += got.length;
-        onBytes(got.length);
-      } else {
-        await readBody(await rangeFetch(url, bs, be, signal), data, onBytes, signal);
-        if (cacheOk) {
-          try { await cache.put(key, new Response(data.slice())); } catch (e) { cacheOk = false; console.warn("model cache disabled:", e.message); }
-        }
+      if (got) data.set(got);
+      else await readBody(await rangeFetch(url, bs, be, signal), data, onBytes, signal);
+      if (!fromHit && cacheOk) {
+        try { await cache.put(key, new Response(got ?? data.slice())); } catch (e) { cacheOk = false; console.warn("model cache disabled:", e.message); }
       }
       if (signal?.aborted) throw new LoadError("aborted", "Loading was cancelled.");
       if (st.buf) st.buf.unmap();
@@ -273,9 +339,11 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
   };
   let next = 0;
   const worker = async () => { while (next < needed.length) await doBlock(needed[next++]); };
+  const inFlight = pool?.workers ? pool.workers * PER_WORKER : IN_FLIGHT;
   try {
-    await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, needed.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(inFlight, needed.length) }, worker));
   } finally {
+    pool?.close();
     for (const st of staging.values()) st.buffer?.destroy(); // an aborted load frees what it staged
   }
   report();
@@ -284,5 +352,5 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
     const meta = { url, ident, size, blocks: needed.length, time: Date.now() };
     try { await cache.put(keyFor(url, "complete"), new Response(JSON.stringify(meta))); } catch {}
   }
-  return { total, fetched: total - fromCache, fromCache, seconds: (performance.now() - t0) / 1000 };
+  return { total, fetched: total - fromCache, fromCache, seconds: (performance.now() - t0) / 1000, workers: pool?.workers ?? 0 };
 }

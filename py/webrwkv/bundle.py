@@ -24,7 +24,8 @@ Caddy, GitHub Pages, S3/CloudFront, ...), at the root or under a sub-path, then 
 WebGPU needs https:// (or localhost).
 
 - index.html, app.js, *-view.js, store.js, markdown.js, ui.js, style.css: the page
-- webrwkv.js (+ webrwkv.d.ts), worker.js, loader.js, gpu_helper.js: the JS API and its worker
+- webrwkv.js (+ webrwkv.d.ts), worker.js, loader.js, fetch-worker.js, gpu_helper.js: the JS API and its
+  workers
 - vendor/pyodide/: Pyodide with numpy and micropip; vendor/marked, vendor/dompurify: the page's markdown
 - wheels/: the webrwkv wheel and wheels/index.json; models/: the models, their vocabularies and
   model cards, and models/index.json

@@ -1,0 +1,90 @@
+// The loader's download workers (web/fetch-worker.js), as the engine runs them: streamWrites inside a
+// module worker, which starts its own download workers. The bundled model is streamed in 1 MB blocks into
+// a GPU buffer and read back against the file; a range past the end, a cancel and workers that cannot
+// start end as they do without workers.
+const { test, expect } = require('@playwright/test');
+
+const FILE = '/models/rwkv7-shakespeare.st';
+
+// Runs one streamWrites in a module worker of the page; resolves with its stats and whether the GPU
+// buffer holds the file's bytes, or with the LoadError it raised.
+async function stream(page, opts) {
+  return page.evaluate(async ({ FILE, opts }) => {
+    const src = `
+      import { streamWrites } from "${location.origin}/loader.js";
+      self.onmessage = async ({ data: o }) => {
+        // workers that cannot start: the constructor throws, or the worker reports an error once made
+        // (as a missing or blocked script does)
+        if (o.broken === "throw") self.Worker = class { constructor() { throw new Error("no workers here"); } };
+        if (o.broken === "error") {
+          self.Worker = class {
+            constructor() { setTimeout(() => this.onerror?.({ message: "blocked", preventDefault() {} }), 10); }
+            postMessage() {}
+            terminate() {}
+          };
+        }
+        try {
+          const a = await navigator.gpu.requestAdapter();
+          const dev = await a.requestDevice();
+          const file = new Uint8Array(await (await fetch(o.url, { cache: "no-store" })).arrayBuffer());
+          const size = o.size ?? file.length, n = file.length - file.length % 4;
+          const buf = dev.createBuffer({ size: n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+          const ctrl = new AbortController();
+          let progress = 0;
+          const onProgress = (p) => { progress = Math.max(progress, p.loaded); if (o.abortAt && p.loaded >= o.abortAt) ctrl.abort(); };
+          const r = await streamWrites({ url: o.url, device: dev, size, ident: "download-test", dataStart: 0,
+            writes: [[0, n, buf, 0, 1]], onProgress, signal: ctrl.signal, useCache: o.cache, block: 1 << 20 });
+          const rd = dev.createBuffer({ size: n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+          const enc = dev.createCommandEncoder();
+          enc.copyBufferToBuffer(buf, 0, rd, 0, n);
+          dev.queue.submit([enc.finish()]);
+          await rd.mapAsync(GPUMapMode.READ);
+          const got = new Uint8Array(rd.getMappedRange());
+          let same = got.length === n;
+          for (let i = 0; same && i < n; i++) same = got[i] === file[i];
+          postMessage({ ...r, same, progress });
+        } catch (e) {
+          postMessage({ error: { name: e.name, kind: e.kind, message: e.message } });
+        }
+      };`;
+    const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })), { type: 'module' });
+    const out = await new Promise((res) => { w.onmessage = (e) => res(e.data); w.onerror = (e) => res({ error: { message: String(e.message) } }); w.postMessage({ url: location.origin + FILE, ...opts }); });
+    w.terminate();
+    return out;
+  }, { FILE, opts });
+}
+
+test.describe.configure({ mode: 'serial' });
+
+test.beforeEach(async ({ page }) => {
+  await page.goto('/webrwkv.d.ts'); // any page of the origin: the test drives the loader itself
+  await page.evaluate(() => caches.delete('webrwkv-models-v1'));
+});
+
+test('Download workers stream every block to the GPU, and the next load comes from the cache', async ({ page }) => {
+  const first = await stream(page, { cache: true });
+  expect(first.error).toBeUndefined();
+  expect(first.workers).toBe(4);
+  expect(first.same).toBe(true);
+  expect(first.fetched).toBe(first.total);
+  expect(first.progress).toBe(first.total);
+  const again = await stream(page, { cache: true });
+  expect(again).toMatchObject({ same: true, workers: 0, fetched: 0, fromCache: first.total });
+});
+
+test('A range past the end of the file and a cancel raise the loader\'s errors through the workers', async ({ page }) => {
+  const past = await stream(page, { cache: false, size: 15012192 + (3 << 20) });
+  expect(past.error).toMatchObject({ name: 'LoadError' });
+  expect(past.error.message).toMatch(/HTTP 416|sent \d+ of \d+ bytes/);
+  const cancelled = await stream(page, { cache: false, abortAt: 2 << 20 });
+  expect(cancelled.error).toMatchObject({ name: 'LoadError', kind: 'aborted' });
+});
+
+test('Where the download workers cannot start, the blocks are fetched in the loader\'s thread', async ({ page }) => {
+  for (const broken of ['throw', 'error']) {
+    const r = await stream(page, { cache: false, broken });
+    expect(r.error, broken).toBeUndefined();
+    expect(r, broken).toMatchObject({ same: true, workers: 0 });
+    expect(r.fetched, broken).toBe(r.total);
+  }
+});
