@@ -7,7 +7,7 @@
 
 export const BLOCK = 32 << 20;
 const IN_FLIGHT = 3;     // blocks in flight, fetched in this thread
-const WORKERS = 4;       // download workers
+const WORKERS = 4;       // download workers (2 where the device says it has under 8 GB: blocks in flight cost memory)
 const PER_WORKER = 2;    // blocks in flight each
 const PREFIX = 4096;
 const CACHE = "webrwkv-models-v1";
@@ -284,7 +284,8 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
       return { buf: null, into: new Uint8Array(n) };
     }
   };
-  const pool = !cached && needed.length > 1 && typeof Worker === "function" ? fetchPool(WORKERS) : null;
+  const workers = (globalThis.navigator?.deviceMemory ?? 8) < 8 ? WORKERS / 2 : WORKERS;
+  const pool = !cached && needed.length > 1 && typeof Worker === "function" ? fetchPool(workers) : null;
   const doBlock = async (k) => {
     const bs = r0 + k * block, be = Math.min(size, bs + block);
     const key = keyFor(url, `${ident}&block=${k}&of=${block}`);

@@ -1,7 +1,7 @@
 // The loader's download workers (web/fetch-worker.js), as the engine runs them: streamWrites inside a
 // module worker, which starts its own download workers. The bundled model is streamed in 1 MB blocks into
-// a GPU buffer and read back against the file; a range past the end, a cancel and workers that cannot
-// start end as they do without workers.
+// a GPU buffer and read back against the file; a device with less memory gets fewer workers; a range past
+// the end, a cancel and workers that cannot start end as they do without workers.
 const { test, expect } = require('@playwright/test');
 
 const FILE = '/models/rwkv7-shakespeare.st';
@@ -15,6 +15,7 @@ async function stream(page, opts) {
       self.onmessage = async ({ data: o }) => {
         // workers that cannot start: the constructor throws, or the worker reports an error once made
         // (as a missing or blocked script does)
+        if (o.memory) Object.defineProperty(navigator, "deviceMemory", { value: o.memory }); // GB, as Chromium reports it
         if (o.broken === "throw") self.Worker = class { constructor() { throw new Error("no workers here"); } };
         if (o.broken === "error") {
           self.Worker = class {
@@ -70,6 +71,12 @@ test('Download workers stream every block to the GPU, and the next load comes fr
   expect(first.progress).toBe(first.total);
   const again = await stream(page, { cache: true });
   expect(again).toMatchObject({ same: true, workers: 0, fetched: 0, fromCache: first.total });
+});
+
+test('A device that reports under 8 GB gets two download workers, not four', async ({ page }) => {
+  const r = await stream(page, { cache: false, memory: 4 });
+  expect(r).toMatchObject({ same: true, workers: 2 });
+  expect(r.fetched).toBe(r.total);
 });
 
 test('A range past the end of the file and a cancel raise the loader\'s errors through the workers', async ({ page }) => {
