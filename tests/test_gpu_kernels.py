@@ -86,7 +86,7 @@ def test_quantized_gemv_for_several_tokens(fmt, mt_rows):
     blocks, Kp = f.upload_cpu(dev, W, "w")
     yb = dev.buffer(4 * T * N)
     mm = MatMul(k, _meta(dev, T, 0), blocks, Kp, 1, N, _f32(dev, X), yb, x_ts=K, y_ts=N, fmt=f)
-    assert mm.gemv_rows_per_thread(8) == mt_rows
+    assert mm.gemv_shape(8)[0] == mt_rows
     dev.encode(mm.ops(T))
     got = np.frombuffer(dev.read(yb, 0, 4 * T * N), np.float32).reshape(T, N)
     assert rel(got, X @ round_trip(fmt, W).T) <= 5e-6

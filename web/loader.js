@@ -181,7 +181,7 @@ function fetchPool(n) {
   let seq = 0;
   const local = (url, start, end, onBytes, signal) =>
     rangeFetch(url, start, end, signal).then((r) => readBody(r, new Uint8Array(end - start), onBytes, signal));
-  const start = () => {
+  const spawn = () => {
     let w;
     try { w = new Worker(new URL("./fetch-worker.js", import.meta.url), { type: "module", name: "webrwkv download" }); } catch { return null; }
     const slot = { w, ok: true };
@@ -203,7 +203,7 @@ function fetchPool(n) {
     };
     return slot;
   };
-  const slots = Array.from({ length: n }, start).filter(Boolean);
+  const slots = Array.from({ length: n }, spawn).filter(Boolean);
   let turn = 0;
   return {
     get(url, s, e, onBytes, signal) {

@@ -190,14 +190,14 @@ class MatMul:
         sub = int(bool(k.subgroups and tu.gemv_subgroups))
         out = []
         rpt, tpr = self.gemv_shape(mt)
-        wg = tu.gemv_rows * tu.gemv_tpr
-        rows = max(1, wg // tpr) * rpt  # per workgroup
+        ngroups = max(1, tu.gemv_rows * tu.gemv_tpr // tpr)  # row groups per workgroup
+        rows = ngroups * rpt  # per workgroup
         ln = (rpt * mt - 1).bit_length()  # the subgroup reduction's halving steps
         npow = 1 << ln
         for (buf, _, _), groups in zip(self.blocks, self.groups):
             pipe = k.get("gemv", **self._values("gemv", groups), R=rows, RPT=rpt, TPR=tpr, MT=mt,
-                         WG=max(1, wg // tpr) * tpr, UNROLL=max(1, tu.gemv_unroll), SUBGROUPS=sub,
-                         PART=max(1, wg // tpr) * (tpr // min(4, tpr)) * npow, NP=npow, LN=ln,
+                         WG=ngroups * tpr, UNROLL=max(1, tu.gemv_unroll), SUBGROUPS=sub,
+                         PART=ngroups * (tpr // min(4, tpr)) * npow, NP=npow, LN=ln,
                          BITS=[1 << s for s in range(ln)], HALF=[npow >> (s + 1) for s in range(ln)],
                          CNT=[npow >> s for s in range(ln + 1)],
                          ENABLE_SUBGROUPS=int(bool(sub and k.dev.subgroups_directive)))
@@ -226,9 +226,6 @@ class MatMul:
         while grid(tpr) < tu.gemv_mt_wg and 2 * tpr <= min(wg, tu.gemv_mt_tpr) and self.K >= 64 * tpr:
             tpr *= 2
         return (rpt, tpr) if grid(tpr) >= tu.gemv_mt_wg else (1, base)
-
-    def gemv_rows_per_thread(self, mt: int) -> int:
-        return self.gemv_shape(mt)[0]
 
     def _split(self, T: int) -> int:
         tu = self.k.tuning
