@@ -2,7 +2,8 @@
 // with groups as in gemv.wgsl. The weight format (gemm_fp16, gemm_int8 or gemm_nf4, included by name) lays out
 // the binding `w`, loads a tile of W into `ws` (load_w) and applies any remaining scale at the store (scaled).
 // Workgroup (TN output rows, TM tokens, group g); tiles of TK in shared memory; MM x NN outputs per thread
-// written out by #for. MODE "partial" (split K) writes raw partial sums of slice ks for gemm_sum.wgsl.
+// written out by #for. MODE "partial" (split K) writes raw partial sums of slice ks for gemm_sum.wgsl; the
+// dispatch's x size (NXT x the split) says how many slices, so one kernel serves every split of its matrix.
 
 @group(0) @binding(0) var<storage, read> info: array<u32>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;            // weights (see the format)
@@ -28,14 +29,16 @@ var<workgroup> ws: array<vec4<f32>, TK * WS / 4u>;   // [k][n]
 #include matmul
 
 @compute @workgroup_size({{WG}})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
   let T = info[{{TSRC}}u];
   let m0 = wid.y * TM;
   if (m0 >= T) { return; }
   let ks = wid.x / {{NXT}}u;  // split-K slice (a split matmul writes raw partial sums)
   let n0 = (wid.x % {{NXT}}u) * TN;
-  let kbeg = ks * {{KC}}u;
-  let kend = min(K, kbeg + {{KC}}u);
+  let kc = (K + (nwg.x / {{NXT}}u) * TK - 1u) / ((nwg.x / {{NXT}}u) * TK) * TK;  // K per slice, TK-aligned
+  let kbeg = ks * kc;
+  let kend = min(K, kbeg + kc);
   let g = wid.z;
   let nr = g_nr(g);
   if (n0 >= nr) { return; }

@@ -68,6 +68,38 @@ def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, mt_rows, mt_wg, 
         assert rel(got, ref) <= 5e-6, mode  # measured <= 1.5e-6
 
 
+def test_split_gemm_serves_every_chunk_size_with_one_kernel():
+    """One matrix split over K into 4 slices for a chunk of one 64-token tile, 2 for two or three tiles and
+    none for four: the first three run the same partial and reduction kernels (each works out its split from
+    the chunk), and every chunk matches numpy."""
+    dev = device()
+    k = Kernels(dev, Tuning(gemm_min_wg=12))
+    k.max_rows = 200
+    rng = np.random.default_rng(5)
+    P, NR, K = 3, 40, 2048
+    W = (rng.standard_normal((P * NR, K)) * 0.2).astype(np.float16).astype(np.float32)
+    X = rng.standard_normal((200, P, K)).astype(np.float32)
+    meta, xb = _meta(dev, 1, 0), _f32(dev, X)
+    blocks, Kp = FP16.upload(dev, W, "w")
+    yb = _f32(dev, np.zeros((200, P * NR)))
+    mm = MatMul(k, meta, [(blocks[0][0], 0, NR)], Kp, P, NR, xb, yb, x_ts=P * K, x_gs=K, y_ts=P * NR,
+                acts=("none", "relu2", "tanh"), fmt=FP16)
+    pipes = {}
+    for T, split in ((37, 4), (100, 2), (150, 2), (200, 1)):
+        dev.write(meta, 0, np.array([T], np.uint32))
+        ops = mm.ops(T)
+        assert mm._split(T) == split
+        assert ops[0][2][0] == split  # the dispatch's x size: one 128-row tile of outputs times the slices
+        pipes[T] = [op[0] for op in ops]
+        dev.encode(ops)
+        got = np.frombuffer(dev.read(yb, 0, T * P * NR * 4), np.float32).reshape(T, -1)
+        want = np.concatenate([ACT[a](X[:T, g] @ W[g * NR:(g + 1) * NR].T)
+                               for g, a in enumerate(("none", "relu2", "tanh"))], axis=1)
+        assert rel(got, want) <= 5e-6, T  # measured <= 1.5e-6
+    assert pipes[37] == pipes[100] == pipes[150] and len(pipes[37]) == 2 and len(pipes[200]) == 1
+    assert pipes[200][0] is not pipes[37][0]  # the unsplit kernel stores its results itself
+
+
 @pytest.mark.parametrize("fmt", ["int8", "nf4"])
 @pytest.mark.parametrize("mt_rows", [1, 3])
 def test_quantized_gemv_for_several_tokens(fmt, mt_rows):

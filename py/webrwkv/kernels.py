@@ -240,13 +240,16 @@ class MatMul:
 
     def _gemm(self, split: int) -> list:
         tu = self.k.tuning
-        kc = -(-self.K // split // tu.gemm_tk) * tu.gemm_tk
+        # the slices' K (gemm.wgsl) and count (gemm_sum.wgsl, by chunk size) are worked out in the kernels, so
+        # one pipeline serves every split of this matrix: fewer kernels for the browser to compile at load
+        tiles = -(-self.k.max_rows // tu.gemm_tm)
+        splits = [self._split(i * tu.gemm_tm) for i in range(1, tiles + 1)]
         out = []
         for (buf, _, _), groups in zip(self.blocks, self.groups):
             nxt = -(-max(g[0] for g in groups) // tu.gemm_tn)
             ntot = sum(g[0] for g in groups)
             p = dict(self._values("gemm", groups), TM=tu.gemm_tm, TN=tu.gemm_tn, TK=tu.gemm_tk, MM=tu.gemm_mm,
-                     NN=tu.gemm_nn, WG=(tu.gemm_tm // tu.gemm_mm) * (tu.gemm_tn // tu.gemm_nn), NXT=nxt, KC=kc,
+                     NN=tu.gemm_nn, WG=(tu.gemm_tm // tu.gemm_mm) * (tu.gemm_tn // tu.gemm_nn), NXT=nxt,
                      MAXT=self.k.max_rows, NTOT=ntot)
             if split == 1:
                 pipe = self.k.get("gemm", **p)
@@ -256,7 +259,8 @@ class MatMul:
             pipe = self.k.get("gemm", **dict(p, MODE="partial"))
             out.append((pipe, self.k.dev.bind(pipe, [self.meta, buf, self.x, scratch]), nxt * split))
             red = self.k.get("gemm_sum", **dict(self.p, GROUPS=self._groups(groups), GATE_AT=3, NTOT=ntot,
-                                                 SPLIT=split, MAXT=self.k.max_rows, P=len(groups)))
+                                                 TM=tu.gemm_tm, SPLITS=splits, NS=tiles, MAXT=self.k.max_rows,
+                                                 P=len(groups)))
             ents = [self.meta, scratch, self.y] + ([self.gate] if self.gate is not None else [])
             ents += [self.mu] if self.mu is not None else []
             out.append((red, self.k.dev.bind(red, ents), -(-ntot // 64), "sum"))
