@@ -91,6 +91,11 @@ export interface LoadStats {
   total: number; fetched: number; fromCache: number;
   /** The whole load, and the weights' download (or cache read) alone, in seconds. */
   seconds: number; streamSeconds: number;
+  /** Where the load's time went, in seconds: the header (and vocabulary), planning the GPU buffers, the
+   * weights (their uploads wait for the kernels to compile), and the last conversions and warm-up. */
+  phases: { header: number; plan: number; stream: number; finish: number };
+  /** Download workers the weights came from (0: fetched in the loader's thread, or from the cache). */
+  workers: number;
   heapGrowth: number; heapBytes: number; pyPeak: number;
 }
 

@@ -125,13 +125,16 @@ async function load(id, { url, vocab, useCache = true, tuning, quant }) {
     if (loadAbort === ctrl) loadAbort = null;
   }
   const heap = heapBytes();
-  // seconds: the whole load; streamSeconds: the weights' download (or cache read) alone
+  // seconds: the whole load; streamSeconds: the weights' download (or cache read) alone; phases: where it went
   result.load = { ...result.load, streamSeconds: result.load.seconds, seconds: (performance.now() - t0) / 1000,
     heapGrowth: heap - heap0, heapBytes: heap, pyPeak };
   return result;
 }
 
 async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
+  let t = performance.now();
+  const phases = {};
+  const lap = (name) => { const now = performance.now(); phases[name] = (now - t) / 1000; t = now; };
   await watchDevice();
   const progress = (p) => post({ id, type: "progress", ...p });
   progress({ phase: "header", text: "Reading the model header…" });
@@ -139,20 +142,25 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   if (isZip(prefix)) ({ prefix, size, etag } = await fetchIndex(url, { prefix, size, etag }, indexNeeds(url), ctrl.signal));
   const [vocabText, cardText] = await Promise.all([besideModel(url, ".vocab.txt", vocab), besideModel(url, ".card.json")]);
   if (ctrl.signal.aborted) throw new LoadError("aborted", "Loading was cancelled.");
+  lap("header");
   progress({ phase: "plan", text: "Planning GPU buffers…" });
   // From here on the previous model is gone: plan_load frees it before making the new buffers.
   loaded = false;
   // quant "int8" / "nf4": the layers' matrices are quantized on the GPU as their bytes arrive
-  // the kernels compile (all at once) while the weights stream in
+  // the kernels compile (all at once) while the first weight blocks are fetched; their uploads wait for the
+  // compiles (a failed one opens the gate too: it fails again, with its error, where it is used)
   const kernels = (done, total) => progress({ phase: "kernels", done, total, text: `Preparing the GPU kernels (${done}/${total})…` });
   const planPy = entry.plan_load(prefix, size, url, vocabText, tuning ? py.toPy(tuning) : null, quant || "none", kernels);
   const plan = planPy.toJs({ dict_converter: Object.fromEntries, create_pyproxies: false });
   planPy.destroy();
+  const gate = Promise.resolve(entry.kernels_ready()).catch(() => {});
   const ident = await identity(plan.size, etag, prefix);
+  lap("plan");
   const stream = await streamWrites({
     url, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
-    onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache,
+    onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache, gate,
   });
+  lap("stream");
   progress({ phase: "finish", text: "Preparing the GPU kernels…" });
   const infoPy = await entry.finish_load(cardText);
   const info = infoPy.toJs({ dict_converter: Object.fromEntries });
@@ -162,7 +170,8 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
     throw new LoadError("aborted", "Loading was cancelled.");
   }
   loaded = true;
-  return { ...info, ...readCard(cardText), url, load: stream };
+  lap("finish");
+  return { ...info, ...readCard(cardText), url, load: { ...stream, phases } };
 }
 
 // A state file (.st / .pth with blocks.N.att.time_state; small, so fetched whole) the model starts from; null: its own.

@@ -24,7 +24,7 @@ const handlers = {
     loaded = { name: url.split('/').pop(), url, version: 'v7', n_layer: 2, n_embd: 64, n_head: 1, head_size: 64, vocab: 256,
       dim_ffn: 256, layout: 'official', dtype: 'fp16', adapter: 'Fake adapter', prefill_kernel: 'gemm', quant: 'none', weight_bytes: 1000000,
       card: config.card || null, cardError: '',
-      load: { total: 1000000, fetched: 1000000, fromCache: 0, seconds: 2.0, streamSeconds: 0.02, heapGrowth: 0, heapBytes: 0, pyPeak: 0 } };
+      load: { total: 1000000, fetched: 1000000, fromCache: 0, seconds: 2.0, streamSeconds: 0.02, phases: { header: 0.1, plan: 0.1, stream: 0.02, finish: 1.7 }, workers: 0, heapGrowth: 0, heapBytes: 0, pyPeak: 0 } };
     return loaded;
   },
   generate: (id, { prompt }) => reply(id, prompt),
