@@ -2,7 +2,8 @@
 the JS API in headless Chromium, against `webrwkv serve` on this machine. Prints one JSON object with the
 fields of `webrwkv bench --json` (plus boot and kernel times).
 
-Usage: python bench/browser.py --model FILE [--quant int8] [--gpu] [--chromium PATH] [--prefill 512] [--decode 128]
+Usage: python bench/browser.py --model FILE [--quant int8] [--gpu] [--cache] [--chromium PATH] [--prefill 512]
+       [--decode 128]
 --gpu adds the flags that give WebGPU a real GPU on Linux (Vulkan through ANGLE, no window surface);
 without them Chromium uses its CPU adapter (SwiftShader). The page (web/bench.html) logs one
 "@@BENCH {json}" console line per stage; Chromium writes them to stderr, so no driver is needed.
@@ -45,7 +46,8 @@ def wait_port(port: int, deadline: float) -> None:
     raise SystemExit(f"the server did not start on port {port}")
 
 
-def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode: int, timeout: float) -> dict:
+def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode: int, timeout: float,
+        cache: bool = False) -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "py") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     server = subprocess.Popen([sys.executable, "-m", "webrwkv", "serve", "--port", str(port), "--model-dir",
@@ -54,7 +56,7 @@ def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode:
     try:
         wait_port(port, time.time() + 30)
         query = urllib.parse.urlencode({"model": f"/models/{model.name}", "quant": quant, "prefill": prefill,
-                                        "decode": decode})
+                                        "decode": decode, "cache": int(cache)})
         cmd = [chromium, *FLAGS, *(GPU_FLAGS if gpu else []), f"--user-data-dir={profile}",
                f"http://127.0.0.1:{port}/bench.html?{query}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
@@ -93,11 +95,13 @@ def main() -> int:
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--cache", action="store_true",
+                    help="the load also fills the page's Cache API copy (a first visit; the profile starts empty)")
     args = ap.parse_args()
     if not args.model.is_file():
         raise SystemExit(f"--model {args.model} is not a file")
     print(json.dumps(run(args.model.resolve(), args.quant, args.gpu, args.chromium, args.prefill, args.decode,
-                         args.timeout)))
+                         args.timeout, args.cache)))
     return 0
 
 
