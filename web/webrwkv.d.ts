@@ -92,7 +92,7 @@ export interface LoadStats {
   /** The whole load, and the weights' download (or cache read) alone, in seconds. */
   seconds: number; streamSeconds: number;
   /** Where the load's time went, in seconds: the header (and vocabulary), planning the GPU buffers, the
-   * weights (their uploads wait for the kernels to compile), and the last conversions and warm-up. */
+   * weights, and the last conversions, the rest of the kernels' compiles and the warm-up. */
   phases: { header: number; plan: number; stream: number; finish: number };
   /** Download workers the weights came from (0: fetched in the loader's thread, or from the cache). */
   workers: number;

@@ -147,18 +147,16 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   // From here on the previous model is gone: plan_load frees it before making the new buffers.
   loaded = false;
   // quant "int8" / "nf4": the layers' matrices are quantized on the GPU as their bytes arrive
-  // the kernels compile (all at once) while the first weight blocks are fetched; their uploads wait for the
-  // compiles (a failed one opens the gate too: it fails again, with its error, where it is used)
+  // the kernels compile (all at once) while the weights stream in
   const kernels = (done, total) => progress({ phase: "kernels", done, total, text: `Preparing the GPU kernels (${done}/${total})…` });
   const planPy = entry.plan_load(prefix, size, url, vocabText, tuning ? py.toPy(tuning) : null, quant || "none", kernels);
   const plan = planPy.toJs({ dict_converter: Object.fromEntries, create_pyproxies: false });
   planPy.destroy();
-  const gate = Promise.resolve(entry.kernels_ready()).catch(() => {});
   const ident = await identity(plan.size, etag, prefix);
   lap("plan");
   const stream = await streamWrites({
     url, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
-    onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache, gate,
+    onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache,
   });
   lap("stream");
   progress({ phase: "finish", text: "Preparing the GPU kernels…" });

@@ -71,8 +71,7 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: 
               quant: str | None = None, progress: Any = None) -> dict:
     """Parse the header bytes, allocate the model's GPU buffers and say where each file range goes.
     quant "int8" / "nf4" quantizes the layers' matrices on the GPU as their bytes arrive. The kernels
-    compile meanwhile, all at once (progress(done, total) after each); kernels_ready and finish_load wait
-    for them.
+    compile meanwhile, all at once (progress(done, total) after each); finish_load waits for them.
 
     Returns {device, size, dataStart, writes: [[file_start, file_end, buffer, offset, tag], ...]}.
     """
@@ -87,15 +86,6 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: 
     _load = StreamingLoad(_dev, data, int(size), url, vocab_text, tuning=tuning, quant=quant)
     _load.kernels = asyncio.ensure_future(_compile(data, int(size), url, tuning, quant, progress))
     return {"device": _dev.handle, "size": _load.size, "dataStart": _load.data_start, "writes": _load.writes}
-
-
-async def kernels_ready() -> float:
-    """Wait until the kernels plan_load started have compiled (seconds they took; 0 with no load). The worker
-    holds the weights' uploads until then: compiled while the GPU process took the uploads they took 1.6-2.6
-    s, alone 0.1-0.6 s (Chromium on an H200)."""
-    if _load is None or _load.kernels is None:
-        return 0.0
-    return float(await asyncio.shield(_load.kernels))
 
 
 def trace_memory(start: bool) -> int:

@@ -1,8 +1,7 @@
 // The loader's download workers (web/fetch-worker.js), as the engine runs them: streamWrites inside a
 // module worker, which starts its own download workers. The bundled model is streamed in 1 MB blocks into
 // a GPU buffer and read back against the file; a device with less memory gets fewer workers; a range past
-// the end, a cancel and workers that cannot start end as they do without workers; the uploads wait for a gate
-// (the engine's kernels compiling) while the first blocks are fetched.
+// the end, a cancel and workers that cannot start end as they do without workers.
 const { test, expect } = require('@playwright/test');
 
 const FILE = '/models/rwkv7-shakespeare.st';
@@ -32,15 +31,10 @@ async function stream(page, opts) {
           const size = o.size ?? file.length, n = file.length - file.length % 4;
           const buf = dev.createBuffer({ size: n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
           const ctrl = new AbortController();
-          // a gate the uploads wait for: when it opened, how much had been fetched by then, the first staging
-          let opened = null, atGate = null, firstStage = null;
-          const gate = o.gateMs ? new Promise((res) => setTimeout(() => { opened = performance.now(); atGate = progress; res(); }, o.gateMs)) : null;
-          const make = dev.createBuffer.bind(dev);
-          dev.createBuffer = (d) => { if (d.usage & GPUBufferUsage.MAP_WRITE) firstStage ??= performance.now(); return make(d); };
           let progress = 0;
           const onProgress = (p) => { progress = Math.max(progress, p.loaded); if (o.abortAt && p.loaded >= o.abortAt) ctrl.abort(); };
           const r = await streamWrites({ url: o.url, device: dev, size, ident: "download-test", dataStart: 0,
-            writes: [[0, n, buf, 0, 1]], onProgress, signal: ctrl.signal, useCache: o.cache, gate, block: 1 << 20 });
+            writes: [[0, n, buf, 0, 1]], onProgress, signal: ctrl.signal, useCache: o.cache, block: 1 << 20 });
           const rd = dev.createBuffer({ size: n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
           const enc = dev.createCommandEncoder();
           enc.copyBufferToBuffer(buf, 0, rd, 0, n);
@@ -49,7 +43,7 @@ async function stream(page, opts) {
           const got = new Uint8Array(rd.getMappedRange());
           let same = got.length === n;
           for (let i = 0; same && i < n; i++) same = got[i] === file[i];
-          postMessage({ ...r, same, progress, atGate, stagedAfterGate: opened !== null && firstStage >= opened });
+          postMessage({ ...r, same, progress });
         } catch (e) {
           postMessage({ error: { name: e.name, kind: e.kind, message: e.message } });
         }
@@ -77,14 +71,6 @@ test('Download workers stream every block to the GPU, and the next load comes fr
   expect(first.progress).toBe(first.total);
   const again = await stream(page, { cache: true });
   expect(again).toMatchObject({ same: true, workers: 0, fetched: 0, fromCache: first.total });
-});
-
-test('The uploads wait for the gate (the kernels compile first) while the first blocks are fetched', async ({ page }) => {
-  const r = await stream(page, { cache: false, gateMs: 1500 });
-  expect(r).toMatchObject({ same: true, workers: 4, stagedAfterGate: true });
-  expect(r.atGate).toBeGreaterThan(0);
-  expect(r.atGate).toBeLessThanOrEqual(8 << 20); // 4 workers x 2 blocks of 1 MB in flight, no more
-  expect(r.fetched).toBe(r.total);
 });
 
 test('A device that reports under 8 GB gets two download workers, not four', async ({ page }) => {
