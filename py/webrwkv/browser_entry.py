@@ -106,14 +106,17 @@ def write_done(tag: int, buf: Any = None) -> None:
         _load.write_done(int(tag), buf)
 
 
-async def _compile(data: bytes, size: int, url: str, tuning: dict, quant: str, progress: Any) -> float:
-    """Compile every kernel the model will use, in parallel; returns the seconds it took."""
+async def _compile(data: bytes, size: int, url: str, tuning: dict, quant: str, progress: Any) -> dict:
+    """Compile every kernel the model will use, in parallel. Returns the seconds it took in all (compile_s),
+    and of that Python's dry run of the model that writes their sources (record_s)."""
     from .browser_loader import record_kernels
     from .kernels import Kernels
 
     t0 = time.perf_counter()
-    await Kernels.compile_ahead(_dev, record_kernels(_dev, data, size, url, tuning, quant), progress)
-    return time.perf_counter() - t0
+    recorded = record_kernels(_dev, data, size, url, tuning, quant)
+    t1 = time.perf_counter()
+    await Kernels.compile_ahead(_dev, recorded, progress)
+    return {"compile_s": time.perf_counter() - t0, "record_s": t1 - t0}
 
 
 async def finish_load(card_text: str | None = None) -> dict:
@@ -125,9 +128,9 @@ async def finish_load(card_text: str | None = None) -> dict:
     ld, _load = _load, None
     runtime, tokenizer, info = await ld.finish()
     t0 = time.perf_counter()
-    compile_s = await ld.kernels
+    kernels = dict(await ld.kernels)
     kernel = await _warm_up(runtime)
-    kernels = {"compile_s": compile_s, "ready_s": time.perf_counter() - t0}
+    kernels["ready_s"] = time.perf_counter() - t0
     card = None
     if card_text:
         from .errors import ModelCardError

@@ -13,6 +13,8 @@ the loop variables: + - * / (integer) %, comparisons, and/or/not, list literals,
 from __future__ import annotations
 
 import ast
+import functools
+import operator
 import re
 from typing import Any, Callable
 
@@ -20,57 +22,73 @@ from .errors import GpuError
 
 _DIRECTIVE = re.compile(r"^\s*#(include|if|elif|else|endif|for|endfor)\b\s*(.*?)\s*$")
 _TEMPLATE = re.compile(r"\{\{(\w+)\}\}")
-_EXPR = re.compile(r"\$\{([^}]*)\}")
+_PIECE = re.compile(r"\{\{(\w+)\}\}|\$\{([^}]*)\}")
 _FOR = re.compile(r"^(\w+)\s+in\s+(.+?)\.\.(.+)$")
 
 
 def _eval(expr: str, env: dict, where: str) -> Any:
     """Evaluate a small integer/string expression over `env` (no calls but len, no attributes)."""
+    return _compiled(expr.strip())(env, where)
+
+
+_BINOPS: dict[type, Callable] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+                                 ast.Div: operator.floordiv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+_CMPS: dict[type, Callable] = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+                               ast.Gt: operator.gt, ast.GtE: operator.ge}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(expr: str) -> Callable[[dict, str], Any]:
+    """An expression turned once into closures: a kernel evaluates the same few thousand expressions many
+    times over (in the browser's Python, parsing each time made the dry run of a model's kernels take ~1 s)."""
     try:
-        tree = ast.parse(expr.strip(), mode="eval")
+        return _build(ast.parse(expr, mode="eval").body)
     except SyntaxError:
-        raise GpuError(f"{where}: cannot read the expression {expr!r}") from None
+        return _fails(f"cannot read the expression {expr!r}")
 
-    def ev(n: ast.AST) -> Any:
-        if isinstance(n, ast.Expression):
-            return ev(n.body)
-        if isinstance(n, ast.Constant) and isinstance(n.value, (int, str)):
-            return n.value
-        if isinstance(n, ast.Name):
-            if n.id not in env:
-                raise GpuError(f"{where}: template value {n.id!r} not given")
-            return env[n.id]
-        if isinstance(n, ast.BinOp):
-            a, b = ev(n.left), ev(n.right)
-            ops: dict[type, Callable] = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
-                                         ast.Div: lambda: a // b, ast.FloorDiv: lambda: a // b,
-                                         ast.Mod: lambda: a % b}
-            if type(n.op) in ops:
-                return ops[type(n.op)]()
-        if isinstance(n, ast.UnaryOp):
-            v = ev(n.operand)
-            if isinstance(n.op, ast.USub):
-                return -v
-            if isinstance(n.op, ast.Not):
-                return not v
-        if isinstance(n, ast.BoolOp):
-            vals = [ev(v) for v in n.values]
-            return all(vals) if isinstance(n.op, ast.And) else any(vals)
-        if isinstance(n, ast.Compare) and len(n.ops) == 1:
-            a, b = ev(n.left), ev(n.comparators[0])
-            cmp: dict[type, Callable] = {ast.Eq: lambda: a == b, ast.NotEq: lambda: a != b, ast.Lt: lambda: a < b,
-                                         ast.LtE: lambda: a <= b, ast.Gt: lambda: a > b, ast.GtE: lambda: a >= b}
-            if type(n.ops[0]) in cmp:
-                return cmp[type(n.ops[0])]()
-        if isinstance(n, (ast.List, ast.Tuple)):
-            return [ev(e) for e in n.elts]
-        if isinstance(n, ast.Subscript):
-            return ev(n.value)[ev(n.slice)]
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "len" and len(n.args) == 1:
-            return len(ev(n.args[0]))
-        raise GpuError(f"{where}: {ast.unparse(n)!r} is not allowed in a kernel expression")
 
-    return ev(tree)
+def _fails(msg: str) -> Callable[[dict, str], Any]:
+    def f(env: dict, where: str) -> Any:
+        raise GpuError(f"{where}: {msg}")
+    return f
+
+
+def _build(n: ast.AST) -> Callable[[dict, str], Any]:
+    if isinstance(n, ast.Constant) and isinstance(n.value, (int, str)):
+        v = n.value
+        return lambda env, where: v
+    if isinstance(n, ast.Name):
+        name = n.id
+
+        def look(env: dict, where: str) -> Any:
+            if name not in env:
+                raise GpuError(f"{where}: template value {name!r} not given")
+            return env[name]
+        return look
+    if isinstance(n, ast.BinOp) and type(n.op) in _BINOPS:
+        op, a, b = _BINOPS[type(n.op)], _build(n.left), _build(n.right)
+        return lambda env, where: op(a(env, where), b(env, where))
+    if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.Not)):
+        a = _build(n.operand)
+        if isinstance(n.op, ast.USub):
+            return lambda env, where: -a(env, where)
+        return lambda env, where: not a(env, where)
+    if isinstance(n, ast.BoolOp):
+        vals, both = [_build(v) for v in n.values], isinstance(n.op, ast.And)
+        return lambda env, where: (all if both else any)([v(env, where) for v in vals])
+    if isinstance(n, ast.Compare) and len(n.ops) == 1 and type(n.ops[0]) in _CMPS:
+        op, a, b = _CMPS[type(n.ops[0])], _build(n.left), _build(n.comparators[0])
+        return lambda env, where: op(a(env, where), b(env, where))
+    if isinstance(n, (ast.List, ast.Tuple)):
+        elts = [_build(e) for e in n.elts]
+        return lambda env, where: [e(env, where) for e in elts]
+    if isinstance(n, ast.Subscript):
+        a, i = _build(n.value), _build(n.slice)
+        return lambda env, where: a(env, where)[i(env, where)]
+    if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "len" and len(n.args) == 1:
+        a = _build(n.args[0])
+        return lambda env, where: len(a(env, where))
+    return _fails(f"{ast.unparse(n)!r} is not allowed in a kernel expression")
 
 
 def _value(v: Any) -> str:
@@ -133,11 +151,33 @@ def _block(lines: list[str], i: int, stop: tuple[str, ...]) -> tuple[list, int, 
     return out, i, ""
 
 
+@functools.lru_cache(maxsize=None)
+def _parts(line: str) -> tuple:
+    """A line split once into its text and its {{NAME}} ("{", NAME) and ${expr} ("$", expr) pieces."""
+    out: list = []
+    pos = 0
+    for m in _PIECE.finditer(line):
+        out += [line[pos:m.start()], ("{", m.group(1)) if m.group(1) is not None else ("$", m.group(2))]
+        pos = m.end()
+    return (*out, line[pos:])
+
+
 def _emit(tree: list, env: dict, name: str, out: list[str]) -> None:
     for item in tree:
         if isinstance(item, str):
-            line = _TEMPLATE.sub(lambda m: _value(env[m.group(1)]) if m.group(1) in env else m.group(0), item)
-            out.append(_EXPR.sub(lambda m: _value(_eval(m.group(1), env, name)), line))
+            parts = _parts(item)
+            if len(parts) == 1:
+                out.append(item)
+                continue
+            line = []
+            for p in parts:
+                if isinstance(p, str):
+                    line.append(p)
+                elif p[0] == "{":
+                    line.append(_value(env[p[1]]) if p[1] in env else "{{" + p[1] + "}}")
+                else:
+                    line.append(_value(_eval(p[1], env, name)))
+            out.append("".join(line))
         elif item[0] == "for":
             m = _FOR.match(item[1])
             if not m:
@@ -155,11 +195,17 @@ def _emit(tree: list, env: dict, name: str, out: list[str]) -> None:
                 _emit(other, env, name, out)
 
 
+@functools.lru_cache(maxsize=256)
+def _tree(text: str) -> list:
+    """The parsed directives of a kernel text (one parse for each of its variants; _emit only reads it)."""
+    return _block(text.split("\n"), 0, ())[0]
+
+
 def render(text: str, params: dict, name: str = "kernel", source: Callable[[str], str] | None = None) -> str:
     """The WGSL of `text` for these template values: includes, switches and loops expanded."""
     if source is not None:
         text = include(text, source, params)
-    tree, _, end = _block(text.split("\n"), 0, ())
+    tree = _tree(text)
     out: list[str] = []
     _emit(tree, dict(params), name, out)
     result = "\n".join(out)

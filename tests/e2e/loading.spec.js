@@ -26,6 +26,11 @@ test('A failed load keeps the working model; one that fails after freeing it say
   const sum = l.phases.header + l.phases.plan + l.phases.stream + l.phases.finish;
   expect(sum).toBeLessThanOrEqual(l.seconds);
   expect(sum).toBeGreaterThan(0.8 * l.seconds);
+  // the kernels' times: Python's dry run that writes their sources is a part of their compile
+  const k = await page.evaluate(() => window.webrwkvApp.engine.model.kernels);
+  expect(k.record_s).toBeGreaterThan(0);
+  expect(k.record_s).toBeLessThan(k.compile_s);
+  expect(k.ready_s).toBeGreaterThan(0);
   const shown = Number(/download ([\d.]+) MB\/s/.exec(await page.locator('#progress-text').innerText())[1]);
   expect(shown).toBeCloseTo(l.fetched / 1e6 / l.streamSeconds, 0);
 
