@@ -76,15 +76,26 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: 
     Returns {device, size, dataStart, writes: [[file_start, file_end, buffer, offset, tag], ...]}.
     """
     global _load
-    from .browser_loader import StreamingLoad
+    from .browser_loader import StreamingLoad, record_kernels
+    from .kernels import Kernels
 
     if _dev is None or _dev.lost is not None:
         raise WebRwkvError("the GPU device is not open (it was lost?); load the model again")
     unload()
     data = prefix.to_bytes() if hasattr(prefix, "to_bytes") else bytes(prefix)
     tuning, quant = dict(_py(tuning) or {}), str(quant or "none")
-    _load = StreamingLoad(_dev, data, int(size), url, vocab_text, tuning=tuning, quant=quant)
-    _load.kernels = asyncio.ensure_future(_compile(data, int(size), url, tuning, quant, progress))
+    # the kernels first: a dry run of the model writes their sources and their compiles start, so the browser
+    # compiles them while the buffers are planned, before the uploads share its GPU process
+    t0 = time.perf_counter()
+    recorded = record_kernels(_dev, data, int(size), url, tuning, quant)
+    record_s = time.perf_counter() - t0
+    compiles = Kernels.compile_ahead(_dev, recorded, progress)
+    try:
+        _load = StreamingLoad(_dev, data, int(size), url, vocab_text, tuning=tuning, quant=quant)
+    except BaseException:
+        compiles.close()
+        raise
+    _load.kernels = asyncio.ensure_future(_compiled(compiles, t0, record_s))
     return {"device": _dev.handle, "size": _load.size, "dataStart": _load.data_start, "writes": _load.writes}
 
 
@@ -106,17 +117,11 @@ def write_done(tag: int, buf: Any = None) -> None:
         _load.write_done(int(tag), buf)
 
 
-async def _compile(data: bytes, size: int, url: str, tuning: dict, quant: str, progress: Any) -> dict:
-    """Compile every kernel the model will use, in parallel. Returns the seconds it took in all (compile_s),
-    and of that Python's dry run of the model that writes their sources (record_s)."""
-    from .browser_loader import record_kernels
-    from .kernels import Kernels
-
-    t0 = time.perf_counter()
-    recorded = record_kernels(_dev, data, size, url, tuning, quant)
-    t1 = time.perf_counter()
-    await Kernels.compile_ahead(_dev, recorded, progress)
-    return {"compile_s": time.perf_counter() - t0, "record_s": t1 - t0}
+async def _compiled(compiles: Any, t0: float, record_s: float) -> dict:
+    """Wait for the load's kernels. Returns the seconds from the load's start until all had compiled
+    (compile_s), and of that Python's dry run of the model that wrote their sources (record_s)."""
+    await compiles
+    return {"compile_s": time.perf_counter() - t0, "record_s": record_s}
 
 
 async def finish_load(card_text: str | None = None) -> dict:

@@ -106,27 +106,33 @@ class Kernels:
         return pipe
 
     @staticmethod
-    async def compile_ahead(dev: Any, recorded: dict, progress: Any = None) -> int:
-        """Compile the kernels a RecordingDevice recorded (its pipeline_cache) on `dev`, all at once with
-        pipeline_async, into dev's cache under the same keys. progress(done, total) after each; a kernel
-        that fails is left out (it fails again, with its error, where it is first used). Returns the count."""
+    def compile_ahead(dev: Any, recorded: dict, progress: Any = None) -> Any:
+        """Start compiling the kernels a RecordingDevice recorded (its pipeline_cache) on `dev`, all at once
+        with pipeline_async (the browser's compiles are issued now and go on while Python does). Returns an
+        awaitable that puts them into dev's cache under the same keys, calls progress(done, total) after each
+        and gives the count; a kernel that fails is left out (it fails again, with its error, where it is
+        first used)."""
         import asyncio
 
-        todo = [(key, r) for key, r in recorded.items() if key not in dev.pipeline_cache]
+        todo = [(key, dev.pipeline_async(r.wgsl, r.entry, r.constants))
+                for key, r in recorded.items() if key not in dev.pipeline_cache]
         done = 0
 
-        async def one(key: tuple, r: Any) -> None:
+        async def one(key: tuple, pending: Any) -> None:
             nonlocal done
             try:
-                dev.pipeline_cache[key] = await dev.pipeline_async(r.wgsl, r.entry, r.constants)
+                dev.pipeline_cache[key] = await pending
             except Exception:  # noqa: BLE001 - reported when the kernel is used
                 pass
             done += 1
             if progress is not None:
                 progress(done, len(todo))
 
-        await asyncio.gather(*(one(key, r) for key, r in todo))
-        return len(todo)
+        async def wait() -> int:
+            await asyncio.gather(*(one(key, p) for key, p in todo))
+            return len(todo)
+
+        return wait()
 
     def scratch(self, nbytes: int) -> Any:
         """A shared scratch buffer of at least nbytes (split-K partial sums)."""

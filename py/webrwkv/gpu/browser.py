@@ -208,9 +208,10 @@ class BrowserDevice(Device):
     def pipeline(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
         return self._dev.createComputePipeline(self._descriptor(wgsl, entry, constants))
 
-    async def pipeline_async(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
-        """createComputePipelineAsync: the browser compiles several at once, off the page's thread."""
-        return await self._dev.createComputePipelineAsync(self._descriptor(wgsl, entry, constants))
+    def pipeline_async(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
+        """createComputePipelineAsync, issued now (its promise is the awaitable): the browser compiles several
+        at once, off the page's thread, while Python goes on."""
+        return self._dev.createComputePipelineAsync(self._descriptor(wgsl, entry, constants))
 
     def bind(self, pipeline: Any, entries: Sequence[Any]) -> Any:
         self._check()

@@ -122,7 +122,8 @@ class Device:
         raise NotImplementedError
 
     async def pipeline_async(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
-        """`pipeline`, compiled without blocking where the backend can (several compile in parallel)."""
+        """An awaitable `pipeline`, compiled without blocking where the backend can (several compile in
+        parallel; the browser's starts when this is called)."""
         return self.pipeline(wgsl, entry, constants)
 
     def bind(self, pipeline: Any, entries: Sequence[Binding]) -> Any:
