@@ -111,3 +111,26 @@ def test_prefix_source_errors_name_the_problem():
     data = (GOLDEN / "v4.st").read_bytes()
     n = int.from_bytes(data[:8], "little")
     assert PrefixSource(data[: 8 + n], -1, "v4.st").size == len(data)  # size from the header when hidden
+
+
+@pytest.mark.parametrize("spec", ["v4:L5:C128", "v5:L5:C128", "v6:L5:C128", "v7:L5:C128"])
+def test_kernels_recorded_from_three_blocks_are_those_of_every_block(spec, tmp_path):
+    """The browser's dry run runs blocks 0, 1 and the last only: on five-block models of every version it
+    records exactly the kernels (keys and sources) that running every block records, fp16 and int8."""
+    from webrwkv.benchmark import parse_random, random_weights
+    from webrwkv.browser_loader import record_kernels
+    from webrwkv.models.loader import to_layout
+    from webrwkv.safetensors import write_safetensors
+
+    info = parse_random(spec)
+    path = tmp_path / "m.st"
+    write_safetensors(str(path), to_layout(info, random_weights(info, 0), "converted"),
+                      metadata={"format": "pt", "layout": "converted"}, dtype="fp16")
+    data = path.read_bytes()
+    prefix = data[: 8 + int.from_bytes(data[:8], "little")]
+    dev = device()
+    for quant in ("none", "int8"):
+        some = record_kernels(dev, prefix, len(data), path.as_uri(), None, quant)
+        every = record_kernels(dev, prefix, len(data), path.as_uri(), None, quant, all_layers=True)
+        assert len(every) > 10
+        assert {k: r.wgsl for k, r in some.items()} == {k: r.wgsl for k, r in every.items()}

@@ -303,15 +303,20 @@ class StreamingLoad:
 
 
 def record_kernels(dev: Any, prefix: bytes, size: int, url: str, tuning: dict | None, quant: str,
-                   chunk: int = 128) -> dict:
+                   chunk: int = 128, all_layers: bool = False) -> dict:
     """The kernels a load of this model will use (prefill chunks, decode steps with GPU sampling), built on a
-    RecordingDevice: {kernel key: Recorded}, to compile ahead with Kernels.compile_ahead."""
+    RecordingDevice: {kernel key: Recorded}, to compile ahead with Kernels.compile_ahead. Only the first two
+    blocks and the last are run (unless all_layers): the others make the same kernels as the second, and
+    running each of 24-32 took most of this dry run's time in the page's Python."""
     from .gpu.device import RecordingDevice
 
     dry = RecordingDevice(dev)
     ld = StreamingLoad(dry, prefix, size, url, None, token_chunk_size=chunk, tuning=tuning, quant=quant,
                        tokenizer=False)
     rt = ld.runtime
+    spans = rt.layer_spans
+    if not all_layers and len(spans) > 3:
+        rt.gens = rt.gens[:spans[2][0]] + rt.gens[spans[-1][0]:]
     for t in {2, rt.k.tuning.gemv_max_t + 1, chunk}:  # GEMV for a few tokens, GEMM (two tilings) for more
         rt.parts((t, 1, 1, t))
         rt.parts((t, 1, 0, t))

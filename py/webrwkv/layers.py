@@ -244,8 +244,11 @@ def build(lb: LayerBuilder, version: Any, info: Any, logits: Any) -> list[Gen]:
     for buf, r0, nr in emb:
         gens.append(lb.op("embed", [b["meta"], buf, gv, b["x"]], lambda s: (s[0], 1, 1), C=C, WG=lb.wg,
                           V0=r0, NV=nr, LNW=0, LNB=C))
+    lb.layer_spans = []  # where each block's generators are in the list
     for i in range(info.n_layer):
+        start = len(gens)
         gens += version.att(lb, i) + version.ffn(lb, i)
+        lb.layer_spans.append((start, len(gens)))
     gens.append(lb.op("norm", [b["meta"], b["x"], gv, b["xo"]], lambda s: (s[2], 1, 1), C=C, WG=lb.wg,
                       LNW=2 * C, LNB=3 * C))
     blocks, _ = lb._upload(w["head.weight"], "head", FP16)

@@ -105,6 +105,7 @@ class Runtime:
         lb = LayerBuilder(self.k, info, weights, b, self.vecs, vec_off, vs, self.state, self.geometry,
                           self.slot_floats, max_batch, upload, fmt)
         self.gens = build(lb, self.version, info, self.logits)
+        self.layer_spans = lb.layer_spans  # each block's generators in self.gens: (start, end)
         self.weight_bytes, self.split_matrices = lb.weight_bytes, lb.split_matrices
         self._ops: dict[tuple, list] = {}
         self._decoder: Any = None
