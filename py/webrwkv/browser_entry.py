@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+from . import browser_loader  # noqa: F401 - at boot, not in the first load (the page's Python compiles each module)
 from .chat_session import ChatFormat, ChatSession, TextSession
 from .errors import WebRwkvError
 from .generation import END_OF_TEXT, GenerationStats
