@@ -61,6 +61,23 @@ def test_windows_equal_step_by_step(version, params):
     assert state_rel(got_state, want_state) == 0.0  # the same kernels ran the same tokens
 
 
+@pytest.mark.parametrize("per", [1, 3, 64])
+def test_steps_per_submit_leave_the_ids_and_state_of_step_by_step(per):
+    """Windows of 1, 2, 4, 8 steps with `per` steps in each compute pass and submit (3: passes that end
+    inside a window; 1: each step on its own)."""
+    rt = runtime("v7")
+    t = rt.k.tuning
+    prompt = [11, 4, 29]
+    want, want_state = stream(rt, prompt, SAMPLED, 19, lookahead=0)
+    old, t.window_steps = t.window_steps, per
+    try:
+        got, got_state = stream(rt, prompt, SAMPLED, 19, lookahead=8)
+    finally:
+        t.window_steps = old
+    assert got[:-1] == want[:-1] and got[-1].ids == want[-1].ids and len(got[-1].ids) == 19
+    assert state_rel(got_state, want_state) == 0.0
+
+
 def test_stop_strings_ending_at_every_position_of_a_window():
     """Windows of 1, 2, 4, 8, 8, ...: a stop string completed by each of the first 23 tokens; the stream,
     its text and the slot's state must be those of step-by-step decoding."""

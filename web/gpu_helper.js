@@ -11,10 +11,8 @@ export function registerOps(pipelines, bindGroups, workgroups) {
   return { pipelines: Array.from(pipelines), bindGroups: Array.from(bindGroups), wg: Uint32Array.from(workgroups), n };
 }
 
-// Record a packed op list into one compute pass and submit it: the whole step in one call.
-export function runOps(device, prog) {
-  const enc = device.createCommandEncoder();
-  const pass = enc.beginComputePass();
+// Record a packed op list into an open compute pass.
+function record(pass, prog) {
   const { pipelines, bindGroups, wg, n } = prog;
   let last = null;
   for (let i = 0; i < n; i++) {
@@ -23,13 +21,30 @@ export function runOps(device, prog) {
     pass.setBindGroup(0, bindGroups[i]);
     pass.dispatchWorkgroups(wg[3 * i], wg[3 * i + 1], wg[3 * i + 2]);
   }
+}
+
+// Record op lists into one compute pass and submit it: the whole step in one call.
+function submit(device, progs, times) {
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  for (let k = 0; k < times; k++) for (const prog of progs) record(pass, prog);
   pass.end();
   device.queue.submit([enc.finish()]);
 }
 
-// Submit a step (a list of packed op lists) n times in a row: a window of decode steps in one call.
-export function runSteps(device, progs, n) {
-  for (let k = 0; k < n; k++) for (const prog of progs) runOps(device, prog);
+export function runOps(device, prog) {
+  submit(device, [prog], 1);
+}
+
+// A window of decode steps in one call: a step (a list of packed op lists) n times in a row, `per` steps in
+// each compute pass and submit (each submit has a fixed cost on the GPU's side); per 1 submits each op list
+// on its own.
+export function runSteps(device, progs, n, per = 1) {
+  if (per <= 1) {
+    for (let k = 0; k < n; k++) for (const prog of progs) submit(device, [prog], 1);
+    return;
+  }
+  for (let k = 0; k < n; k += per) submit(device, progs, Math.min(per, n - k));
 }
 
 // Copy from a Python buffer (numpy array, bytes) into a GPU buffer without an

@@ -239,11 +239,11 @@ class BrowserDevice(Device):
             self._progs.popitem(last=False)
         return prog
 
-    def encode_repeat(self, parts: Sequence[Sequence[tuple]], n: int) -> None:
-        """One call into JS for the whole window: each step's parts recorded and submitted n times."""
+    def encode_repeat(self, parts: Sequence[Sequence[tuple]], n: int, per: int = 1) -> None:
+        """One call into JS for the whole window: n steps, `per` of them in each compute pass and submit."""
         self._check()
         progs = [self._program(ops if isinstance(ops, (list, tuple)) else list(ops)) for ops in parts]
-        self._h.runSteps(self._dev, to_js(progs), int(n))
+        self._h.runSteps(self._dev, to_js(progs), int(n), max(1, int(per)))
         self.encode_calls += 1
         self.js_calls += 1
 

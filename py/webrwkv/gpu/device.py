@@ -138,8 +138,10 @@ class Device:
         """
         raise NotImplementedError
 
-    def encode_repeat(self, parts: Sequence[Sequence[Op]], n: int) -> None:
-        """Submit the op lists `parts` (one step) n times in a row: a window of decode steps."""
+    def encode_repeat(self, parts: Sequence[Sequence[Op]], n: int, per: int = 1) -> None:
+        """Submit the op lists `parts` (one step) n times in a row: a window of decode steps. Backends that
+        record several steps in one compute pass put `per` steps in each submit; this default submits each
+        part of each step on its own."""
         for _ in range(n):
             for ops in parts:
                 self.encode(ops)

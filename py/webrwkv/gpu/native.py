@@ -221,32 +221,54 @@ class NativeDevice(Device):
         except Exception as e:  # noqa: BLE001
             raise self._fail(e, "creating a bind group") from e
 
-    def encode(self, ops: Iterable[tuple]) -> None:
-        self._check()
-        # Hot path: raw wgpu-native handles of a reused op list are cached, and the pass is
-        # recorded with direct library calls (wgpu-py's wrappers allocate per call).
+    def _raw_ops(self, ops: Sequence[tuple]) -> list:
+        """The raw wgpu-native handles of a reused op list (cached by identity: wgpu-py's wrappers allocate per
+        call, so the hot path calls the library directly)."""
         raw = self._raw.get(id(ops))
         if raw is None or raw[0] is not ops:
             raw = (ops, [(p._internal, g._internal, x, y, z) for p, g, (x, y, z) in ops])
             if len(self._raw) > 1024:
                 self._raw.clear()
             self._raw[id(ops)] = raw
+        return raw[1]
+
+    def _submit(self, lists: Sequence[list]) -> None:
+        """Record the raw op lists in ONE compute pass and submit it."""
         try:
             enc = self._dev.create_command_encoder()
             cp = enc.begin_compute_pass()
             h, null = cp._internal, self._ffi.NULL
             set_pipeline, set_group, dispatch = self._set_pipeline, self._set_group, self._dispatch
-            last = None
-            for pipe, group, x, y, z in raw[1]:
-                if pipe != last:
-                    set_pipeline(h, pipe)
-                    last = pipe
-                set_group(h, 0, group, 0, null)
-                dispatch(h, x, y, z)
+            for raw in lists:
+                last = None
+                for pipe, group, x, y, z in raw:
+                    if pipe != last:
+                        set_pipeline(h, pipe)
+                        last = pipe
+                    set_group(h, 0, group, 0, null)
+                    dispatch(h, x, y, z)
             cp.end()
             self._queue.submit([enc.finish()])
         except Exception as e:  # noqa: BLE001
             raise self._fail(e, "encoding a step") from e
+
+    def encode(self, ops: Iterable[tuple]) -> None:
+        self._check()
+        if not isinstance(ops, (list, tuple)):
+            ops = list(ops)
+        self._submit([self._raw_ops(ops)])
+
+    def encode_repeat(self, parts: Sequence[Sequence[tuple]], n: int, per: int = 1) -> None:
+        """A window of n steps: `per` steps in each compute pass and submit (per 1: each part its own)."""
+        self._check()
+        raws = [self._raw_ops(ops) for ops in parts]
+        if per <= 1:
+            for _ in range(n):
+                for raw in raws:
+                    self._submit([raw])
+            return
+        for k in range(0, n, per):
+            self._submit(raws * min(per, n - k))
 
 
 def devices_main(args: Any) -> int:
