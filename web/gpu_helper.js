@@ -84,6 +84,18 @@ export async function readBuffer(device, buffer, offset, nbytes) {
   return out;
 }
 
+// createComputePipelineAsync, with the time its pipeline was ready stamped on the page's clock when its promise
+// settles (Python's event loop may get to it much later while the page's thread copies arriving weights).
+let compiledAt = 0;
+export function compileAsync(device, desc) {
+  return device.createComputePipelineAsync(desc).then((p) => { compiledAt = Math.max(compiledAt, performance.now()); return p; });
+}
+
+// performance.now() (ms), and when the last compileAsync was ready (0: none yet).
+export function clock() {
+  return [performance.now(), compiledAt];
+}
+
 // Resolve once every submitted command has finished (used to time steps and loads).
 export function onDone(device) {
   return device.queue.onSubmittedWorkDone();

@@ -108,9 +108,10 @@ export interface ModelInfo {
   /** The chat format the engine uses for this model, when the engine gives one. */
   chat_format?: ChatFormat;
   load: LoadStats;
-  /** Seconds from the load's start until every kernel had compiled (compile_s; record_s of it writing their
-   * sources), and after the weights, to the first steps run once (ready_s). */
-  kernels: { compile_s: number; record_s: number; ready_s: number };
+  /** Seconds from the load's start until every kernel had compiled (compile_s, as each compile's promise
+   * settled; seen_s, when the engine's Python had seen them all; record_s of it writing their sources), and
+   * after the weights, to the first steps run once (ready_s). */
+  kernels: { compile_s: number; seen_s: number; record_s: number; ready_s: number };
 }
 
 export interface GenerateOptions {

@@ -87,7 +87,7 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: 
     tuning, quant = dict(_py(tuning) or {}), str(quant or "none")
     # the kernels first: a dry run of the model writes their sources and their compiles start, so the browser
     # compiles them while the buffers are planned, before the uploads share its GPU process
-    t0 = time.perf_counter()
+    t0, page_t0 = time.perf_counter(), _dev.clock()[0]
     recorded = record_kernels(_dev, data, int(size), url, tuning, quant)
     record_s = time.perf_counter() - t0
     compiles = Kernels.compile_ahead(_dev, recorded, progress)
@@ -96,7 +96,7 @@ def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: 
     except BaseException:
         compiles.close()
         raise
-    _load.kernels = asyncio.ensure_future(_compiled(compiles, t0, record_s))
+    _load.kernels = asyncio.ensure_future(_compiled(compiles, t0, page_t0, record_s))
     return {"device": _dev.handle, "size": _load.size, "dataStart": _load.data_start, "writes": _load.writes}
 
 
@@ -118,11 +118,14 @@ def write_done(tag: int, buf: Any = None) -> None:
         _load.write_done(int(tag), buf)
 
 
-async def _compiled(compiles: Any, t0: float, record_s: float) -> dict:
-    """Wait for the load's kernels. Returns the seconds from the load's start until all had compiled
-    (compile_s), and of that Python's dry run of the model that wrote their sources (record_s)."""
+async def _compiled(compiles: Any, t0: float, page_t0: float, record_s: float) -> dict:
+    """Wait for the load's kernels. Returns the seconds from the load's start until all had compiled, stamped
+    by the page's JS as each compile's promise settled (compile_s), and until Python's event loop had seen
+    them all (seen_s; it shares the page's thread with the arriving weights); of it Python's dry run of the
+    model that wrote their sources (record_s)."""
     await compiles
-    return {"compile_s": time.perf_counter() - t0, "record_s": record_s}
+    seen, ready = _dev.clock()
+    return {"compile_s": max(ready - page_t0, record_s), "seen_s": seen - page_t0, "record_s": record_s}
 
 
 async def finish_load(card_text: str | None = None) -> dict:

@@ -30,6 +30,7 @@ test('A failed load keeps the working model; one that fails after freeing it say
   const k = await page.evaluate(() => window.webrwkvApp.engine.model.kernels);
   expect(k.record_s).toBeGreaterThan(0);
   expect(k.record_s).toBeLessThan(k.compile_s);
+  expect(k.compile_s).toBeLessThanOrEqual(k.seen_s); // stamped as each settled, before Python saw them all
   expect(k.ready_s).toBeGreaterThan(0);
   const shown = Number(/download ([\d.]+) MB\/s/.exec(await page.locator('#progress-text').innerText())[1]);
   expect(shown).toBeCloseTo(l.fetched / 1e6 / l.streamSeconds, 0);

@@ -211,7 +211,12 @@ class BrowserDevice(Device):
     def pipeline_async(self, wgsl: str, entry: str = "main", constants: dict | None = None) -> Any:
         """createComputePipelineAsync, issued now (its promise is the awaitable): the browser compiles several
         at once, off the page's thread, while Python goes on."""
-        return self._dev.createComputePipelineAsync(self._descriptor(wgsl, entry, constants))
+        return self._h.compileAsync(self._dev, self._descriptor(wgsl, entry, constants))
+
+    def clock(self) -> tuple[float, float]:
+        """(now, when the last pipeline_async was ready) in seconds on the page's clock (0: none yet)."""
+        now, at = self._h.clock().to_py()
+        return now / 1000, at / 1000
 
     def bind(self, pipeline: Any, entries: Sequence[Any]) -> Any:
         self._check()
