@@ -3,7 +3,7 @@ the JS API in headless Chromium, against `webrwkv serve` on this machine. Prints
 fields of `webrwkv bench --json` (plus boot and kernel times).
 
 Usage: python bench/browser.py --model FILE [--quant int8] [--gpu] [--cache] [--chromium PATH] [--prefill 512]
-       [--decode 128]
+       [--decode 128] [--tuning k=v,k=v]
 --gpu adds the flags that give WebGPU a real GPU on Linux (Vulkan through ANGLE, no window surface);
 without them Chromium uses its CPU adapter (SwiftShader). The page (web/bench.html) logs one
 "@@BENCH {json}" console line per stage; Chromium writes them to stderr, so no driver is needed.
@@ -47,7 +47,7 @@ def wait_port(port: int, deadline: float) -> None:
 
 
 def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode: int, timeout: float,
-        cache: bool = False) -> dict:
+        cache: bool = False, tuning: str = "") -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "py") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     server = subprocess.Popen([sys.executable, "-m", "webrwkv", "serve", "--port", str(port), "--model-dir",
@@ -56,7 +56,7 @@ def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode:
     try:
         wait_port(port, time.time() + 30)
         query = urllib.parse.urlencode({"model": f"/models/{model.name}", "quant": quant, "prefill": prefill,
-                                        "decode": decode, "cache": int(cache)})
+                                        "decode": decode, "cache": int(cache), "tuning": tuning})
         cmd = [chromium, *FLAGS, *(GPU_FLAGS if gpu else []), f"--user-data-dir={profile}",
                f"http://127.0.0.1:{port}/bench.html?{query}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
@@ -97,11 +97,13 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--cache", action="store_true",
                     help="the load also fills the page's Cache API copy (a first visit; the profile starts empty)")
+    ap.add_argument("--tuning", default=os.environ.get("WEBRWKV_TUNING", ""),
+                    help="kernel knobs, k=v,k=v (default: $WEBRWKV_TUNING, as `webrwkv bench` reads it)")
     args = ap.parse_args()
     if not args.model.is_file():
         raise SystemExit(f"--model {args.model} is not a file")
     print(json.dumps(run(args.model.resolve(), args.quant, args.gpu, args.chromium, args.prefill, args.decode,
-                         args.timeout, args.cache)))
+                         args.timeout, args.cache, args.tuning)))
     return 0
 
 
