@@ -36,7 +36,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (m0 >= T) { return; }
   let ks = wid.x / {{NXT}}u;  // split-K slice (a split matmul writes raw partial sums)
   let n0 = (wid.x % {{NXT}}u) * TN;
-  let kc = (K + (nwg.x / {{NXT}}u) * TK - 1u) / ((nwg.x / {{NXT}}u) * TK) * TK;  // K per slice, TK-aligned
+  let split = nwg.x / {{NXT}}u;
+  let kc = (K + split * TK - 1u) / (split * TK) * TK;  // K per slice, TK-aligned
   let kbeg = ks * kc;
   let kend = min(K, kbeg + kc);
   let g = wid.z;
