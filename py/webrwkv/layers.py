@@ -233,9 +233,10 @@ def base_activations(info: Any, rows: int) -> dict[str, int]:
     return {"x": rows * C, "y": rows * C, "hid": rows * (info.dim_ffn + C), "xo": rows * C}
 
 
-def build(lb: LayerBuilder, version: Any, info: Any, logits: Any) -> list[Gen]:
+def build(lb: LayerBuilder, version: Any, info: Any, logits: Any) -> tuple[list[Gen], list[tuple[int, int]]]:
     """Every op generator of one step: embedding + LN0, each block's `version.att` and `version.ffn`,
-    the output LN of the rows to read and the head into `logits`."""
+    the output LN of the rows to read and the head into `logits`; and where each block's generators are
+    in that list, (start, end)."""
     C, V, b, w = info.n_embd, info.vocab, lb.b, lb.w
     gens: list[Gen] = []
     emb, _ = lb._upload(w["emb.weight"], "emb", FP16)
@@ -244,14 +245,14 @@ def build(lb: LayerBuilder, version: Any, info: Any, logits: Any) -> list[Gen]:
     for buf, r0, nr in emb:
         gens.append(lb.op("embed", [b["meta"], buf, gv, b["x"]], lambda s: (s[0], 1, 1), C=C, WG=lb.wg,
                           V0=r0, NV=nr, LNW=0, LNB=C))
-    lb.layer_spans = []  # where each block's generators are in the list
+    spans = []
     for i in range(info.n_layer):
         start = len(gens)
         gens += version.att(lb, i) + version.ffn(lb, i)
-        lb.layer_spans.append((start, len(gens)))
+        spans.append((start, len(gens)))
     gens.append(lb.op("norm", [b["meta"], b["x"], gv, b["xo"]], lambda s: (s[2], 1, 1), C=C, WG=lb.wg,
                       LNW=2 * C, LNB=3 * C))
     blocks, _ = lb._upload(w["head.weight"], "head", FP16)
     head = MatMul(lb.k, b["meta"], blocks, C, 1, V, b["xo"], logits, x_ts=C, y_ts=V, tsrc=2, fmt=FP16)
     gens.append(lambda s: head.ops(s[2]))
-    return gens
+    return gens, spans

@@ -104,8 +104,7 @@ class Runtime:
         dev.write(self.vecs, 0, vecs)
         lb = LayerBuilder(self.k, info, weights, b, self.vecs, vec_off, vs, self.state, self.geometry,
                           self.slot_floats, max_batch, upload, fmt)
-        self.gens = build(lb, self.version, info, self.logits)
-        self.layer_spans = lb.layer_spans  # each block's generators in self.gens: (start, end)
+        self.gens, self.layer_spans = build(lb, self.version, info, self.logits)  # spans: each block's gens
         self.weight_bytes, self.split_matrices = lb.weight_bytes, lb.split_matrices
         self._ops: dict[tuple, list] = {}
         self._decoder: Any = None
