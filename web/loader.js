@@ -9,6 +9,7 @@ export const BLOCK = 32 << 20;
 const IN_FLIGHT = 3;     // blocks in flight, fetched in this thread
 const WORKERS = 4;       // download workers (2 where the device says it has under 8 GB: blocks in flight cost memory)
 const PER_WORKER = 2;    // blocks in flight each
+const EARLY = 4;         // blocks a worker downloads while the load is planned (see prefetch)
 const PREFIX = 4096;
 const CACHE = "webrwkv-models-v1";
 
@@ -228,14 +229,43 @@ function fetchPool(n) {
   };
 }
 
+const workerCount = () => ((globalThis.navigator?.deviceMemory ?? 8) < 8 ? WORKERS / 2 : WORKERS);
+
+// ---- the first blocks, while the load is planned -----------------------------------
+// The page's Python plans a load (the kernels' dry run, the GPU buffers) before any weight is written: about a
+// second for a 3 GB model. prefetch() starts the download workers on the stream's first blocks meanwhile, at
+// most EARLY each (held in memory until streamWrites takes them, with the pool, as `early`). Null where the
+// cache holds the whole model or there are no workers. close() ends it if the load stops before its stream.
+export async function prefetch({ url, size, ident, dataStart, signal, useCache = true, block = BLOCK }) {
+  if (typeof Worker !== "function") return null;
+  const cache = useCache ? await openCache() : null;
+  const meta = cache ? await (await cache.match(keyFor(url, "complete")))?.json() : null;
+  if (meta && meta.ident === ident) return null;
+  const r0 = dataStart - (dataStart % 4), nblocks = Math.ceil((size - r0) / block);
+  if (nblocks < 2) return null;
+  const t0 = performance.now(), pool = fetchPool(workerCount());
+  if (!pool.workers) { pool.close(); return null; }
+  let sink = null, bytes = 0;
+  const onBytes = (n) => { if (sink) sink(n); else bytes += n; };
+  const blocks = new Map();
+  for (let k = 0; k < Math.min(nblocks, EARLY * pool.workers); k++) {
+    const p = pool.get(url, r0 + k * block, Math.min(size, r0 + (k + 1) * block), onBytes, signal);
+    p.catch(() => {}); // its error is raised where the stream awaits it; a block never awaited must not be unhandled
+    blocks.set(k, p);
+  }
+  // take(onBytes): the stream's progress counter from now on; returns the bytes that arrived before
+  return { pool, blocks, block, r0, size, t0, take(f) { sink = f; return bytes; }, close() { pool.close(); } };
+}
+
 // ---- streaming ----------------------------------------------------------------
 // writes: [[fileStart, fileEnd, gpuBuffer, dstOffset, tag], ...], all 4-byte aligned
 // (fileEnd may pass the file's end by up to 3 bytes: zero padding). A null gpuBuffer asks for a
 // staging buffer of the write's size, made here when its first bytes arrive and handed to
 // onWriteDone(tag, buffer) once complete (the caller converts it on the GPU and frees it).
 export async function streamWrites({ url, device, size, ident, dataStart, writes, onProgress, onWriteDone, signal, useCache = true,
-  block = BLOCK }) { // block: smaller only in tests (many blocks from a small file)
+  block = BLOCK, early = null }) { // block: smaller only in tests (many blocks from a small file); early: prefetch()'s
   const r0 = dataStart - (dataStart % 4);
+  if (early && (early.r0 !== r0 || early.block !== block || early.size !== size)) throw new Error("prefetch: another block grid");
   const nblocks = Math.ceil((size - r0) / block);
   const pieces = Array.from({ length: nblocks }, () => []);
   const left = new Map();
@@ -261,7 +291,7 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
     cached = !!meta && meta.ident === ident;
     if (!cached) await dropStale(cache, url, ident);
   }
-  const t0 = performance.now();
+  const t0 = early?.t0 ?? performance.now(); // the download's start: its first blocks may have come early
   let loaded = 0, fromCache = 0;
   const report = () => {
     const s = (performance.now() - t0) / 1000;
@@ -284,14 +314,17 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
       return { buf: null, into: new Uint8Array(n) };
     }
   };
-  const workers = (globalThis.navigator?.deviceMemory ?? 8) < 8 ? WORKERS / 2 : WORKERS;
-  const pool = !cached && needed.length > 1 && typeof Worker === "function" ? fetchPool(workers) : null;
+  const own = !early && !cached && needed.length > 1 && typeof Worker === "function";
+  const pool = early?.pool ?? (own ? fetchPool(workerCount()) : null);
+  if (early) loaded += early.take(onBytes);
   const doBlock = async (k) => {
     const bs = r0 + k * block, be = Math.min(size, bs + block);
     const key = keyFor(url, `${ident}&block=${k}&of=${block}`);
     // writes may pass the file's end by up to 3 bytes: the staging is zero there
     const span = Math.max(be - bs, ...pieces[k].map(([, e]) => e - bs));
-    const hit = cache ? await cache.match(key) : null;
+    const first = early?.blocks.get(k);
+    if (first) early.blocks.delete(k);
+    const hit = cache && !first ? await cache.match(key) : null;
     let got = hit ? new Uint8Array(await hit.arrayBuffer()) : null;
     const fromHit = got?.length === be - bs;
     if (fromHit) {
@@ -302,7 +335,8 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
     }
     // a download worker's block arrives whole and is copied into the staging made for it then; a block
     // fetched here is read straight into its staging
-    if (!got && pool) got = await pool.get(url, bs, be, onBytes, signal);
+    if (first) got = await first;
+    else if (!got && pool) got = await pool.get(url, bs, be, onBytes, signal);
     const st = stage(span + (-span & 3));
     try {
       const data = st.into.subarray(0, be - bs);

@@ -5,7 +5,7 @@
 // Replies: {id, type: "progress" | "token" | "done" | "error", ...}. Its files (vendor/, wheels/) are found
 // next to this script, or under the `base` URL that "init" gives (the page may be on another origin).
 import * as gpuHelper from "./gpu_helper.js";
-import { fetchHeader, fetchIndex, isZip, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
+import { fetchHeader, fetchIndex, isZip, prefetch, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
 
 let base = new URL("./", import.meta.url);
 let py = null;        // the Pyodide instance
@@ -144,32 +144,45 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   if (ctrl.signal.aborted) throw new LoadError("aborted", "Loading was cancelled.");
   lap("header");
   progress({ phase: "plan", text: "Planning GPU buffers…" });
-  // From here on the previous model is gone: plan_load frees it before making the new buffers.
-  loaded = false;
-  // quant "int8" / "nf4": the layers' matrices are quantized on the GPU as their bytes arrive
-  // the kernels compile (all at once) while the weights stream in
-  const kernels = (done, total) => progress({ phase: "kernels", done, total, text: `Preparing the GPU kernels (${done}/${total})…` });
-  const planPy = entry.plan_load(prefix, size, url, vocabText, tuning ? py.toPy(tuning) : null, quant || "none", kernels);
-  const plan = planPy.toJs({ dict_converter: Object.fromEntries, create_pyproxies: false });
-  planPy.destroy();
-  const ident = await identity(plan.size, etag, prefix);
-  lap("plan");
-  const stream = await streamWrites({
-    url, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
-    onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache,
-  });
-  lap("stream");
-  progress({ phase: "finish", text: "Preparing the GPU kernels…" });
-  const infoPy = await entry.finish_load(cardText);
-  const info = infoPy.toJs({ dict_converter: Object.fromEntries });
-  infoPy.destroy();
-  if (ctrl.signal.aborted) { // cancelled while the kernels were prepared: the page must not see a model
-    entry.unload();
-    throw new LoadError("aborted", "Loading was cancelled.");
+  // the stream's first blocks download while the load is planned (a header the engine cannot read: none,
+  // and plan_load says why)
+  let early = null;
+  try {
+    const grid = entry.stream_grid(prefix, size, url);
+    const [fileSize, dataStart] = grid.toJs();
+    grid.destroy();
+    early = await prefetch({ url, size: fileSize, ident: await identity(fileSize, etag, prefix), dataStart, signal: ctrl.signal, useCache });
+  } catch {}
+  try {
+    // From here on the previous model is gone: plan_load frees it before making the new buffers.
+    loaded = false;
+    // quant "int8" / "nf4": the layers' matrices are quantized on the GPU as their bytes arrive
+    // the kernels compile (all at once) while the weights stream in
+    const kernels = (done, total) => progress({ phase: "kernels", done, total, text: `Preparing the GPU kernels (${done}/${total})…` });
+    const planPy = entry.plan_load(prefix, size, url, vocabText, tuning ? py.toPy(tuning) : null, quant || "none", kernels);
+    const plan = planPy.toJs({ dict_converter: Object.fromEntries, create_pyproxies: false });
+    planPy.destroy();
+    const ident = await identity(plan.size, etag, prefix);
+    lap("plan");
+    const stream = await streamWrites({
+      url, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
+      onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache, early,
+    });
+    lap("stream");
+    progress({ phase: "finish", text: "Preparing the GPU kernels…" });
+    const infoPy = await entry.finish_load(cardText);
+    const info = infoPy.toJs({ dict_converter: Object.fromEntries });
+    infoPy.destroy();
+    if (ctrl.signal.aborted) { // cancelled while the kernels were prepared: the page must not see a model
+      entry.unload();
+      throw new LoadError("aborted", "Loading was cancelled.");
+    }
+    loaded = true;
+    lap("finish");
+    return { ...info, ...readCard(cardText), url, load: { ...stream, phases } };
+  } finally {
+    early?.close(); // a load that ended before its stream took the early downloads
   }
-  loaded = true;
-  lap("finish");
-  return { ...info, ...readCard(cardText), url, load: { ...stream, phases } };
 }
 
 // A state file (.st / .pth with blocks.N.att.time_state; small, so fetched whole) the model starts from; null: its own.

@@ -68,6 +68,17 @@ def js_device() -> Any:
     return _dev.handle if _dev is not None else None
 
 
+def stream_grid(prefix: Any, size: int, url: str) -> list[int]:
+    """[file size, where the tensors' bytes start] from the header bytes alone: the stream's block grid, so
+    that loader.js can start the first downloads while plan_load runs."""
+    from .browser_index import PrefixSource
+    from .checkpoints import read_model_header
+
+    name = url.split("?")[0].rstrip("/").split("/")[-1] or url
+    src = PrefixSource(prefix.to_bytes() if hasattr(prefix, "to_bytes") else bytes(prefix), int(size), name)
+    return [src.size, read_model_header(src, verify=False).data_start]
+
+
 def plan_load(prefix: Any, size: int, url: str, vocab_text: str | None, tuning: Any = None,
               quant: str | None = None, progress: Any = None) -> dict:
     """Parse the header bytes, allocate the model's GPU buffers and say where each file range goes.

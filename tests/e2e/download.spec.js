@@ -11,7 +11,7 @@ const FILE = '/models/rwkv7-shakespeare.st';
 async function stream(page, opts) {
   return page.evaluate(async ({ FILE, opts }) => {
     const src = `
-      import { streamWrites } from "${location.origin}/loader.js";
+      import { prefetch, streamWrites } from "${location.origin}/loader.js";
       self.onmessage = async ({ data: o }) => {
         // workers that cannot start: the constructor throws, or the worker reports an error once made
         // (as a missing or blocked script does)
@@ -33,8 +33,14 @@ async function stream(page, opts) {
           const ctrl = new AbortController();
           let progress = 0;
           const onProgress = (p) => { progress = Math.max(progress, p.loaded); if (o.abortAt && p.loaded >= o.abortAt) ctrl.abort(); };
+          // o.early: the first blocks downloaded before the stream starts, as while a load is planned
+          const early = o.early ? await prefetch({ url: o.url, size, ident: "download-test", dataStart: 0, signal: ctrl.signal,
+            useCache: o.cache, block: o.earlyBlock ?? 1 << 20 }) : null;
+          if (o.early) await new Promise((res) => setTimeout(res, 300));
+          if (o.abortEarly) ctrl.abort();
           const r = await streamWrites({ url: o.url, device: dev, size, ident: "download-test", dataStart: 0,
-            writes: [[0, n, buf, 0, 1]], onProgress, signal: ctrl.signal, useCache: o.cache, block: 1 << 20 });
+            writes: [[0, n, buf, 0, 1]], onProgress, signal: ctrl.signal, useCache: o.cache, block: 1 << 20, early });
+          r.early = early ? early.blocks.size === 0 : null; // every early block was taken
           const rd = dev.createBuffer({ size: n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
           const enc = dev.createCommandEncoder();
           enc.copyBufferToBuffer(buf, 0, rd, 0, n);
@@ -94,4 +100,18 @@ test('Where the download workers cannot start, the blocks are fetched in the loa
     expect(r, broken).toMatchObject({ same: true, workers: 0 });
     expect(r.fetched, broken).toBe(r.total);
   }
+});
+
+test('Blocks downloaded while the load is planned are the stream\'s first, counted once; none when the cache has the model', async ({ page }) => {
+  const first = await stream(page, { cache: true, early: true });
+  expect(first.error).toBeUndefined();
+  expect(first).toMatchObject({ same: true, workers: 4, early: true });
+  expect(first.fetched).toBe(first.total);
+  expect(first.progress).toBe(first.total);
+  const again = await stream(page, { cache: true, early: true });
+  expect(again).toMatchObject({ same: true, workers: 0, fetched: 0, fromCache: first.total, early: null });
+  const cancelled = await stream(page, { cache: false, early: true, abortEarly: true });
+  expect(cancelled.error).toMatchObject({ name: 'LoadError', kind: 'aborted' });
+  const other = await stream(page, { cache: false, early: true, earlyBlock: 2 << 20 });
+  expect(other.error.message).toMatch(/another block grid/);
 });

@@ -22,7 +22,8 @@ test('A failed load keeps the working model; one that fails after freeing it say
   // the phases account for the load: each took some time, the stream's is the weights' own, and together
   // they are the whole load but the worker's few steps around them
   for (const k of ['header', 'plan', 'stream', 'finish']) expect(l.phases[k]).toBeGreaterThan(0);
-  expect(l.phases.stream).toBeGreaterThanOrEqual(l.streamSeconds);
+  // (the download may start while the load is planned)
+  expect(l.phases.plan + l.phases.stream).toBeGreaterThanOrEqual(l.streamSeconds);
   const sum = l.phases.header + l.phases.plan + l.phases.stream + l.phases.finish;
   expect(sum).toBeLessThanOrEqual(l.seconds);
   expect(sum).toBeGreaterThan(0.8 * l.seconds);
