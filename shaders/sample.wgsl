@@ -26,6 +26,8 @@ const Z: u32 = BANNED + NW;
 const W: u32 = Z + VOCAB;
 const STRIDE: u32 = W + VOCAB;
 const CH: u32 = (VOCAB + WG - 1u) / WG;      // ids per thread in the draw (a contiguous chunk each)
+const K: u32 = {{K}}u;                       // thresholds a pass of the top-k / top-p search tries
+const R: u32 = min(WG, 256u);                // lanes of that search's sums (K x R floats of workgroup memory)
 const LOWEST = -0x1.fffffep+127f;            // a banned id's logit (-inf has no WGSL constant; exp gives 0 alike)
 // params of a slot (u32 words): temperature, top_p, top_k, min_p, presence, frequency, decay (f32 bits),
 // seed lo, seed hi, stream, vocab limit, flags (1: penalties active, 2: some ids banned)
@@ -33,6 +35,7 @@ const LOWEST = -0x1.fffffep+127f;            // a banned id's logit (-inf has no
 var<workgroup> sh_u: array<u32, 4>;
 var<workgroup> sh_f: array<f32, WG>;
 var<workgroup> sh_i: array<u32, WG>;
+var<workgroup> sh_q: array<f32, K * R>;
 
 fn pcg(v: u32) -> u32 {
   let state = v * 747796405u + 2891336453u;
@@ -63,24 +66,61 @@ fn usum(v: f32, lid: u32) -> f32 {
 
 fn bit(base: u32, c: u32) -> bool { return ((st[base + c / 32u] >> (c % 32u)) & 1u) == 1u; }
 
-// the largest f32 bits t in [0, 1] whose weights reach `goal`: mass(w >= t) (mass) or count(w >= t)
+// the largest f32 bits t in [0, 1] whose weights reach `goal`: mass(w >= t) (mass) or count(w >= t). A pass
+// tries K thresholds spread over [lo, hi) and keeps the gap between the last that reaches the goal and the next,
+// so the range shrinks (K + 1)-fold a pass where a bisection halves it: about 10 passes over the vocabulary, not
+// 30. Every threshold's sum is added up in the same order (f falls as t grows), so the result is the bisection's.
 fn search(sb: u32, V: u32, lid: u32, goal: f32, mass: bool) -> f32 {
   var lo = 0u;
   var hi = 0x3f800001u;  // f(lo) >= goal > f(hi): w <= 1
   loop {
     if (hi - lo <= 1u) { break; }
-    let mid = lo + (hi - lo) / 2u;
-    let tm = bitcast<f32>(mid);
-    var q = 0.0;
+    let step = max((hi - lo) / (K + 1u), 1u);  // probe p is lo + step (p + 1); those at or past hi fail
+#for p in 0..K
+    let t${p} = bitcast<f32>(lo + step * ${p + 1}u);
+    var q${p} = 0.0;
+#endfor
     for (var c0 = lid; c0 < V; c0 += U * WG) {
 #for j in 0..U
       let w${j} = bitcast<f32>(st[sb + W + min(c0 + ${j}u * WG, V - 1u)]);
+      let in${j} = c0 + ${j}u * WG < V;
+      let a${j} = select(1.0, w${j}, mass);
 #endfor
 #for j in 0..U
-      if (c0 + ${j}u * WG < V && w${j} >= tm) { q += select(1.0, w${j}, mass); }
+#for p in 0..K
+      if (in${j} && w${j} >= t${p}) { q${p} += a${j}; }
+#endfor
 #endfor
     }
-    if (usum(q, lid) >= goal) { lo = mid; } else { hi = mid; }
+    // the threads' sums folded into R lanes, then a tree over the lanes: the K sums at once
+    for (var r = 0u; r < WG / R; r++) {
+      if (lid / R == r) {
+#for p in 0..K
+        sh_q[${p}u * R + lid % R] = select(sh_q[${p}u * R + lid % R] + q${p}, q${p}, r == 0u);
+#endfor
+      }
+      workgroupBarrier();
+    }
+    for (var w = R / 2u; w > 0u; w = w >> 1u) {
+      for (var e = lid; e < K * w; e += WG) {
+        let b = (e / w) * R + e % w;
+        sh_q[b] = sh_q[b] + sh_q[b + w];
+      }
+      workgroupBarrier();
+    }
+    if (lid == 0u) {
+      var nlo = lo;
+      var nhi = hi;
+#for p in 0..K
+      if (lo + step * ${p + 1}u < hi) {
+        if (sh_q[${p}u * R] >= goal) { nlo = lo + step * ${p + 1}u; } else { nhi = min(nhi, lo + step * ${p + 1}u); }
+      }
+#endfor
+      sh_u[0] = nlo;
+      sh_u[1] = nhi;
+    }
+    lo = workgroupUniformLoad(&sh_u[0]);
+    hi = workgroupUniformLoad(&sh_u[1]);
   }
   return bitcast<f32>(lo);
 }

@@ -55,7 +55,11 @@ def sample_pipeline(k: Any, vocab: int, tok0: int, wg: int | None = None) -> Any
     wg_, wg = wg, 256
     while not k.dev.software and wg < 1024 and wg * 2 <= k.dev.limits.get("max_workgroup_invocations", 256):
         wg *= 2
-    return k.get("sample", VOCAB=vocab, WG=wg_ or wg, U=SAMPLE_LOADS, TOK0=tok0, CAP=CAP)
+    wg = wg_ or wg
+    # thresholds per pass of the top-k / top-p search: as many as fit beside the kernel's other workgroup
+    # arrays (2 x WG words and 4) in the 16 KiB every WebGPU device gives, at most 8
+    probes = max(1, min(8, (16384 - 8 * wg - 16) // (4 * min(wg, 256))))
+    return k.get("sample", VOCAB=vocab, WG=wg, U=SAMPLE_LOADS, TOK0=tok0, CAP=CAP, K=probes)
 
 
 def pack_state(sampler: Any, V: int) -> np.ndarray:
