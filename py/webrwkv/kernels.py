@@ -32,6 +32,8 @@ class Tuning:
     gemv_tpr: int = 32          # threads per output row (power of two)
     gemv_subgroups: int = 1     # reduce with subgroup shuffles when the device has them
     gemv_unroll: int = 2        # weight loads in flight per GEMV thread (an H200 at L24: 2 is 10 % faster than 4)
+    gemv_mt_unroll: int = 1     # the same when a GEMV serves several tokens (an H200 at L24, 8 slots: 1 decodes
+                                # 12 % faster than 2; one token is 8 % slower with 1)
     gemv_max_t: int = 8         # use GEMV when a matmul has at most this many tokens (each weight load serves all)
     gemv_mt_rows: int = 4       # rows per GEMV thread when it serves several tokens (each activation load serves
                                 # all) of a long matrix that still makes gemv_mt_wg workgroups; 1: one row a thread
@@ -205,7 +207,7 @@ class MatMul:
         npow = 1 << ln
         for (buf, _, _), groups in zip(self.blocks, self.groups):
             pipe = k.get("gemv", **self._values("gemv", groups), R=rows, RPT=rpt, TPR=tpr, MT=mt,
-                         WG=ngroups * tpr, UNROLL=max(1, tu.gemv_unroll), SUBGROUPS=sub,
+                         WG=ngroups * tpr, UNROLL=max(1, tu.gemv_unroll if mt == 1 else tu.gemv_mt_unroll), SUBGROUPS=sub,
                          PART=ngroups * (tpr // min(4, tpr)) * npow, NP=npow, LN=ln,
                          BITS=[1 << s for s in range(ln)], HALF=[npow >> (s + 1) for s in range(ln)],
                          CNT=[npow >> s for s in range(ln + 1)],
