@@ -174,7 +174,7 @@ def bench_main(args: Any) -> int:
     res = _bench(rt, args.prefill, args.decode, batch)
     row = {"model": name, "version": info.version, "layers": info.n_layer, "embd": info.n_embd,
            "weight_bytes": rt.weight_bytes, "quant": quant, "token_chunk_size": chunk, "adapter": dev.adapter_name,
-           "load_s": None if load_s is None else round(load_s, 2),
+           "load_s": None if load_s is None else round(load_s, 4),
            f"pp{args.prefill}_tok_s": round(res["prefill_tok_s"], 1),
            f"tg{args.decode}_tok_s": round(res["decode_tok_s"], 1),
            f"tg{args.decode}_gpu_greedy_tok_s": round(res["gpu_greedy_tok_s"], 1),
