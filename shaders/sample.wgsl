@@ -77,7 +77,8 @@ fn search(sb: u32, V: u32, lid: u32, goal: f32, mass: bool) -> f32 {
     if (hi - lo <= 1u) { break; }
     let step = max((hi - lo) / (K + 1u), 1u);  // probe p is lo + step (p + 1); those at or past hi fail
 #for p in 0..K
-    let t${p} = bitcast<f32>(lo + step * ${p + 1}u);
+    let b${p} = lo + step * ${p + 1}u;
+    let t${p} = bitcast<f32>(b${p});
     var q${p} = 0.0;
 #endfor
     for (var c0 = lid; c0 < V; c0 += U * WG) {
@@ -112,8 +113,8 @@ fn search(sb: u32, V: u32, lid: u32, goal: f32, mass: bool) -> f32 {
       var nlo = lo;
       var nhi = hi;
 #for p in 0..K
-      if (lo + step * ${p + 1}u < hi) {
-        if (sh_q[${p}u * R] >= goal) { nlo = lo + step * ${p + 1}u; } else { nhi = min(nhi, lo + step * ${p + 1}u); }
+      if (b${p} < hi) {
+        if (sh_q[${p}u * R] >= goal) { nlo = b${p}; } else { nhi = min(nhi, b${p}); }
       }
 #endfor
       sh_u[0] = nlo;

@@ -39,8 +39,8 @@ def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, mt_rows, mt_wg, 
     row a thread or three (40 rows a group: the last row block is partly past the end; K=72: 8 threads a
     row for one token, 2 for several, not 16, so each makes 1 or 4 loads), with 64 threads a row
     where 16 leave fewer than mt_wg workgroups (one row group a workgroup, partials summed in shared memory),
-    one row a thread where even 64 do (3 tokens: 2 loads in flight a thread, 8: one); more tokens: tiled GEMM; K=2048 with few tiles: GEMM split over K
-    plus a reduction."""
+    one row a thread where even 64 do (3 tokens: 2 loads in flight a thread, 8: one); more tokens: tiled GEMM;
+    K=2048 with few tiles: GEMM split over K plus a reduction."""
     dev = device()
     k = Kernels(dev, Tuning(gemv_max_t=gemv_t, gemv_subgroups=subgroups, gemv_tpr=16, gemv_rows=4,
                             gemv_mt_rows=mt_rows, gemv_mt_wg=mt_wg, gemv_mt_unroll=2 if T == 3 else 1))

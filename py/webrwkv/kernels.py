@@ -205,9 +205,10 @@ class MatMul:
         rows = ngroups * rpt  # per workgroup
         ln = (rpt * mt - 1).bit_length()  # the subgroup reduction's halving steps
         npow = 1 << ln
+        unroll = tu.gemv_unroll if mt == 1 else tu.gemv_mt_unroll
         for (buf, _, _), groups in zip(self.blocks, self.groups):
-            pipe = k.get("gemv", **self._values("gemv", groups), R=rows, RPT=rpt, TPR=tpr, MT=mt,
-                         WG=ngroups * tpr, UNROLL=max(1, tu.gemv_unroll if mt == 1 else tu.gemv_mt_unroll), SUBGROUPS=sub,
+            pipe = k.get("gemv", **self._values("gemv", groups), R=rows, RPT=rpt, TPR=tpr, MT=mt, WG=ngroups * tpr,
+                         UNROLL=max(1, unroll), SUBGROUPS=sub,
                          PART=ngroups * (tpr // min(4, tpr)) * npow, NP=npow, LN=ln,
                          BITS=[1 << s for s in range(ln)], HALF=[npow >> (s + 1) for s in range(ln)],
                          CNT=[npow >> s for s in range(ln + 1)],
