@@ -39,3 +39,18 @@ def test_bench_json(capsys):
     assert bench_main(args) == 0
     out = capsys.readouterr().out
     assert "pp4 t/s" in out and "tg2 t/s" in out
+
+
+def test_dispatch_bench_native():
+    """bench/dispatch.py's native loop runs its steps and reports a per-dispatch cost consistent with its rate."""
+    import sys
+    from pathlib import Path
+
+    device()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import dispatch
+
+    row = dispatch.native(10, 5, 1)
+    assert row["backend"] == "native" and (row["dispatches"], row["steps"]) == (10, 5)
+    assert row["us_per_dispatch"] > 0 and row["js_us_per_dispatch"] <= row["us_per_dispatch"]
+    assert abs(row["steps_per_s"] * row["us_per_dispatch"] * 10 / 1e6 - 1) < 1e-6
