@@ -39,13 +39,16 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 }
 """
 
-# the loop runs in a dedicated worker, as the engine's does (Chromium on the H200 gave the page's own thread no
-# adapter with these flags)
+# the loop runs in a dedicated worker, as the engine's does
 WORKER = """
 const post = (o) => postMessage(o);
 onmessage = async ({ data: { D, S, WG } }) => {
   try {
-    const ad = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+    let ad = null;  // the GPU process may still be starting: ask again for up to 10 s
+    for (let i = 0; i < 40 && !ad; i++) {
+      ad = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+      if (!ad) await new Promise((r) => setTimeout(r, 250));
+    }
     if (!ad) throw new Error("no WebGPU adapter");
     const dev = await ad.requestDevice();
     const n = WG * 64 * 4, U = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;

@@ -3,15 +3,17 @@
 // w = exp(x - max) (ties at a boundary are kept), reshaped by the temperature and drawn in id order with the
 // counter-based uniform(seed, stream, step). The chosen id becomes the slot's next input token (the step's
 // token table) and is appended to the slot's ring of ids; decayed penalty counts are updated.
-// One workgroup per output row; output row i is segment i (one token each). Every pass over the vocabulary
-// issues U independent loads per thread and iteration (#for): one load at a time leaves the workgroup
-// waiting on memory latency (a 30-pass top-p search took 1.6 ms on an H200 that way).
+// One workgroup per output row; output row i is segment i (one token each). A thread takes four consecutive ids
+// at a time (the scratch rows z and w are vec4), and every pass over the vocabulary issues U independent loads
+// per thread and iteration (#for): one scalar load at a time leaves the workgroup waiting on memory latency (a
+// 30-pass top-p search took 1.6 ms on an H200 that way).
 
 @group(0) @binding(0) var<storage, read_write> info: array<u32>;   // step metadata (tokens rewritten)
 @group(0) @binding(1) var<storage, read> logits: array<f32>;       // [n_out, VOCAB]
 @group(0) @binding(2) var<storage, read> params: array<u32>;       // [slots, 16]: see below
 @group(0) @binding(3) var<storage, read_write> st: array<u32>;     // [slots, STRIDE]: see below
 @group(0) @binding(4) var<storage, read_write> ids: array<u32>;    // [slots, CAP + 2]: count, error, ring of ids
+@group(0) @binding(5) var<storage, read_write> sc: array<vec4<f32>>;  // [slots, 2, V4]: z = x - max, w = exp(z)
 
 const VOCAB: u32 = {{VOCAB}}u;
 const WG: u32 = {{WG}}u;
@@ -20,12 +22,12 @@ const TOK0: u32 = {{TOK0}}u;
 const CAP: u32 = {{CAP}}u;
 const NW: u32 = (VOCAB + 31u) / 32u;         // words of a bit set over the vocabulary
 const COUNTS: u32 = 8u;                      // a slot's state: [0] draws so far, decayed counts (f32),
-const SEEN: u32 = COUNTS + VOCAB;            // the bit set of ids generated, the bit set of banned ids,
-const BANNED: u32 = SEEN + NW;               // and scratch: z = x - max and w = exp(z) of the current row
-const Z: u32 = BANNED + NW;
-const W: u32 = Z + VOCAB;
-const STRIDE: u32 = W + VOCAB;
-const CH: u32 = (VOCAB + WG - 1u) / WG;      // ids per thread in the draw (a contiguous chunk each)
+const SEEN: u32 = COUNTS + VOCAB;            // the bit set of ids generated, the bit set of banned ids
+const BANNED: u32 = SEEN + NW;
+const STRIDE: u32 = BANNED + NW;
+const V4: u32 = (VOCAB + 3u) / 4u;           // vec4 of a scratch row (ids past the vocabulary: z = LOWEST)
+const CH: u32 = (V4 + WG - 1u) / WG;         // vec4 per thread in the draw (a contiguous chunk each)
+const D: u32 = {{D}}u;                       // of which loaded at once
 const K: u32 = {{K}}u;                       // thresholds a pass of the top-k / top-p search tries
 const R: u32 = min(WG, 256u);                // lanes of that search's sums (K x R floats of workgroup memory)
 const LOWEST = -0x1.fffffep+127f;            // a banned id's logit (-inf has no WGSL constant; exp gives 0 alike)
@@ -70,7 +72,7 @@ fn bit(base: u32, c: u32) -> bool { return ((st[base + c / 32u] >> (c % 32u)) & 
 // tries K thresholds spread over [lo, hi) and keeps the gap between the last that reaches the goal and the next,
 // so the range shrinks (K + 1)-fold a pass where a bisection halves it: 13 passes over the vocabulary with K = 4,
 // not 30. Every threshold's sum is added up in the same order (f falls as t grows), so the result is the bisection's.
-fn search(sb: u32, V: u32, lid: u32, goal: f32, mass: bool) -> f32 {
+fn search(wb: u32, n4: u32, lid: u32, goal: f32, mass: bool) -> f32 {
   var lo = 0u;
   var hi = 0x3f800001u;  // f(lo) >= goal > f(hi): w <= 1
   loop {
@@ -81,15 +83,15 @@ fn search(sb: u32, V: u32, lid: u32, goal: f32, mass: bool) -> f32 {
     let t${p} = bitcast<f32>(b${p});
     var q${p} = 0.0;
 #endfor
-    for (var c0 = lid; c0 < V; c0 += U * WG) {
+    for (var c0 = lid; c0 < n4; c0 += U * WG) {
 #for j in 0..U
-      let w${j} = bitcast<f32>(st[sb + W + min(c0 + ${j}u * WG, V - 1u)]);
-      let in${j} = c0 + ${j}u * WG < V;
-      let a${j} = select(1.0, w${j}, mass);
+      // ids past the vocabulary have w = 0, below every probe (probes are > 0)
+      let w${j} = select(vec4<f32>(0.0), sc[wb + min(c0 + ${j}u * WG, n4 - 1u)], c0 + ${j}u * WG < n4);
+      let a${j} = select(vec4<f32>(1.0), w${j}, mass);
 #endfor
 #for j in 0..U
 #for p in 0..K
-      if (in${j} && w${j} >= t${p}) { q${p} += a${j}; }
+      q${p} += dot(select(vec4<f32>(0.0), a${j}, w${j} >= vec4<f32>(t${p})), vec4<f32>(1.0));
 #endfor
 #endfor
     }
@@ -150,26 +152,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let bans = (params[pb + 11u] & 2u) == 2u;
   let greedy = temp == 0.0 || top_k == 1u;
   let sb = s * STRIDE;
+  let zb = s * 2u * V4;   // this slot's scratch: z at zb, w at zb + V4
+  let n4 = (V + 3u) / 4u;
 
   // adjusted logits x (bans, penalties) into z when sampling; the largest (lowest id among equals); NaN / +inf
   var m = LOWEST;
   var mi = VOCAB;
   var bad = 0u;
-  for (var c0 = lid; c0 < V; c0 += U * WG) {
+  for (var c0 = lid; c0 < n4; c0 += U * WG) {
 #for j in 0..U
-    var x${j} = logits[i * VOCAB + min(c0 + ${j}u * WG, V - 1u)];
+    let b${j} = 4u * min(c0 + ${j}u * WG, n4 - 1u);
+    var x${j} = vec4<f32>(logits[i * VOCAB + min(b${j}, V - 1u)], logits[i * VOCAB + min(b${j} + 1u, V - 1u)],
+                          logits[i * VOCAB + min(b${j} + 2u, V - 1u)], logits[i * VOCAB + min(b${j} + 3u, V - 1u)]);
 #endfor
 #for j in 0..U
-    {
-      let c = c0 + ${j}u * WG;
-      let xb = bitcast<u32>(x${j});  // NaN and +inf by their bits: compilers may assume floats are finite
-      if (c < V) {
-        if ((xb & 0x7fffffffu) > 0x7f800000u || xb == 0x7f800000u) { bad = 1u; }
-        if (penal && bit(sb + SEEN, c)) { x${j} = x${j} - (pres + freq * bitcast<f32>(st[sb + COUNTS + c])); }
-        if (bans && bit(sb + BANNED, c)) { x${j} = LOWEST; }
-        if (x${j} > m || (mi == VOCAB && x${j} == m)) { m = x${j}; mi = c; }
-        if (!greedy) { st[sb + Z + c] = bitcast<u32>(x${j}); }
+    if (c0 + ${j}u * WG < n4) {
+#for e in 0..4
+      {
+        let c = b${j} + ${e}u;
+        var v = x${j}.${"xyzw"[e]};
+        let xb = bitcast<u32>(v);  // NaN and +inf by their bits: compilers may assume floats are finite
+        if (c < V) {
+          if ((xb & 0x7fffffffu) > 0x7f800000u || xb == 0x7f800000u) { bad = 1u; }
+          if (penal && bit(sb + SEEN, c)) { v = v - (pres + freq * bitcast<f32>(st[sb + COUNTS + c])); }
+          if (bans && bit(sb + BANNED, c)) { v = LOWEST; }
+          if (v > m || (mi == VOCAB && v == m)) { m = v; mi = c; }
+        } else {
+          v = LOWEST;
+        }
+        x${j}.${"xyzw"[e]} = v;
       }
+#endfor
+      if (!greedy) { sc[zb + c0 + ${j}u * WG] = x${j}; }
     }
 #endfor
   }
@@ -201,29 +215,46 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   if (!greedy) {
     var tot = 0.0;
-    for (var c0 = lid; c0 < V; c0 += U * WG) {
+    for (var c0 = lid; c0 < n4; c0 += U * WG) {
 #for j in 0..U
-      let z${j} = bitcast<f32>(st[sb + Z + min(c0 + ${j}u * WG, V - 1u)]);
+      let z${j} = sc[zb + min(c0 + ${j}u * WG, n4 - 1u)];
 #endfor
 #for j in 0..U
-      if (c0 + ${j}u * WG < V) {
-        let w = exp(z${j} - top);
-        st[sb + W + c0 + ${j}u * WG] = bitcast<u32>(w);
-        tot += w;
+      if (c0 + ${j}u * WG < n4) {
+        let w = exp(z${j} - vec4<f32>(top));  // 0 past the vocabulary and for banned ids (z = LOWEST)
+        sc[zb + V4 + c0 + ${j}u * WG] = w;
+        tot += dot(w, vec4<f32>(1.0));
       }
 #endfor
     }
     let total = usum(tot, lid);
     // candidates: w >= t, t the largest of min_p, the top_k-th weight and the top-p weight
     var t = min_p;
-    if (top_k > 0u && top_k < V) { t = max(t, search(sb, V, lid, f32(top_k), false)); }
-    if (top_p < 1.0) { t = max(t, search(sb, V, lid, top_p * total, true)); }
+    if (top_k > 0u && top_k < V) { t = max(t, search(zb + V4, n4, lid, f32(top_k), false)); }
+    if (top_p < 1.0) { t = max(t, search(zb + V4, n4, lid, top_p * total, true)); }
     // draw in id order: each thread sums its chunk, a scan over the threads, then the chunk holding u * Q
-    let c0 = min(V, lid * CH);
-    let c1 = min(V, c0 + CH);
+    // (a chunk's vec4 D at a time: loads first, then the sums in id order)
+    let c0 = min(n4, lid * CH);
+    let c1 = min(n4, c0 + CH);
     var part = 0.0;
-    for (var c = c0; c < c1; c++) {
-      if (bitcast<f32>(st[sb + W + c]) >= t) { part += exp((bitcast<f32>(st[sb + Z + c]) - top) / temp); }
+    var c = c0;
+    for (; c + D <= c1; c += D) {
+#for j in 0..D
+      let dw${j} = sc[zb + V4 + c + ${j}u];
+      let dz${j} = sc[zb + c + ${j}u];
+#endfor
+#for j in 0..D
+#for e in 0..4
+      if (4u * (c + ${j}u) + ${e}u < V && dw${j}.${"xyzw"[e]} >= t) { part += exp((dz${j}.${"xyzw"[e]} - top) / temp); }
+#endfor
+#endfor
+    }
+    for (; c < c1; c++) {
+      let dw = sc[zb + V4 + c];
+      let dz = sc[zb + c];
+#for e in 0..4
+      if (4u * c + ${e}u < V && dw.${"xyzw"[e]} >= t) { part += exp((dz.${"xyzw"[e]} - top) / temp); }
+#endfor
     }
     sh_f[lid] = part;
     workgroupBarrier();
@@ -243,13 +274,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // exactly one thread holds the goal: before <= goal < incl, or (rounding) the last one with candidates
     if (part > 0.0 && before <= goal && (goal < incl || incl >= all)) {
       var acc = before;
-      var last = c0;
-      for (var c = c0; c < c1; c++) {
-        if (bitcast<f32>(st[sb + W + c]) >= t) {
-          acc += exp((bitcast<f32>(st[sb + Z + c]) - top) / temp);
-          last = c;
-          if (acc > goal) { break; }
+      var last = 4u * c0;
+      var found = false;
+      for (var g = c0; g < c1 && !found; g++) {
+        let gw = sc[zb + V4 + g];
+        let gz = sc[zb + g];
+#for e in 0..4
+        if (!found && 4u * g + ${e}u < V && gw.${"xyzw"[e]} >= t) {
+          acc += exp((gz.${"xyzw"[e]} - top) / temp);
+          last = 4u * g + ${e}u;
+          found = acc > goal;
         }
+#endfor
       }
       sh_u[3] = last;
     }

@@ -8,7 +8,7 @@ import pytest
 from gpu_util import device
 from test_sampling import assert_matches
 
-from webrwkv.decode import CAP, ERRORS, pack_params, pack_state, sample_pipeline, state_words
+from webrwkv.decode import CAP, ERRORS, pack_params, pack_state, sample_pipeline, scratch_words, state_words
 from webrwkv.errors import SamplingError
 from webrwkv.kernels import Kernels
 from webrwkv.sampling import Sampler, SamplerParams
@@ -31,7 +31,8 @@ def gpu_sample(logits: np.ndarray, samplers: list[Sampler], vocab: int | None = 
         head = pack_state(s, V)
         state[i * stride: i * stride + head.size] = head
     bufs = []
-    for a in (meta, logits.astype(np.float32), params, state, np.zeros(n * (CAP + 2), np.uint32)):
+    for a in (meta, logits.astype(np.float32), params, state, np.zeros(n * (CAP + 2), np.uint32),
+              np.zeros(n * scratch_words(V), np.float32)):
         b = dev.buffer(a.nbytes)
         dev.write(b, 0, a)
         bufs.append(b)

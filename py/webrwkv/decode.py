@@ -19,6 +19,7 @@ from .errors import SamplingError, WebRwkvError
 CAP = 128               # ids per slot in the ring
 MAX_WINDOW = CAP // 2   # steps per window, so that two windows in flight fit in the ring
 SAMPLE_LOADS = 4        # loads in flight per thread of the sampler's passes
+DRAW_LOADS = 4          # vec4 of a thread's chunk the sampler's draw loads at once
 SEARCH_PROBES = 4       # thresholds a pass of the sampler's top-k / top-p search tries (13 passes, not 30); Chromium's
                         # CPU adapter compiled the kernel in 0.76 s with 4, 24 s with 6, and lost the device with 8
 ERRORS = {1: "the logits hold NaN or infinity: the model produced invalid numbers; check the model file, "
@@ -57,7 +58,7 @@ def sample_pipeline(k: Any, vocab: int, tok0: int, wg: int | None = None) -> Any
     wg_, wg = wg, 256
     while not k.dev.software and wg < 1024 and wg * 2 <= k.dev.limits.get("max_workgroup_invocations", 256):
         wg *= 2
-    return k.get("sample", VOCAB=vocab, WG=wg_ or wg, U=SAMPLE_LOADS, TOK0=tok0, CAP=CAP, K=SEARCH_PROBES)
+    return k.get("sample", VOCAB=vocab, WG=wg_ or wg, U=SAMPLE_LOADS, TOK0=tok0, CAP=CAP, K=SEARCH_PROBES, D=DRAW_LOADS)
 
 
 def pack_state(sampler: Any, V: int) -> np.ndarray:
@@ -79,8 +80,13 @@ def pack_state(sampler: Any, V: int) -> np.ndarray:
 
 
 def state_words(V: int) -> int:
-    """u32 words of one slot's sampler state: header, counts, two bit sets, two scratch rows."""
-    return 8 + 3 * V + 2 * -(-V // 32)
+    """u32 words of one slot's sampler state: header, counts, two bit sets."""
+    return 8 + V + 2 * -(-V // 32)
+
+
+def scratch_words(V: int) -> int:
+    """Floats of one slot's sampler scratch: two rows (z, w) of vec4 over the vocabulary."""
+    return 8 * -(-V // 4)
 
 
 class GpuDecoder:
@@ -93,6 +99,7 @@ class GpuDecoder:
         self.params = self.dev.buffer(4 * 16 * B, label="sampler params")
         self.state = self.dev.buffer(4 * self.stride * B, label="sampler state")
         self.ids = self.dev.buffer(4 * (CAP + 2) * B, label="sampled ids")
+        self.scratch = self.dev.buffer(4 * scratch_words(V) * B, label="sampler scratch")
         self.snaps: list[Any] = [None, None]
         self.count = [0] * B     # ids each slot's ring holds (the GPU's count, as the CPU expects it)
         self.layout: list[int] | None = None  # slots of the last window; their next tokens are on the GPU
@@ -123,7 +130,7 @@ class GpuDecoder:
         if steps is None:
             parts = self.rt.parts(key)
             op = (self._pipe, self.dev.bind(self._pipe, [self.rt.meta, self.rt.logits, self.params, self.state,
-                                                        self.ids]), (key[1], 1, 1))
+                                                        self.ids, self.scratch]), (key[1], 1, 1))
             steps = self._steps[key] = parts[:-1] + [parts[-1] + [op]]
         return steps
 
