@@ -1,7 +1,7 @@
 """What one dispatch costs, natively and in Chromium: steps of D small dispatches (each its own bind group of 5
 storage buffers, each reading what the one before wrote, as a decode step's kernels do), one compute pass and
 submit a step, S steps queued back to back, then a wait for the GPU. Prints one JSON line per backend with the
-microseconds a dispatch costs and the steps a second.
+microseconds a dispatch costs, the steps a second and the read-back round trip of one small dispatch.
 
 Usage: python bench/dispatch.py [--dispatches 100] [--steps 400] [--workgroups 8] [--chromium PATH [--gpu]]
 Natively it runs on wgpu-native (webrwkv's NativeDevice); with --chromium, the same loop runs as JS in a page of
@@ -73,9 +73,37 @@ onmessage = async ({ data: { D, S, WG } }) => {
     };
     await run(20);
     const [s, js] = await run(S);
+    // one small dispatch, a copy and mapAsync: the read-back round trip (median of 31); `nudge`: empty submits
+    // while it is pending, one a task, in case the GPU process notices finished work sooner when it gets commands
+    const rb = dev.createBuffer({ size: 256, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const roundTrip = async (nudge) => {
+      const ms = [];
+      for (let i = 0; i < 31; i++) {
+        const enc = dev.createCommandEncoder(), pass = enc.beginComputePass();
+        pass.setPipeline(pipe); pass.setBindGroup(0, groups[0]); pass.dispatchWorkgroups(WG); pass.end();
+        enc.copyBufferToBuffer(bufs[4], 0, rb, 0, 256);
+        const t0 = performance.now();
+        dev.queue.submit([enc.finish()]);
+        const m = rb.mapAsync(GPUMapMode.READ);
+        if (nudge) {
+          let done = false;
+          m.then(() => { done = true; });
+          const ch = new MessageChannel();
+          await new Promise((res) => {
+            ch.port1.onmessage = () => { if (done) res(); else { dev.queue.submit([]); ch.port2.postMessage(0); } };
+            ch.port2.postMessage(0);
+          });
+        }
+        await m;
+        ms.push(performance.now() - t0);
+        rb.unmap();
+      }
+      return ms.sort((a, b) => a - b)[15];
+    };
+    const readback_ms = await roundTrip(false), nudged_readback_ms = await roundTrip(true);
     post({ backend: "chromium", adapter: ad.info.description || ad.info.vendor, dispatches: D, steps: S,
            workgroups: WG, us_per_dispatch: 1e6 * s / (S * D), js_us_per_dispatch: 1e6 * js / (S * D),
-           steps_per_s: S / s });
+           steps_per_s: S / s, readback_ms, nudged_readback_ms });
   } catch (e) { post({ error: String(e && e.stack || e) }); }
 };
 """
@@ -109,8 +137,15 @@ def native(d: int, s: int, wg: int) -> dict:
 
     run(20)
     sec, rec = run(s)
+    trips = []
+    for _ in range(31):  # the read-back round trip of one small dispatch, as the page measures it
+        t0 = time.perf_counter()
+        dev.encode(ops[:1])
+        dev.read(bufs[4], 0, 256)
+        trips.append(1e3 * (time.perf_counter() - t0))
     return {"backend": "native", "adapter": dev.adapter_name, "dispatches": d, "steps": s, "workgroups": wg,
-            "us_per_dispatch": 1e6 * sec / (s * d), "js_us_per_dispatch": 1e6 * rec / (s * d), "steps_per_s": s / sec}
+            "us_per_dispatch": 1e6 * sec / (s * d), "js_us_per_dispatch": 1e6 * rec / (s * d), "steps_per_s": s / sec,
+            "readback_ms": sorted(trips)[15]}
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
