@@ -3,8 +3,7 @@ storage buffers, each reading what the one before wrote, as a decode step's kern
 submit a step, S steps queued back to back, then a wait for the GPU. Prints one JSON line per backend with the
 microseconds a dispatch costs, the steps a second and the read-back round trip of one small dispatch.
 
-Usage: python bench/dispatch.py [--dispatches 100] [--steps 400] [--workgroups 8] [--passes 1]
-       [--chromium PATH [--gpu]]
+Usage: python bench/dispatch.py [--dispatches 100] [--steps 400] [--workgroups 8] [--chromium PATH [--gpu]]
 Natively it runs on wgpu-native (webrwkv's NativeDevice); with --chromium, the same loop runs as JS in a page of
 headless Chromium (--gpu: the flags that give WebGPU a real GPU on Linux, as in bench/browser.py).
 """
@@ -43,7 +42,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 # the loop runs in a dedicated worker, as the engine's does
 WORKER = """
 const post = (o) => postMessage(o);
-onmessage = async ({ data: { D, S, WG, PASS } }) => {
+onmessage = async ({ data: { D, S, WG } }) => {
   try {
     let ad = null;  // the GPU process may still be starting: ask again for up to 10 s
     for (let i = 0; i < 40 && !ad; i++) {
@@ -59,13 +58,9 @@ onmessage = async ({ data: { D, S, WG, PASS } }) => {
     const groups = Array.from({ length: D }, (_, i) => dev.createBindGroup({ layout: pipe.getBindGroupLayout(0),
       entries: [0, 1, 2, 3 + (i % 2), 4 - (i % 2)].map((b, j) => ({ binding: j, resource: { buffer: bufs[b] } })) }));
     const step = () => {
-      const enc = dev.createCommandEncoder();
-      let pass = null;
-      for (let i = 0; i < D; i++) {
-        if (i % PASS === 0) { pass?.end(); pass = enc.beginComputePass(); pass.setPipeline(pipe); }
-        pass.setBindGroup(0, groups[i]);
-        pass.dispatchWorkgroups(WG);
-      }
+      const enc = dev.createCommandEncoder(), pass = enc.beginComputePass();
+      pass.setPipeline(pipe);
+      for (let i = 0; i < D; i++) { pass.setBindGroup(0, groups[i]); pass.dispatchWorkgroups(WG); }
       pass.end();
       dev.queue.submit([enc.finish()]);
     };
@@ -107,7 +102,7 @@ onmessage = async ({ data: { D, S, WG, PASS } }) => {
     };
     const readback_ms = await roundTrip(false), nudged_readback_ms = await roundTrip(true);
     post({ backend: "chromium", adapter: ad.info.description || ad.info.vendor, dispatches: D, steps: S,
-           workgroups: WG, pass_ops: PASS, us_per_dispatch: 1e6 * s / (S * D), js_us_per_dispatch: 1e6 * js / (S * D),
+           workgroups: WG, us_per_dispatch: 1e6 * s / (S * D), js_us_per_dispatch: 1e6 * js / (S * D),
            steps_per_s: S / s, readback_ms, nudged_readback_ms });
   } catch (e) { post({ error: String(e && e.stack || e) }); }
 };
@@ -117,17 +112,16 @@ PAGE = """<!doctype html><meta charset="utf-8"><script>
 const q = new URLSearchParams(location.search);
 const w = new Worker(URL.createObjectURL(new Blob([WORKER], { type: "text/javascript" })));
 w.onmessage = ({ data }) => console.log("@@BENCH " + JSON.stringify(data));
-w.postMessage({ D: +q.get("d"), S: +q.get("s"), WG: +q.get("wg"), PASS: +q.get("pass") });
+w.postMessage({ D: +q.get("d"), S: +q.get("s"), WG: +q.get("wg") });
 </script>"""
 
 
-def native(d: int, s: int, wg: int, passes: int = 1) -> dict:
+def native(d: int, s: int, wg: int) -> dict:
     import numpy as np
 
     from webrwkv.gpu import native as nat
 
     dev = nat.NativeDevice()
-    dev.pass_ops = -(-d // passes)
     bufs = [dev.buffer(wg * 64 * 4) for _ in range(5)]
     for b in bufs:
         dev.write(b, 0, np.ones(wg * 64, np.float32))
@@ -150,7 +144,6 @@ def native(d: int, s: int, wg: int, passes: int = 1) -> dict:
         dev.read(bufs[4], 0, 256)
         trips.append(1e3 * (time.perf_counter() - t0))
     return {"backend": "native", "adapter": dev.adapter_name, "dispatches": d, "steps": s, "workgroups": wg,
-            "pass_ops": dev.pass_ops,
             "us_per_dispatch": 1e6 * sec / (s * d), "js_us_per_dispatch": 1e6 * rec / (s * d), "steps_per_s": s / sec,
             "readback_ms": sorted(trips)[15]}
 
@@ -160,14 +153,14 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def chromium(path: str, gpu: bool, d: int, s: int, wg: int, passes: int = 1, timeout: float = 120) -> dict:
+def chromium(path: str, gpu: bool, d: int, s: int, wg: int, timeout: float = 120) -> dict:
     from browser import FLAGS, GPU_FLAGS, TAG
 
     with tempfile.TemporaryDirectory(prefix="webrwkv-dispatch-") as tmp:
         (Path(tmp) / "index.html").write_text(PAGE.replace("WORKER", json.dumps(WORKER.replace("KERNEL", json.dumps(KERNEL)))))
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=tmp))
         threading.Thread(target=srv.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{srv.server_address[1]}/index.html?d={d}&s={s}&wg={wg}&pass={-(-d // passes)}"
+        url = f"http://127.0.0.1:{srv.server_address[1]}/index.html?d={d}&s={s}&wg={wg}"
         cmd = [path, *FLAGS, *(GPU_FLAGS if gpu else []), f"--user-data-dir={tmp}/profile", url]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
         end = time.time() + timeout
@@ -193,13 +186,12 @@ def main() -> None:
     ap.add_argument("--dispatches", type=int, default=100)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--workgroups", type=int, default=8)
-    ap.add_argument("--passes", type=int, default=1, help="compute passes a step's dispatches are split into")
     ap.add_argument("--chromium", help="also run it in this Chromium")
     ap.add_argument("--gpu", action="store_true", help="Chromium's flags for a real GPU")
     a = ap.parse_args()
-    print(json.dumps(native(a.dispatches, a.steps, a.workgroups, a.passes)))
+    print(json.dumps(native(a.dispatches, a.steps, a.workgroups)))
     if a.chromium:
-        print(json.dumps(chromium(a.chromium, a.gpu, a.dispatches, a.steps, a.workgroups, a.passes)))
+        print(json.dumps(chromium(a.chromium, a.gpu, a.dispatches, a.steps, a.workgroups)))
 
 
 if __name__ == "__main__":

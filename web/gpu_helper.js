@@ -11,44 +11,40 @@ export function registerOps(pipelines, bindGroups, workgroups) {
   return { pipelines: Array.from(pipelines), bindGroups: Array.from(bindGroups), wg: Uint32Array.from(workgroups), n };
 }
 
-// Record op lists `times` times into one command encoder and submit it: the whole step in one call. One
-// compute pass holds them all, or (passOps > 0) each pass holds passOps dispatches: the GPU process's cost of
-// a dispatch grows with the length of its pass (Chromium on an H200: 2.6 us a dispatch in passes of 100, 4.7
-// in passes of 200).
-function submit(device, progs, times, passOps = 0) {
-  const enc = device.createCommandEncoder();
-  let pass = enc.beginComputePass();
-  let left = passOps > 0 ? passOps : -1;
-  for (let k = 0; k < times; k++) {
-    for (const { pipelines, bindGroups, wg, n } of progs) {
-      let last = null;
-      for (let i = 0; i < n; i++) {
-        if (left === 0) { pass.end(); pass = enc.beginComputePass(); left = passOps; last = null; }
-        left--;
-        const p = pipelines[i];
-        if (p !== last) { pass.setPipeline(p); last = p; }
-        pass.setBindGroup(0, bindGroups[i]);
-        pass.dispatchWorkgroups(wg[3 * i], wg[3 * i + 1], wg[3 * i + 2]);
-      }
-    }
+// Record a packed op list into an open compute pass.
+function record(pass, prog) {
+  const { pipelines, bindGroups, wg, n } = prog;
+  let last = null;
+  for (let i = 0; i < n; i++) {
+    const p = pipelines[i];
+    if (p !== last) { pass.setPipeline(p); last = p; }
+    pass.setBindGroup(0, bindGroups[i]);
+    pass.dispatchWorkgroups(wg[3 * i], wg[3 * i + 1], wg[3 * i + 2]);
   }
+}
+
+// Record op lists into one compute pass and submit it: the whole step in one call.
+function submit(device, progs, times) {
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  for (let k = 0; k < times; k++) for (const prog of progs) record(pass, prog);
   pass.end();
   device.queue.submit([enc.finish()]);
 }
 
-export function runOps(device, prog, passOps = 0) {
-  submit(device, [prog], 1, passOps);
+export function runOps(device, prog) {
+  submit(device, [prog], 1);
 }
 
 // A window of decode steps in one call: a step (a list of packed op lists) n times in a row, `per` steps in
 // each compute pass and submit (each submit has a fixed cost on the GPU's side); per 1 submits each op list
 // on its own.
-export function runSteps(device, progs, n, per = 1, passOps = 0) {
+export function runSteps(device, progs, n, per = 1) {
   if (per <= 1) {
-    for (let k = 0; k < n; k++) for (const prog of progs) submit(device, [prog], 1, passOps);
+    for (let k = 0; k < n; k++) for (const prog of progs) submit(device, [prog], 1);
     return;
   }
-  for (let k = 0; k < n; k += per) submit(device, progs, Math.min(per, n - k), passOps);
+  for (let k = 0; k < n; k += per) submit(device, progs, Math.min(per, n - k));
 }
 
 // Copy from a Python buffer (numpy array, bytes) into a GPU buffer without an

@@ -50,7 +50,6 @@ class Tuning:
     window_steps: int = 1       # decode steps of a window in one compute pass and submit; 1: each part of a step
                                 # alone, so the GPU starts on a window while the rest is recorded (Chromium on
                                 # an H200: 1 decodes 9-12 % faster than 8 at L12 and L24; native alike)
-    pass_ops: int = 0           # dispatches per compute pass within a submit (0: one pass a submit)
     gemm_min_wg: int = 264      # split K when a GEMM grid has fewer workgroups than this
     gemm_max_split: int = 8     # at most this many K slices
 

@@ -84,7 +84,6 @@ class Runtime:
         self._check_limits()
         self.k = Kernels(device, tuning)
         self.k.max_rows = self.rows
-        device.pass_ops = max(0, self.k.tuning.pass_ops)
         dev = device
         # step metadata: header, segment table, tokens, output rows
         self.tok0 = 8 + 4 * max_batch

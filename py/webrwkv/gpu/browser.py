@@ -248,7 +248,7 @@ class BrowserDevice(Device):
         """One call into JS for the whole window: n steps, `per` of them in each compute pass and submit."""
         self._check()
         progs = [self._program(ops if isinstance(ops, (list, tuple)) else list(ops)) for ops in parts]
-        self._h.runSteps(self._dev, to_js(progs), int(n), max(1, int(per)), int(self.pass_ops))
+        self._h.runSteps(self._dev, to_js(progs), int(n), max(1, int(per)))
         self.encode_calls += 1
         self.js_calls += 1
 
@@ -256,6 +256,6 @@ class BrowserDevice(Device):
         self._check()
         if not isinstance(ops, (list, tuple)):
             ops = list(ops)
-        self._h.runOps(self._dev, self._program(ops), int(self.pass_ops))
+        self._h.runOps(self._dev, self._program(ops))
         self.encode_calls += 1
         self.js_calls += 1

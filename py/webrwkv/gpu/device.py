@@ -59,9 +59,6 @@ class Device:
         the engine's buffers), or None.
     software : bool
         The adapter runs on the CPU (Mesa lavapipe, SwiftShader): kernels size their workgroups for it.
-    pass_ops : int
-        Dispatches per compute pass in `encode` (0: every op of a submit in one pass); a submit then holds
-        several passes. Set from `Tuning.pass_ops` by the runtime.
     """
 
     adapter_name: str = "?"
@@ -73,7 +70,6 @@ class Device:
     js_calls: int = 0
     handle: Any = None
     software: bool = False
-    pass_ops: int = 0
 
     @property
     def pipeline_cache(self) -> dict:
@@ -135,8 +131,7 @@ class Device:
         raise NotImplementedError
 
     def encode(self, ops: Iterable[Op]) -> None:
-        """Record `ops` [(pipeline, bind_group, (x, y, z)), ...] in ONE submit (one compute pass, or passes
-        of `pass_ops` dispatches).
+        """Record `ops` [(pipeline, bind_group, (x, y, z)), ...] in ONE compute pass and submit.
 
         This is the hot path of every step: backends keep it a tight loop
         (in the browser, one call into a JS helper walking a prebuilt array).

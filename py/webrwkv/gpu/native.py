@@ -233,21 +233,15 @@ class NativeDevice(Device):
         return raw[1]
 
     def _submit(self, lists: Sequence[list]) -> None:
-        """Record the raw op lists in ONE submit: one compute pass, or passes of `pass_ops` dispatches."""
+        """Record the raw op lists in ONE compute pass and submit it."""
         try:
             enc = self._dev.create_command_encoder()
             cp = enc.begin_compute_pass()
             h, null = cp._internal, self._ffi.NULL
             set_pipeline, set_group, dispatch = self._set_pipeline, self._set_group, self._dispatch
-            left = self.pass_ops or -1  # dispatches until the next pass (-1: one pass)
             for raw in lists:
                 last = None
                 for pipe, group, x, y, z in raw:
-                    if left == 0:
-                        cp.end()
-                        cp = enc.begin_compute_pass()
-                        h, left, last = cp._internal, self.pass_ops, None
-                    left -= 1
                     if pipe != last:
                         set_pipeline(h, pipe)
                         last = pipe
