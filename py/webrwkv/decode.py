@@ -62,8 +62,8 @@ def sample_pipeline(k: Any, vocab: int, tok0: int, wg: int | None = None) -> Any
 
 
 def pack_state(sampler: Any, V: int) -> np.ndarray:
-    """A Sampler's draw counter, decayed counts, generated and banned ids as the head of a slot's sampler
-    state (the scratch after it needs no values)."""
+    """A Sampler's draw counter, decayed counts, generated and banned ids: a slot's sampler state (its
+    scratch rows, a buffer of their own, need no values)."""
     nw = -(-V // 32)
     st = np.zeros(8 + V + 2 * nw, np.uint32)
     st[0] = sampler.step
