@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking",
@@ -46,6 +47,27 @@ def wait_port(port: int, deadline: float) -> None:
     raise SystemExit(f"the server did not start on port {port}")
 
 
+def page_messages(cmd: list[str], timeout: float, final: Callable[[dict], bool]) -> list[dict]:
+    """Start Chromium (`cmd`) and collect the page's "@@BENCH {json}" console lines from its stderr, up to the
+    first message `final` accepts; past `timeout` seconds the last one is {"error": ...}. Chromium is killed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+    out, end = [], time.time() + timeout
+    try:
+        for line in proc.stderr:
+            i = line.find(TAG)
+            if i >= 0:
+                out.append(json.loads(line[i + len(TAG):].split('", source:')[0].replace('\\"', '"')))
+                if final(out[-1]):
+                    break
+            if time.time() > end:
+                out.append({"error": f"no result within {timeout:.0f} s"})
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    return out
+
+
 def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode: int, timeout: float,
         cache: bool = False, tuning: str = "") -> dict:
     port = free_port()
@@ -59,23 +81,14 @@ def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode:
                                         "decode": decode, "cache": int(cache), "tuning": tuning})
         cmd = [chromium, *FLAGS, *(GPU_FLAGS if gpu else []), f"--user-data-dir={profile}",
                f"http://127.0.0.1:{port}/bench.html?{query}"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
-        stages, end = {}, time.time() + timeout
-        try:
-            for line in proc.stderr:
-                i = line.find(TAG)
-                if i >= 0:
-                    msg = json.loads(line[i + len(TAG):].split('", source:')[0].replace('\\"', '"'))
-                    stages[msg["stage"]] = msg
-                    print(f"[browser] {msg['stage']}", file=sys.stderr)
-                    if msg["stage"] in ("done", "error"):
-                        break
-                if time.time() > end:
-                    stages["error"] = {"error": f"no result within {timeout:.0f} s"}
-                    break
-        finally:
-            proc.kill()
-            proc.wait()
+        stages: dict = {}
+
+        def final(msg: dict) -> bool:
+            print(f"[browser] {msg.get('stage')}", file=sys.stderr)
+            return msg.get("stage") in ("done", "error")
+
+        for msg in page_messages(cmd, timeout, final):
+            stages[msg.get("stage", "error")] = msg
         if "error" in stages:
             raise SystemExit(f"the benchmark page failed: {stages['error']['error']}")
         if "done" not in stages:

@@ -14,7 +14,6 @@ import argparse
 import functools
 import http.server
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -154,7 +153,7 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 def chromium(path: str, gpu: bool, d: int, s: int, wg: int, timeout: float = 120) -> dict:
-    from browser import FLAGS, GPU_FLAGS, TAG
+    from browser import FLAGS, GPU_FLAGS, page_messages
 
     with tempfile.TemporaryDirectory(prefix="webrwkv-dispatch-") as tmp:
         (Path(tmp) / "index.html").write_text(PAGE.replace("WORKER", json.dumps(WORKER.replace("KERNEL", json.dumps(KERNEL)))))
@@ -162,23 +161,15 @@ def chromium(path: str, gpu: bool, d: int, s: int, wg: int, timeout: float = 120
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{srv.server_address[1]}/index.html?d={d}&s={s}&wg={wg}"
         cmd = [path, *FLAGS, *(GPU_FLAGS if gpu else []), f"--user-data-dir={tmp}/profile", url]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
-        end = time.time() + timeout
         try:
-            for line in proc.stderr:
-                i = line.find(TAG)
-                if i >= 0:
-                    msg = json.loads(line[i + len(TAG):].split('", source:')[0].replace('\\"', '"'))
-                    if "error" in msg:
-                        raise SystemExit(f"the page failed: {msg['error']}")
-                    return msg
-                if time.time() > end:
-                    break
+            msgs = page_messages(cmd, timeout, lambda m: True)
         finally:
-            proc.kill()
-            proc.wait()
             srv.shutdown()
-    raise SystemExit(f"no result from Chromium within {timeout:.0f} s")
+    if not msgs:
+        raise SystemExit("Chromium ended before the page reported (no WebGPU?)")
+    if "error" in msgs[-1]:
+        raise SystemExit(f"the page failed: {msgs[-1]['error']}")
+    return msgs[-1]
 
 
 def main() -> None:
