@@ -68,12 +68,15 @@ def test_grouped_matmul_with_activations_and_gate(T, K, gemv_t, mt_rows, mt_wg, 
         assert rel(got, ref) <= 5e-6, mode  # measured <= 1.5e-6
 
 
-def test_split_gemm_serves_every_chunk_size_with_one_kernel():
-    """One matrix split over K into 4 slices for a chunk of one 64-token tile, 2 for two or three tiles and
-    none for four: the first three run the same partial and reduction kernels (each works out its split from
-    the chunk), and every chunk matches numpy."""
+@pytest.mark.parametrize("min_wg,min_k,splits", [(12, 256, (4, 2, 2, 1)), (48, 256, (8, 8, 6, 4)),
+                                                 (48, 512, (4, 4, 4, 4))])
+def test_split_gemm_serves_every_chunk_size_with_one_kernel(min_wg, min_k, splits):
+    """One matrix (K=2048) split over K for chunks of one to four 64-token tiles: into enough slices to make
+    about gemm_min_wg workgroups, at most 8 and each at least gemm_min_k of K (12 workgroups: 4 slices for
+    one tile, 2 for two or three, none for four). Every split chunk runs the same partial and reduction kernels
+    (each works out its split from the chunk), and every chunk matches numpy."""
     dev = device()
-    k = Kernels(dev, Tuning(gemm_min_wg=12))
+    k = Kernels(dev, Tuning(gemm_min_wg=min_wg, gemm_min_k=min_k))
     k.max_rows = 200
     rng = np.random.default_rng(5)
     P, NR, K = 3, 40, 2048
@@ -85,7 +88,7 @@ def test_split_gemm_serves_every_chunk_size_with_one_kernel():
     mm = MatMul(k, meta, [(blocks[0][0], 0, NR)], Kp, P, NR, xb, yb, x_ts=P * K, x_gs=K, y_ts=P * NR,
                 acts=("none", "relu2", "tanh"), fmt=FP16)
     pipes = {}
-    for T, split in ((37, 4), (100, 2), (150, 2), (200, 1)):
+    for T, split in zip((37, 100, 150, 200), splits):
         dev.write(meta, 0, np.array([T], np.uint32))
         ops = mm.ops(T)
         assert mm._split(T) == split
@@ -96,8 +99,10 @@ def test_split_gemm_serves_every_chunk_size_with_one_kernel():
         want = np.concatenate([ACT[a](X[:T, g] @ W[g * NR:(g + 1) * NR].T)
                                for g, a in enumerate(("none", "relu2", "tanh"))], axis=1)
         assert rel(got, want) <= 5e-6, T  # measured <= 1.5e-6
-    assert pipes[37] == pipes[100] == pipes[150] and len(pipes[37]) == 2 and len(pipes[200]) == 1
-    assert pipes[200][0] is not pipes[37][0]  # the unsplit kernel stores its results itself
+    split_pipes = [pipes[T] for T, n in zip(pipes, splits) if n > 1]
+    assert all(p == split_pipes[0] and len(p) == 2 for p in split_pipes)
+    if splits[-1] == 1:
+        assert len(pipes[200]) == 1 and pipes[200][0] is not pipes[37][0]  # the unsplit kernel stores itself
 
 
 @pytest.mark.parametrize("fmt", ["int8", "nf4"])
