@@ -150,6 +150,31 @@ def test_gemv_at_the_default_tuning_on_the_decode_shapes_of_v7_L24(N, K, T, shap
     assert rel(got, X.astype(np.float64) @ W.T.astype(np.float64)) <= 1e-6  # measured <= 1.2e-7 (H200, lavapipe)
 
 
+@pytest.mark.parametrize("limit", [256, 1024])
+@pytest.mark.parametrize("T", [1, 8])
+def test_gemv_workgroup_fits_the_device_limit(monkeypatch, T, limit):
+    """The browser's GEMV tuning (64 threads a row, 8 rows: 512 threads) on a device that allows 256 threads a
+    workgroup (WebGPU's default) gets 4 rows a workgroup, and on one that allows 1024 all 8; both match numpy."""
+    dev = device()
+    if dev.limits["max_workgroup_invocations"] < limit:
+        pytest.fail(f"this device allows {dev.limits['max_workgroup_invocations']} threads a workgroup")
+    monkeypatch.setitem(dev.limits, "max_workgroup_invocations", limit)
+    k = Kernels(dev, Tuning(gemv_tpr=64, gemv_rows=8, gemv_mt_rows=1))
+    rng = np.random.default_rng(T + limit)
+    N, K = 300, 2048
+    W = (rng.standard_normal((N, K)) * 0.05).astype(np.float16).astype(np.float32)
+    X = rng.standard_normal((T, K)).astype(np.float32)
+    blocks, Kp = FP16.upload(dev, W, "w")
+    yb = dev.buffer(4 * T * N)
+    mm = MatMul(k, _meta(dev, T, 0), blocks, Kp, 1, N, _f32(dev, X), yb, x_ts=K, y_ts=N, fmt=FP16)
+    assert mm.gemv_wg() == min(512, limit) and mm.gemv_shape(8 if T > 1 else 1) == (1, 64)
+    ops = mm.ops(T)
+    assert ops[0][2][0] == -(-N // (mm.gemv_wg() // 64))  # workgroups: rows / rows a workgroup
+    dev.encode(ops)
+    got = np.frombuffer(dev.read(yb, 0, 4 * T * N), np.float32).reshape(T, N)
+    assert rel(got, X.astype(np.float64) @ W.T.astype(np.float64)) <= 1e-6
+
+
 @pytest.mark.parametrize("T", [1, 9])
 def test_row_blocks_cover_a_matrix_larger_than_the_binding_limit(T):
     from webrwkv.gpu import open_device

@@ -203,7 +203,7 @@ class MatMul:
         sub = int(bool(k.subgroups and tu.gemv_subgroups))
         out = []
         rpt, tpr = self.gemv_shape(mt)
-        ngroups = max(1, tu.gemv_rows * tu.gemv_tpr // tpr)  # row groups per workgroup
+        ngroups = max(1, self.gemv_wg() // tpr)  # row groups per workgroup
         rows = ngroups * rpt  # per workgroup
         ln = (rpt * mt - 1).bit_length()  # the subgroup reduction's halving steps
         npow = 1 << ln
@@ -218,6 +218,12 @@ class MatMul:
             out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // rows)))
         return out
 
+    def gemv_wg(self) -> int:
+        """Threads of a GEMV workgroup: gemv_rows x gemv_tpr, fewer where the device allows fewer (WebGPU's
+        default limit is 256, and the browser's tuning asks for 512)."""
+        tu = self.k.tuning
+        return min(tu.gemv_rows * tu.gemv_tpr, self.k.dev.limits.get("max_workgroup_invocations", 256))
+
     def gemv_shape(self, mt: int) -> tuple[int, int]:
         """(rows a GEMV thread serves, threads a row). One token: one row, gemv_tpr threads (fewer where K
         is short: each makes a load). Several tokens: fewer threads where K is short (each makes 4 loads) and
@@ -226,7 +232,7 @@ class MatMul:
         workgroups, or where it cannot, one row a thread (an H200 at L24, 8 tokens: FFN value 1.42 -> 1.03
         ms a step)."""
         tu = self.k.tuning
-        rpt, tpr, wg = max(1, tu.gemv_mt_rows), tu.gemv_tpr, tu.gemv_rows * tu.gemv_tpr
+        rpt, tpr, wg = max(1, tu.gemv_mt_rows), min(tu.gemv_tpr, self.gemv_wg()), self.gemv_wg()
         while tpr > 1 and self.K < (8 if mt == 1 else 32) * tpr:  # each thread makes 1 load (4 for several tokens)
             tpr //= 2
         base = tpr
