@@ -134,3 +134,17 @@ def test_kernels_recorded_from_three_blocks_are_those_of_every_block(spec, tmp_p
         every = record_kernels(dev, prefix, len(data), path.as_uri(), None, quant, all_layers=True)
         assert len(every) > 10
         assert {k: r.wgsl for k, r in some.items()} == {k: r.wgsl for k, r in every.items()}
+
+
+def test_browser_tuning_takes_64_threads_a_gemv_row_on_gpus_only():
+    """The page's kernel tuning: one submit a step and one GEMV row a thread everywhere; 64 threads a GEMV row
+    on a GPU (faster in Chromium on an H200), 32 on a software adapter; a page's override wins."""
+    from webrwkv.browser_loader import _tuning
+    from webrwkv.errors import ModelFormatError
+
+    gpu, soft = _tuning(None), _tuning({}, software=True)
+    assert (gpu.gemv_tpr, soft.gemv_tpr) == (64, 32)
+    assert gpu.submit_ops == soft.submit_ops == 1 << 30 and gpu.gemv_mt_rows == soft.gemv_mt_rows == 1
+    assert _tuning({"gemv_tpr": 16}).gemv_tpr == 16
+    with pytest.raises(ModelFormatError, match="unknown kernel tuning knob"):
+        _tuning({"gemv_tprr": 16})

@@ -157,7 +157,7 @@ class StreamingLoad:
         # vectors are zero until finish() reads them back and calls runtime.write_vectors
         weights: dict[str, Any] = {n: np.zeros(self.refs[n].canonical_shape, np.float32) for n in vec_names}
         weights.update({n: GpuMatrix.of(raw) for n, raw in raws.items()})
-        self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size, tuning=_tuning(tuning),
+        self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size, tuning=_tuning(tuning, dev.software),
                                      upload=self.upload_matrix, quant=quant)
         self.writes: list = []
         self.staged: dict[int, Raw] = {}
@@ -324,16 +324,17 @@ def record_kernels(dev: Any, prefix: bytes, size: int, url: str, tuning: dict | 
     return dict(dry.pipeline_cache)
 
 
-def _tuning(overrides: dict | None) -> Any:
+def _tuning(overrides: dict | None, software: bool = False) -> Any:
     """Kernel tuning for the browser: a whole step in one submit (ONE call into JS), one GEMV row a thread
     (the page has one slot: several tokens reach the GEMV only in short prompts, where rows per thread do not
-    pay for their kernels' longer compile), 64 threads a GEMV row (Chromium on an H200, v7 fp16 decode: L32
-    +6 %, L24 +3.5 %, L12 +2 % against 32, where native gains 1.6 % at L32 and loses 1 % at L24), plus
-    overrides."""
+    pay for their kernels' longer compile), 64 threads a GEMV row on a GPU (Chromium on an H200, v7 fp16
+    decode: L32 +6 %, L24 +3.5 %, L12 +2 % against 32, where native gains 1.6 % at L32 and loses 1 % at L24;
+    a software adapter keeps 32, the shape measured there), plus overrides."""
     t = kmod.Tuning()
     t.submit_ops = 1 << 30
     t.gemv_mt_rows = 1
-    t.gemv_tpr = 64
+    if not software:
+        t.gemv_tpr = 64
     for k, v in (overrides or {}).items():
         if not hasattr(t, k):
             raise ModelFormatError(f"unknown kernel tuning knob {k!r}; known: {', '.join(vars(t))}")
