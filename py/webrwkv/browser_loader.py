@@ -157,8 +157,8 @@ class StreamingLoad:
         # vectors are zero until finish() reads them back and calls runtime.write_vectors
         weights: dict[str, Any] = {n: np.zeros(self.refs[n].canonical_shape, np.float32) for n in vec_names}
         weights.update({n: GpuMatrix.of(raw) for n, raw in raws.items()})
-        self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size, tuning=_tuning(tuning, dev.software),
-                                     upload=self.upload_matrix, quant=quant)
+        self.runtime = rtmod.Runtime(dev, self.info, weights, max_batch, token_chunk_size,
+                                     tuning=_tuning(tuning, dev.software), upload=self.upload_matrix, quant=quant)
         self.writes: list = []
         self.staged: dict[int, Raw] = {}
         self.vec_spans: dict[str, tuple[int, int, int]] = {}

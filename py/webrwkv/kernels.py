@@ -232,7 +232,8 @@ class MatMul:
         workgroups, or where it cannot, one row a thread (an H200 at L24, 8 tokens: FFN value 1.42 -> 1.03
         ms a step)."""
         tu = self.k.tuning
-        rpt, tpr, wg = max(1, tu.gemv_mt_rows), min(tu.gemv_tpr, self.gemv_wg()), self.gemv_wg()
+        wg = self.gemv_wg()
+        rpt, tpr = max(1, tu.gemv_mt_rows), min(tu.gemv_tpr, wg)
         while tpr > 1 and self.K < (8 if mt == 1 else 32) * tpr:  # each thread makes 1 load (4 for several tokens)
             tpr //= 2
         base = tpr
