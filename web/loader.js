@@ -3,7 +3,11 @@
 // where none can start, here; each block goes into a GPU buffer mapped at creation and is copied on the GPU
 // to its tensors, with a Cache API copy so the next load of the same file needs no weight requests.
 // (Chromium on an H200: mapped staging moved 2.4 GB/s where writeBuffer of the same 32 MB blocks moved
-// 0.8 GB/s; the fetches of one thread 0.6 GB/s, of four workers 1.1-1.4 GB/s.)
+// 0.8 GB/s; the fetches of one thread 0.6 GB/s, of four workers 1.1-1.4 GB/s, 1.6 GB/s read as ranges.js's
+// download() reads them.) The Range requests and their bodies are ranges.js's.
+import { LoadError, download, rangeFetch, readBody, short } from "./ranges.js";
+
+export { LoadError };
 
 export const BLOCK = 32 << 20;
 const IN_FLIGHT = 3;     // blocks in flight, fetched in this thread
@@ -12,60 +16,6 @@ const PER_WORKER = 2;    // blocks in flight each
 const EARLY = 4;         // blocks a worker downloads while the load is planned (see prefetch)
 const PREFIX = 4096;
 const CACHE = "webrwkv-models-v1";
-
-export class LoadError extends Error {
-  constructor(kind, message) { super(message); this.name = "LoadError"; this.kind = kind; }
-}
-
-const short = (url) => { try { return new URL(url).pathname.split("/").pop() || url; } catch { return url; } };
-
-// One Range request; the server must answer 206 (a 200 means it ignored Range). start < 0: the last -start bytes.
-export async function rangeFetch(url, start, end, signal) {
-  let r;
-  try {
-    const range = start < 0 ? `bytes=${start}` : `bytes=${start}-${end - 1}`;
-    r = await fetch(url, { headers: { Range: range }, signal, cache: "no-store" });
-  } catch (e) {
-    if (signal?.aborted) throw new LoadError("aborted", "Loading was cancelled.");
-    throw new LoadError("network", `Could not download ${short(url)} (${e.message}). Check the URL and your connection; ` +
-      "a server on another site must allow cross-origin requests (CORS).");
-  }
-  if (r.status === 200) {
-    try { await r.body?.cancel(); } catch {}
-    throw new LoadError("norange", `The server of ${short(url)} ignored the Range request (it answered 200 with the ` +
-      "whole file). webrwkv streams models with HTTP Range requests: use a server that supports them " +
-      "(for example `webrwkv serve`, Hugging Face 'resolve' URLs, most CDNs and static hosts).");
-  }
-  if (r.status === 404) throw new LoadError("http", `${short(url)} was not found on the server (404). Check the URL.`);
-  if (r.status === 401 || r.status === 403) {
-    throw new LoadError("http", `The server refused ${short(url)} (${r.status}): the file may need a login or may be private.`);
-  }
-  if (r.status !== 206) throw new LoadError("http", `Downloading ${short(url)} failed: HTTP ${r.status} ${r.statusText}.`);
-  return r;
-}
-
-export async function readBody(r, into, onBytes, signal) {
-  const reader = r.body.getReader();
-  let n = 0;
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (n + value.length > into.length) throw new LoadError("badfile", "The server sent more bytes than asked for.");
-      into.set(value, n);
-      n += value.length;
-      onBytes(value.length);
-    }
-  } catch (e) {
-    if (signal?.aborted) throw new LoadError("aborted", "Loading was cancelled.");
-    if (e instanceof LoadError) throw e;
-    throw new LoadError("network", `The download broke off (${e.message}). Check your connection and load again.`);
-  }
-  if (n !== into.length) {
-    throw new LoadError("network", `The server sent ${n} of ${into.length} bytes: the download broke off or the file changed. Load again.`);
-  }
-  return into;
-}
 
 // First bytes of the file: the 8-byte header length plus the JSON header.
 // Returns {prefix (Uint8Array), size, etag}; the caller (Python) validates the header.
@@ -81,8 +31,7 @@ export async function fetchHeader(url, signal) {
     const n = Number(new DataView(prefix.buffer, prefix.byteOffset).getBigUint64(0, true));
     const need = 8 + n;
     if (n < 100 * 2 ** 20 && need > prefix.length && (size < 0 || need <= size)) {
-      const rest = new Uint8Array(need - prefix.length);
-      await readBody(await rangeFetch(url, prefix.length, need, signal), rest, () => {}, signal);
+      const rest = await download(await rangeFetch(url, prefix.length, need, signal), need - prefix.length, () => {}, signal);
       const all = new Uint8Array(need);
       all.set(prefix);
       all.set(rest, prefix.length);
@@ -126,7 +75,7 @@ export async function fetchIndex(url, first, needs, signal) {
     pieces.push(...await Promise.all(want.map(async ([s, e]) => {
       const r = await rangeFetch(url, s, e, signal);
       if (s < 0) return [-1, new Uint8Array(await r.arrayBuffer())];
-      return [s, await readBody(r, new Uint8Array(e - s), () => {}, signal)];
+      return [s, await download(r, e - s, () => {}, signal)];
     })));
   }
   throw new LoadError("badfile", `The index of ${short(url)} is spread over more of the file than a torch.save checkpoint's: ` +
@@ -181,7 +130,7 @@ function fetchPool(n) {
   const jobs = new Map();
   let seq = 0;
   const local = (url, start, end, onBytes, signal) =>
-    rangeFetch(url, start, end, signal).then((r) => readBody(r, new Uint8Array(end - start), onBytes, signal));
+    rangeFetch(url, start, end, signal).then((r) => download(r, end - start, onBytes, signal));
   const spawn = () => {
     let w;
     try { w = new Worker(new URL("./fetch-worker.js", import.meta.url), { type: "module", name: "webrwkv download" }); } catch { return null; }

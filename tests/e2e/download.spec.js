@@ -115,3 +115,35 @@ test('Blocks downloaded while the load is planned are the stream\'s first, count
   const other = await stream(page, { cache: false, early: true, earlyBlock: 2 << 20 });
   expect(other.error.message).toMatch(/another block grid/);
 });
+
+test('A body read into its own buffer: the exact bytes, and a clear error for a server that sends more or fewer', async ({ page }) => {
+  // the lying server: /lie/more sends 8 bytes past the asked range, /lie/less 8 bytes short (a 206 each)
+  const data = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 31) & 255));
+  await page.route('**/lie/**', (route) => {
+    const [, a, b] = /bytes=(\d+)-(\d+)/.exec(route.request().headers()['range']).map(Number);
+    const extra = route.request().url().endsWith('more') ? 8 : route.request().url().endsWith('less') ? -8 : 0;
+    route.fulfill({ status: 206, headers: { 'Content-Range': `bytes ${a}-${b}/${data.length}` }, body: data.subarray(a, b + 1 + extra) });
+  });
+  const out = await page.evaluate(async () => {
+    const { download, rangeFetch, readBody } = await import(`${location.origin}/ranges.js`);
+    const res = {};
+    for (const kind of ['exact', 'more', 'less']) {
+      for (const how of ['download', 'readBody']) {
+        try {
+          const r = await rangeFetch(`${location.origin}/lie/${kind}`, 100, 3100);
+          let seen = 0;
+          const got = how === 'download' ? await download(r, 3000, (n) => { seen += n; })
+            : await readBody(r, new Uint8Array(3000), (n) => { seen += n; });
+          res[`${kind}-${how}`] = { ok: got.every((v, i) => v === (((i + 100) * 31) & 255)), n: got.length, seen };
+        } catch (e) { res[`${kind}-${how}`] = { error: e.name, kind: e.kind, message: e.message }; }
+      }
+    }
+    return res;
+  });
+  for (const how of ['download', 'readBody']) {
+    expect(out[`exact-${how}`]).toEqual({ ok: true, n: 3000, seen: 3000 });
+    expect(out[`more-${how}`]).toMatchObject({ error: 'LoadError', kind: 'badfile', message: 'The server sent more bytes than asked for.' });
+    expect(out[`less-${how}`]).toMatchObject({ error: 'LoadError', kind: 'network' });
+    expect(out[`less-${how}`].message).toMatch(/sent 2992 of 3000 bytes/);
+  }
+});
