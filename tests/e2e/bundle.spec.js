@@ -23,7 +23,7 @@ test.beforeAll(async () => {
   bundle(OUT, [path.join(ROOT, 'models', 'rwkv7-shakespeare.st'), path.join(ROOT, 'tests', 'golden', 'v7.st')]);
   fs.rmSync(SITE, { recursive: true, force: true });
   fs.mkdirSync(path.join(SITE, 'lib'), { recursive: true });
-  for (const f of ['webrwkv.js', 'loader.js']) fs.copyFileSync(path.join(OUT, f), path.join(SITE, 'lib', f));
+  for (const f of ['webrwkv.js', 'loader.js', 'ranges.js']) fs.copyFileSync(path.join(OUT, f), path.join(SITE, 'lib', f));
   fs.writeFileSync(path.join(SITE, 'index.html'), '<!doctype html><meta charset="utf-8"><title>embedder</title><p>another site</p>');
   nginx = await startNginx('bundle', [
     { port: PORT, locations: [{ prefix: '/demo/', dir: OUT, cors: true }] },
