@@ -124,7 +124,7 @@ class GpuDecoder:
         """Drop the cached step op lists (the runtime rebuilt its own)."""
         self._steps.clear()
 
-    def _step_ops(self, key: tuple) -> list:
+    def step_ops(self, key: tuple) -> list:
         """A decode step's op lists with the sample kernel after the head (cached: the same objects)."""
         steps = self._steps.get(key)
         if steps is None:
@@ -152,7 +152,7 @@ class GpuDecoder:
         if self.snaps[snap] is None:
             self.snaps[snap] = self.dev.buffer(4 * self.rt.slot_floats * self.rt.max_batch, label="state copy")
         self.dev.copy(self.rt.state, 0, self.snaps[snap], 0, 4 * self.rt.slot_floats * self.rt.max_batch)
-        self.dev.encode_repeat(self._step_ops(key), n, self.rt.k.tuning.window_steps)
+        self.dev.encode_repeat(self.step_ops(key), n, self.rt.k.tuning.window_steps)
         w = Window(slots, n, {s: self.count[s] for s in slots}, snap)
         for s in slots:
             self.count[s] += n
