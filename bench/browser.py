@@ -3,7 +3,7 @@ the JS API in headless Chromium, against `webrwkv serve` on this machine. Prints
 fields of `webrwkv bench --json` (plus boot and kernel times).
 
 Usage: python bench/browser.py --model FILE [--quant int8] [--gpu] [--cache] [--chromium PATH] [--prefill 512]
-       [--decode 128] [--tuning k=v,k=v]
+       [--decode 128] [--tuning k=v,k=v] [--flag=--chromium-flag ...] [--kernel-times [--json]]
 --gpu adds the flags that give WebGPU a real GPU on Linux (Vulkan through ANGLE, no window surface);
 without them Chromium uses its CPU adapter (SwiftShader). The page (web/bench.html) logs one
 "@@BENCH {json}" console line per stage; Chromium writes them to stderr, so no driver is needed.
@@ -69,7 +69,7 @@ def page_messages(cmd: list[str], timeout: float, final: Callable[[dict], bool])
 
 
 def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode: int, timeout: float,
-        cache: bool = False, tuning: str = "") -> dict:
+        cache: bool = False, tuning: str = "", flags: tuple = (), kernels: bool = False) -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "py") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     server = subprocess.Popen([sys.executable, "-m", "webrwkv", "serve", "--port", str(port), "--model-dir",
@@ -78,8 +78,9 @@ def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode:
     try:
         wait_port(port, time.time() + 30)
         query = urllib.parse.urlencode({"model": f"/models/{model.name}", "quant": quant, "prefill": prefill,
-                                        "decode": decode, "cache": int(cache), "tuning": tuning})
-        cmd = [chromium, *FLAGS, *(GPU_FLAGS if gpu else []), f"--user-data-dir={profile}",
+                                        "decode": decode, "cache": int(cache), "tuning": tuning,
+                                        "kernels": int(kernels)})
+        cmd = [chromium, *FLAGS, *(GPU_FLAGS if gpu else []), *flags, f"--user-data-dir={profile}",
                f"http://127.0.0.1:{port}/bench.html?{query}"]
         stages: dict = {}
 
@@ -112,11 +113,24 @@ def main() -> int:
                     help="the load also fills the page's Cache API copy (a first visit; the profile starts empty)")
     ap.add_argument("--tuning", default=os.environ.get("WEBRWKV_TUNING", ""),
                     help="kernel knobs, k=v,k=v (default: $WEBRWKV_TUNING, as `webrwkv bench` reads it)")
+    ap.add_argument("--kernel-times", action="store_true",
+                    help="only where a decode step's and a prefill chunk's GPU time goes, by kernel (webrwkv.kernel_times), "
+                         "each kernel's dispatches run --decode times")
+    ap.add_argument("--json", action="store_true", help="with --kernel-times: JSON, not a table")
+    ap.add_argument("--flag", action="append", default=[], metavar="FLAG",
+                    help="one more Chromium flag, e.g. --flag=--enable-dawn-features=disable_robustness (repeatable)")
     args = ap.parse_args()
     if not args.model.is_file():
         raise SystemExit(f"--model {args.model} is not a file")
-    print(json.dumps(run(args.model.resolve(), args.quant, args.gpu, args.chromium, args.prefill, args.decode,
-                         args.timeout, args.cache, args.tuning)))
+    res = run(args.model.resolve(), args.quant, args.gpu, args.chromium, args.prefill, args.decode, args.timeout,
+              args.cache, args.tuning, tuple(args.flag), args.kernel_times)
+    if args.kernel_times and not args.json:
+        sys.path.insert(0, str(ROOT / "py"))
+        from webrwkv.kernel_times import table
+
+        print(table(res["kernel_times"]))
+    else:
+        print(json.dumps(res))
     return 0
 
 

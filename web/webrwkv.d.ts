@@ -13,6 +13,15 @@ export class WebRwkvError extends Error {
   readonly modelKept?: false;
 }
 
+/** Engine.kernelTimes(): µs a step, by kernel (a GEMV with its K); sum_us against step_us is the overlap. */
+export interface KernelTimes {
+  what: string;
+  dispatches: number;
+  step_us: number;
+  sum_us: number;
+  kernels: Record<string, { dispatches: number; us: number }>;
+}
+
 export interface WebGpuSupport { ok: boolean; message: string }
 /** Whether WebGPU is usable here, and what to do when it is not. Never throws. */
 export function webgpuSupport(): Promise<WebGpuSupport>;
@@ -218,6 +227,9 @@ export interface Engine {
    * state. Resets now; a state made for another model rejects (kind "badfile") and changes nothing. */
   loadState(url: string | URL | null): Promise<{ name: string; layers: number }>;
   refreshStats(): Promise<Engine["stats"]>;
+  /** Where a step's GPU time goes, by kernel: a decode step of `batch` slots (default 1), or with `prefill`
+   * a prefill chunk of that many tokens; each kernel's dispatches run alone `steps` times. Resets the state. */
+  kernelTimes(opts?: { batch?: number; steps?: number; prefill?: number }): Promise<KernelTimes>;
   unload(): Promise<void>;
   cachedModels(): Promise<CachedModel[]>;
   clearCache(): Promise<boolean>;

@@ -294,6 +294,8 @@ class Engine {
   loadState(url) {
     return this._w.call("loadState", { url: url == null ? null : resolveUrl(url, "loadState: the state URL").href });
   }
+  // µs a step by kernel (webrwkv.kernel_times): a decode step of `batch` slots, or a prefill chunk; resets the state
+  kernelTimes({ batch = 1, steps = 200, prefill = 0 } = {}) { return this._w.call("kernelTimes", { batch, steps, prefill }); }
   async refreshStats() { Object.assign(this._stats, await this._w.call("stats")); return this.stats; }
   unload() { this.model = null; return this._w.call("unload"); }
   cachedModels() { return listCached(); }

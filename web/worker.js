@@ -238,6 +238,7 @@ const handlers = {
   count: (id, { text }) => entry.count_tokens(typeof text === "string" ? text : py.toPy(text)),
   unload: () => { loadAbort?.abort(); entry?.unload(); loaded = false; },
   loseDevice: () => entry.lose_device(),
+  kernelTimes: (id, m) => entry.kernel_times(m.batch ?? 1, m.steps ?? 200, m.prefill ?? 0),
   stats: () => ({ ...(entry ? entry.stats().toJs({ dict_converter: Object.fromEntries }) : {}), heapBytes: heapBytes() }),
   cached: () => listCached(),
   clearCache: () => clearCache(),

@@ -361,6 +361,18 @@ async def chat(messages: Any, options: Any, emit: Any) -> dict:
     return await _run(e.chat.respond_async(msgs), 0, emit)
 
 
+async def kernel_times(batch: int = 1, steps: int = 200, prefill: int = 0) -> dict:
+    """webrwkv.kernel_times.measure on the loaded model; it leaves garbage in the state, so both sessions
+    start over."""
+    from .kernel_times import measure
+
+    e = _need()
+    try:
+        return await measure(e.runtime, int(batch), int(steps), int(prefill))
+    finally:
+        reset()
+
+
 def stats() -> dict:
     """The last generation's numbers, plus the adapter."""
     return {**_stats, "adapter": _dev.adapter_name if _dev else "",

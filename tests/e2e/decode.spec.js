@@ -115,6 +115,32 @@ async function workerHeap() {
   return (await cdpCall('Runtime.getHeapUsage')).usedSize;
 }
 
+test('kernelTimes splits a step by kernel as natively, and the next generation is as before', async () => {
+  const opts = { temperature: 0, maxTokens: 12 };
+  const before = await browserGenerate('The quick brown fox', opts);
+  // after a reset: the measurement leaves garbage in the state, so the engine must start over by itself
+  const { got, ids } = await page.evaluate(async ([p, o]) => {
+    const e = window.__engine;
+    await e.reset();
+    const kt = [await e.kernelTimes({ steps: 2 }), await e.kernelTimes({ prefill: 8, steps: 2 })];
+    const out = [];
+    for await (const t of e.generate(p, o)) out.push(t.token);
+    return { got: kt, ids: out };
+  }, ['The quick brown fox', opts]);
+  const out = execFileSync(PY, [path.join(ROOT, 'bench', 'kernel_times.py'), '--model', path.join(DIR, 'm.st'),
+    '--batch', '1', '--prefill', '8', '--steps', '2', '--json'], { cwd: ROOT, encoding: 'utf8', timeout: 240_000 });
+  const native = JSON.parse(out.trim().split('\n').pop()).rows;
+  const counts = (r) => Object.fromEntries(Object.entries(r.kernels).map(([k, v]) => [k, v.dispatches]));
+  for (let i = 0; i < 2; i++) {
+    expect(got[i].what).toBe(native[i].what);
+    expect(counts(got[i])).toEqual(counts(native[i])); // the same kernels, each as many dispatches
+    expect(Object.values(got[i].kernels).reduce((t, k) => t + k.dispatches, 0)).toBe(got[i].dispatches);
+    expect(got[i].step_us).toBeGreaterThan(0);
+  }
+  expect(Object.keys(got[0].kernels)).toEqual(expect.arrayContaining(['sample', 'wkv7', 'mix', 'embed']));
+  expect(ids).toEqual(before.ids);
+});
+
 test('The Pyodide and JS heaps stay flat over 2,000 generated tokens', async () => {
   test.setTimeout(900_000);
   const heaps = [];

@@ -1,7 +1,7 @@
 // Type-checked by tests/test_types.py (tsc --noEmit): the API as the README and the docs use it.
 import {
   createEngine, webgpuSupport, cachedModels, clearModelCache, WebRwkvError,
-  type ChatCompletionChunk, type ModelInfo, type LoadProgress,
+  type ChatCompletionChunk, type ModelInfo, type LoadProgress, type KernelTimes,
 } from "../../web/webrwkv.js";
 
 async function main(out: HTMLElement): Promise<void> {
@@ -41,6 +41,8 @@ async function main(out: HTMLElement): Promise<void> {
 
   console.log(await engine.countTokens([{ role: "user", content: "Hi" }]), engine.model?.chat_format?.stops);
   console.log(await engine.countTokens("Hello"), await cachedModels(), await clearModelCache());
+  const kt: KernelTimes = await engine.kernelTimes({ prefill: 128 });
+  console.log(kt.step_us, kt.sum_us, kt.kernels["wkv7"]?.us, (await engine.kernelTimes()).what);
   const tuned = await engine.loadState("/models/tuned-state.st");
   console.log(tuned.name, tuned.layers, await engine.loadState(null));
   try {
