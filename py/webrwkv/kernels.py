@@ -46,7 +46,11 @@ class Tuning:
     gemm_nn: int = 8            # output rows per thread in the GEMM tile (multiple of 4)
     mix_rows: int = 16          # rows per ln_mix workgroup
     mix_wg: int = 256           # channels per ln_mix workgroup (a power of two dividing C)
-    submit_ops: int = 48        # dispatches per submit (a step is split so the GPU starts early)
+    submit_ops: int = 48        # dispatches per submit of a prefill step (split so the GPU starts early; a decode
+                                # window's steps go whole, see GpuDecoder.step_ops)
+    windows_in_flight: int = 2  # decode windows queued at once (each has a copy of all slots' state, for rollbacks;
+                                # their steps share the ring of CAP ids); natively no gain past 2 on an H200, the
+                                # browser takes 4 (browser_loader._tuning)
     window_steps: int = 1       # decode steps of a window in one compute pass and submit; 1: each part of a step
                                 # alone, so the GPU starts on a window while the rest is recorded (Chromium on
                                 # an H200: 1 decodes 9-12 % faster than 8 at L12 and L24; native alike)
