@@ -67,7 +67,7 @@ async def _batch_gpu(runtime: Any, streams: dict[int, TokenStream], first: dict[
     ended: list[tuple] = []
     win.submit(max(left.values()), dict(nxt))
     while win.queue:
-        if not ended and len(win.queue) < 2 and min(left[s] for s in nxt) > sum(x.n for x, _ in win.queue):
+        if not ended and len(win.queue) < win.depth and min(left[s] for s in nxt) > sum(x.n for x, _ in win.queue):
             win.submit(min(left[s] for s in nxt) - sum(x.n for x, _ in win.queue))
         w, firsts = win.queue.popleft()
         got = await dec.read_async(w)

@@ -165,12 +165,11 @@ def prefill(runtime: Any, slot: int, ids: Sequence[int]) -> np.ndarray:
 
 class Windows:
     """The decode windows of some streams on a GPU decoder: sizes grow 1, 2, 4, ... up to `lookahead`, at
-    most two are in flight, and `settle` rolls a stream back to what it has delivered."""
+    most `depth` are in flight (the decoder's), and `settle` rolls a stream back to what it has delivered."""
 
     def __init__(self, decoder: Any, lookahead: int) -> None:
-        from .decode import MAX_WINDOW
-
-        self.dec, self.size, self.cap = decoder, 1, max(1, min(lookahead, MAX_WINDOW))
+        self.dec, self.size, self.cap = decoder, 1, max(1, min(lookahead, decoder.max_window))
+        self.depth = decoder.depth
         self.queue: deque = deque()  # (window, {slot: first token})
 
     def submit(self, budget: int, tokens: dict[int, int] | None = None) -> int:
@@ -205,7 +204,7 @@ async def _decode_gpu(runtime: Any, ts: TokenStream, slot: int, token: int, look
     budget -= win.submit(budget, {slot: token})
     t_first = None
     while win.queue:
-        if budget and len(win.queue) < 2:
+        while budget and len(win.queue) < win.depth:
             budget -= win.submit(budget)  # the next window runs while this one is read
         w, first = win.queue.popleft()
         got = (await dec.read_async(w))[slot]

@@ -267,7 +267,7 @@ class Scheduler:
             return bool(self._prefill or (self._waiting and self._free))
 
     def _serve_gpu(self) -> None:
-        """Windows for every live slot (two in flight); when a stream ends or new work waits, the windows in
+        """Windows for every live slot (Tuning.windows_in_flight in flight); when a stream ends or new work waits, the windows in
         flight are read to their end, ended streams are rolled back and new ones admitted."""
         dec = self.rt.decoder
         win = Windows(dec, self.lookahead)
@@ -287,7 +287,7 @@ class Scheduler:
                     return
                 win.submit(max(lv.left for lv in self._live.values()),
                            {s: lv.nxt for s, lv in self._live.items()})
-            elif not ended and len(win.queue) < 2 and not self._want_slots():
+            elif not ended and len(win.queue) < win.depth and not self._want_slots():
                 room = min(lv.left for lv in self._live.values()) - sum(x.n for x, _ in win.queue)
                 if room > 0:
                     win.submit(room)  # the next window runs while this one is read
