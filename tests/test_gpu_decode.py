@@ -20,11 +20,13 @@ SAMPLED = SamplerParams(temperature=0.9, top_p=0.9, top_k=50, presence_penalty=0
 
 
 @functools.lru_cache(maxsize=None)
-def runtime(version: str):
+def runtime(version: str, depth: int = 2):
+    """The model on the GPU, with `depth` decode windows in flight at most."""
+    from webrwkv.kernels import Tuning
     from webrwkv.runtime import Runtime
 
     info, w = fp16_model(version)
-    return Runtime(device(), info, w, max_batch=3, token_chunk_size=16)
+    return Runtime(device(), info, w, max_batch=3, token_chunk_size=16, tuning=Tuning(windows_in_flight=depth))
 
 
 def word(i: int) -> str:
@@ -78,10 +80,13 @@ def test_steps_per_submit_leave_the_ids_and_state_of_step_by_step(per):
     assert state_rel(got_state, want_state) == 0.0
 
 
-def test_stop_strings_ending_at_every_position_of_a_window():
-    """Windows of 1, 2, 4, 8, 8, ...: a stop string completed by each of the first 23 tokens; the stream,
-    its text and the slot's state must be those of step-by-step decoding."""
-    rt = runtime("v7")
+@pytest.mark.parametrize("depth", [2, 4])
+def test_stop_strings_ending_at_every_position_of_a_window(depth):
+    """Windows of 1, 2, 4, 8, 8, ..., `depth` of them in flight (the browser's 4: a stop found in one
+    leaves three run in vain): a stop string completed by each of the first 23 tokens; the stream, its
+    text and the slot's state must be those of step-by-step decoding."""
+    rt = runtime("v7", depth)
+    assert rt.decoder.depth == depth and rt.decoder.max_window == 128 // depth
     prompt = [5, 30, 7]
     full, _ = stream(rt, prompt, SAMPLED, 24, lookahead=0)
     text = full[-1].text
@@ -98,9 +103,10 @@ def test_stop_strings_ending_at_every_position_of_a_window():
         assert state_rel(got_state, want_state) == 0.0, k
 
 
+@pytest.mark.parametrize("depth", [2, 4])
 @pytest.mark.parametrize("after", [1, 2, 3, 6, 7, 13])
-def test_closing_a_stream_early_leaves_the_state_of_what_was_shown(after):
-    rt = runtime("v6")
+def test_closing_a_stream_early_leaves_the_state_of_what_was_shown(after, depth):
+    rt = runtime("v6", depth)
     prompt = [9, 8, 7, 6]
     got, got_state = stream(rt, prompt, SAMPLED, 40, lookahead=8, close_after=after)
     want, want_state = stream(rt, prompt, SAMPLED, 40, lookahead=0, close_after=after)
