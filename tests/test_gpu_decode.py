@@ -171,3 +171,39 @@ def test_nan_logits_are_the_same_clear_error_on_the_gpu_paths(lookahead):
             list(generate_stream(rt, tok, [1, 2, 3], params, 4, (), 0, eos_id=0, lookahead=lookahead))
         with pytest.raises(SamplingError, match="NaN"):
             list(generate_stream(ReferenceRuntime((info, w)), tok, [1, 2, 3], params, 4, (), 0, eos_id=0))
+
+
+@pytest.mark.parametrize("ahead_s, most", [(1e9, 4), (0.0, 2)])
+def test_windows_in_flight_are_bounded_by_the_gpu_time_they_hold(monkeypatch, ahead_s, most):
+    """Four windows may be in flight (the first four, 1 + 2 + 4 + 8 steps, go at once), but once a step's
+    time is known (two windows read), no more are queued past the next read than generation.AHEAD_S of GPU
+    time (always one): a slow GPU keeps a stream's end as close as with two. The ids are those of
+    step-by-step decoding either way."""
+    import webrwkv.generation as gen
+
+    rt = runtime("v7", 4)
+    dec = rt.decoder
+    inflight, reads, peak = [0], [0], [0]
+    submit, read_async = dec.submit, dec.read_async
+
+    def counted_submit(*a, **k):
+        inflight[0] += 1
+        if reads[0] >= 2:
+            peak[0] = max(peak[0], inflight[0])
+        return submit(*a, **k)
+
+    async def counted_read(w):
+        out = await read_async(w)
+        inflight[0] -= 1
+        reads[0] += 1
+        return out
+
+    monkeypatch.setattr(dec, "submit", counted_submit)
+    monkeypatch.setattr(dec, "read_async", counted_read)
+    monkeypatch.setattr(gen, "AHEAD_S", ahead_s)
+    prompt = [3, 14, 15]
+    got, _ = stream(rt, prompt, SAMPLED, 40, lookahead=8)
+    monkeypatch.undo()
+    want, _ = stream(rt, prompt, SAMPLED, 40, lookahead=0)
+    assert got[-1].ids == want[-1].ids and len(got[-1].ids) == 40
+    assert peak[0] == most

@@ -331,7 +331,8 @@ def _tuning(overrides: dict | None, software: bool = False) -> Any:
     decode: L32 +6 %, L24 +3.5 %, L12 +2 % against 32, where native gains 1.6 % at L32 and loses 1 % at L24;
     a software adapter keeps 32, the shape measured there), four decode windows in flight (Chromium on an H200:
     v7 L12 greedy / sampled 1,250 / 1,075 tok/s with 2, 1,285 / 1,107 with 3, 1,386 / 1,205 with 4, where native
-    gains nothing past 2; a stream's end then waits for up to three windows run in vain), plus overrides."""
+    gains nothing past 2; a stream's end waits for what is queued, so generation.AHEAD_S bounds it), plus
+    overrides."""
     t = kmod.Tuning()
     t.submit_ops = 1 << 30
     t.windows_in_flight = 4

@@ -21,6 +21,8 @@ from .sampling import Sampler, SamplerParams, StopMatcher
 
 END_OF_TEXT = 0
 LOOKAHEAD = 32  # decode steps per read-back at most (windows grow 1, 2, 4, ... up to this)
+AHEAD_S = 0.2  # GPU seconds of steps queued past the window being read, at most (but one window always): a
+               # stream's end, a stop or Stop waits for them, so a slow GPU keeps one window, a fast one more
 T = TypeVar("T")
 
 
@@ -171,6 +173,22 @@ class Windows:
         self.dec, self.size, self.cap = decoder, 1, max(1, min(lookahead, decoder.max_window))
         self.depth = decoder.depth
         self.queue: deque = deque()  # (window, {slot: first token})
+        self.step_s, self._t_read = 0.0, None  # a step's time, from the reads of consecutive windows
+
+    def room(self) -> bool:
+        """Another window may be queued: fewer than `depth` in flight, and once a step's time is known,
+        what is queued past the next window to read is under AHEAD_S of GPU time."""
+        if len(self.queue) >= self.depth:
+            return False
+        ahead = sum(w.n for w, _ in list(self.queue)[1:])
+        return not ahead or not self.step_s or (ahead + min(self.size, self.cap)) * self.step_s <= AHEAD_S
+
+    def read_done(self, w: Any) -> None:
+        """Window w was read: its steps took the time since the window before was read."""
+        now = perf_counter()
+        if self._t_read is not None:
+            self.step_s = (now - self._t_read) / w.n
+        self._t_read = now
 
     def submit(self, budget: int, tokens: dict[int, int] | None = None) -> int:
         """Queue the next window (at most `budget` steps); returns its steps."""
@@ -204,10 +222,11 @@ async def _decode_gpu(runtime: Any, ts: TokenStream, slot: int, token: int, look
     budget -= win.submit(budget, {slot: token})
     t_first = None
     while win.queue:
-        while budget and len(win.queue) < win.depth:
-            budget -= win.submit(budget)  # the next window runs while this one is read
+        while budget and win.room():
+            budget -= win.submit(budget)  # the next windows run while this one is read
         w, first = win.queue.popleft()
         got = (await dec.read_async(w))[slot]
+        win.read_done(w)
         ran = [first[slot]] + got[:-1]  # the tokens the window ran
         if win.queue:
             win.queue[0][1][slot] = got[-1]
