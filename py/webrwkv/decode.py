@@ -2,8 +2,8 @@
 per slot) and becomes the next step's input on the GPU, so a window of steps queues without read-backs.
 
 The state of every slot is copied at each window's start (a copy for each window that may be in flight,
-Tuning.windows_in_flight, 2 by default, while the one before it is read), so a stream that ends inside a window is rolled back to exactly where
-step-by-step decoding would have left it: the copy is restored and the tokens it should have read are
+Tuning.windows_in_flight, 2 by default, while the one before it is read), so a stream that ends inside a
+window is rolled back to exactly where step-by-step decoding would have left it: the copy is restored and the tokens it should have read are
 run again one step each, through the same kernels.
 """
 
@@ -17,7 +17,6 @@ import numpy as np
 from .errors import SamplingError, WebRwkvError
 
 CAP = 128               # ids per slot in the ring
-MAX_WINDOW = CAP // 2   # steps per window, so that two windows in flight fit in the ring (fewer with more)
 SAMPLE_LOADS = 4        # loads in flight per thread of the sampler's passes
 DRAW_LOADS = 4          # vec4 of a thread's chunk the sampler's draw loads at once
 SEARCH_PROBES = 4       # thresholds a pass of the sampler's top-k / top-p search tries (13 passes, not 30); Chromium's

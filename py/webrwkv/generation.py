@@ -171,9 +171,13 @@ class Windows:
 
     def __init__(self, decoder: Any, lookahead: int) -> None:
         self.dec, self.size, self.cap = decoder, 1, max(1, min(lookahead, decoder.max_window))
-        self.depth = decoder.depth
         self.queue: deque = deque()  # (window, {slot: first token})
         self.step_s, self._t_read = 0.0, None  # a step's time, from the reads of consecutive windows
+
+    @property
+    def depth(self) -> int:
+        """Windows in flight at most: the decoder's (a state copy each)."""
+        return self.dec.depth
 
     def room(self) -> bool:
         """Another window may be queued: fewer than `depth` in flight, and once a step's time is known,

@@ -30,14 +30,15 @@ async def decode_ops(rt: Any, batch: int) -> list:
     for s in range(batch):
         dec.configure(s, Sampler(SamplerParams(temperature=0.8, top_p=0.9, seed=1), s))
     await dec.read_async(dec.submit({s: 1 for s in range(batch)}, 4))  # its kernels and bindings made
-    return [op for part in dec.step_ops((batch, batch, batch, 1)) for op in part]
+    key, _, _ = rt.write_step([(s, [1], True) for s in range(batch)])  # the shape of the step submit ran
+    return [op for part in dec.step_ops(key) for op in part]
 
 
 async def chunk_ops(rt: Any, n: int) -> list:
     """The dispatches of a prefill chunk of n tokens of slot 0 (no output row)."""
     key, _, _ = rt.write_step([(0, list(range(1, n + 1)), False)], outs=False)
     ops = [op for part in rt.parts(key) for op in part]
-    rt.dev.encode(ops)
+    rt.dev.encode(ops)  # compiles its kernels
     await rt.dev.sync_async()
     return ops
 

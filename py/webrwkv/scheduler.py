@@ -267,8 +267,8 @@ class Scheduler:
             return bool(self._prefill or (self._waiting and self._free))
 
     def _serve_gpu(self) -> None:
-        """Windows for every live slot (Tuning.windows_in_flight in flight); when a stream ends or new work waits, the windows in
-        flight are read to their end, ended streams are rolled back and new ones admitted."""
+        """Windows for every live slot (Tuning.windows_in_flight in flight); when a stream ends or new work
+        waits, the windows in flight are read to their end, ended streams are rolled back and new ones admitted."""
         dec = self.rt.decoder
         win = Windows(dec, self.lookahead)
         ended: list[tuple] = []
