@@ -129,13 +129,15 @@ def test_quantized_gemv_for_several_tokens(fmt, mt_rows):
     assert rel(got, X @ round_trip(fmt, W).T) <= 5e-6
 
 
-@pytest.mark.parametrize("N,K,T,shape", [(2048, 2048, 8, (1, 32)), (8192, 2048, 8, (4, 32)),
+@pytest.mark.parametrize("N,K,T,shape", [(2048, 2048, 8, (4, 128)), (8192, 2048, 8, (4, 32)),
                                          (2048, 8192, 8, (4, 128)), (2048, 256, 8, (1, 8)), (2048, 64, 5, (1, 2)),
-                                         (2048, 2048, 1, (1, 32))])
+                                         (2048, 2048, 1, (1, 32)), (300, 2048, 8, (1, 32))])
 def test_gemv_at_the_default_tuning_on_the_decode_shapes_of_v7_L24(N, K, T, shape):
     """The GEMV as a decode step of v7 L24 C2048 runs it (default tuning: output / FFN key / FFN value /
-    LoRA up-projections, 8 slots or 1), with this device's subgroups. On a 32-lane GPU the 8-sum row groups
-    of the first case finish their reduction with a butterfly; on an 8-lane CPU the 32-sum ones stop early."""
+    LoRA up-projections, 8 slots or 1; the output 4 rows a thread with 128 threads a row, each making 2 loads),
+    with this device's subgroups; last a matrix too short for 4 rows a thread. On a 32-lane GPU the 8-sum
+    row groups of the last case finish their reduction with a butterfly; on an 8-lane CPU the 32-sum ones stop
+    early."""
     dev = device()
     k = Kernels(dev)
     rng = np.random.default_rng(N + K + T)

@@ -39,6 +39,10 @@ class Tuning:
                                 # all) of a long matrix that still makes gemv_mt_wg workgroups; 1: one row a thread
     gemv_mt_wg: int = 256
     gemv_mt_tpr: int = 128      # at most this many threads a row for several tokens (see gemv_shape)
+    gemv_mt_loads: int = 1      # while each thread still makes this many weight loads a row (an H200 at L24, 8
+                                # slots: 1 gives the attention output 4 rows a thread where 4 gave it one, and
+                                # B=8 2,736 -> 2,905 tok/s)
+    gemv_mt: int = MAX_MT       # tokens a GEMV workgroup serves when a matmul has several (at most MAX_MT)
     gemm_tm: int = 64           # tokens per GEMM tile
     gemm_tn: int = 128          # output rows per GEMM tile
     gemm_tk: int = 16           # K step of the GEMM tile
@@ -232,7 +236,7 @@ class MatMul:
         """(rows a GEMV thread serves, threads a row). One token: one row, gemv_tpr threads (fewer where K
         is short: each makes a load). Several tokens: fewer threads where K is short (each makes 4 loads) and
         gemv_mt_rows rows, so each activation load serves them all; a short matrix then gets more threads a
-        row (up to gemv_mt_tpr, while each still makes 4 loads a row) until its grid has gemv_mt_wg
+        row (up to gemv_mt_tpr, while each still makes gemv_mt_loads loads a row) until its grid has gemv_mt_wg
         workgroups, or where it cannot, one row a thread (an H200 at L24, 8 tokens: FFN value 1.42 -> 1.03
         ms a step)."""
         tu = self.k.tuning
@@ -248,7 +252,8 @@ class MatMul:
         def grid(t: int) -> int:
             return -(-nr // (max(1, wg // t) * rpt)) * self.P
 
-        while grid(tpr) < tu.gemv_mt_wg and 2 * tpr <= min(wg, tu.gemv_mt_tpr) and self.K >= 64 * tpr:
+        while (grid(tpr) < tu.gemv_mt_wg and 2 * tpr <= min(wg, tu.gemv_mt_tpr)
+               and self.K >= 16 * tu.gemv_mt_loads * tpr):
             tpr *= 2
         return (rpt, tpr) if grid(tpr) >= tu.gemv_mt_wg else (1, base)
 
@@ -298,7 +303,7 @@ class MatMul:
 
     def ops(self, T: int) -> list[tuple]:
         if T <= self.k.tuning.gemv_max_t:
-            mt = 1 if T == 1 else MAX_MT  # two variants only: each costs a compile in the browser
+            mt = 1 if T == 1 else max(1, min(MAX_MT, self.k.tuning.gemv_mt))  # two variants: each is a compile
             key = ("gemv", mt)
             if key not in self._cache:
                 self._cache[key] = self._gemv(mt)
