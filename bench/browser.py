@@ -3,7 +3,7 @@ the JS API in headless Chromium, against `webrwkv serve` on this machine. Prints
 fields of `webrwkv bench --json` (plus boot and kernel times).
 
 Usage: python bench/browser.py --model FILE [--quant int8] [--gpu] [--cache] [--chromium PATH] [--prefill 512]
-       [--decode 128] [--tuning k=v,k=v] [--flag=--chromium-flag ...] [--kernel-times [--json]]
+       [--decode 128] [--tuning k=v,k=v] [--flag=--chromium-flag ...] [--kernel-times [--json]] [--mirror-host HOST]
 --gpu adds the flags that give WebGPU a real GPU on Linux (Vulkan through ANGLE, no window surface);
 without them Chromium uses its CPU adapter (SwiftShader). The page (web/bench.html) logs one
 "@@BENCH {json}" console line per stage; Chromium writes them to stderr, so no driver is needed.
@@ -69,7 +69,7 @@ def page_messages(cmd: list[str], timeout: float, final: Callable[[dict], bool])
 
 
 def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode: int, timeout: float,
-        cache: bool = False, tuning: str = "", flags: tuple = (), kernels: bool = False) -> dict:
+        cache: bool = False, tuning: str = "", flags: tuple = (), kernels: bool = False, mirrors: tuple = ()) -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "py") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     server = subprocess.Popen([sys.executable, "-m", "webrwkv", "serve", "--port", str(port), "--model-dir",
@@ -79,7 +79,8 @@ def run(model: Path, quant: str, gpu: bool, chromium: str, prefill: int, decode:
         wait_port(port, time.time() + 30)
         query = urllib.parse.urlencode({"model": f"/models/{model.name}", "quant": quant, "prefill": prefill,
                                         "decode": decode, "cache": int(cache), "tuning": tuning,
-                                        "kernels": int(kernels)})
+                                        "kernels": int(kernels),
+                                        "mirrors": ",".join(f"http://{h}:{port}/models/{model.name}" for h in mirrors)})
         cmd = [chromium, *FLAGS, *(GPU_FLAGS if gpu else []), *flags, f"--user-data-dir={profile}",
                f"http://127.0.0.1:{port}/bench.html?{query}"]
         stages: dict = {}
@@ -117,13 +118,16 @@ def main() -> int:
                     help="only where a decode step's and a prefill chunk's GPU time goes, by kernel (webrwkv.kernel_times), "
                          "each kernel's dispatches run --decode times")
     ap.add_argument("--json", action="store_true", help="with --kernel-times: JSON, not a table")
+    ap.add_argument("--mirror-host", action="append", default=[], metavar="HOST",
+                    help="load the model from this host name of the same server too (a mirror), e.g. localhost; "
+                         "a browser opens at most 6 connections a host (repeatable)")
     ap.add_argument("--flag", action="append", default=[], metavar="FLAG",
                     help="one more Chromium flag, e.g. --flag=--enable-dawn-features=disable_robustness (repeatable)")
     args = ap.parse_args()
     if not args.model.is_file():
         raise SystemExit(f"--model {args.model} is not a file")
     res = run(args.model.resolve(), args.quant, args.gpu, args.chromium, args.prefill, args.decode, args.timeout,
-              args.cache, args.tuning, tuple(args.flag), args.kernel_times)
+              args.cache, args.tuning, tuple(args.flag), args.kernel_times, tuple(args.mirror_host))
     if args.kernel_times and not args.json:
         sys.path.insert(0, str(ROOT / "py"))
         from webrwkv.kernel_times import table

@@ -5,15 +5,16 @@
 // (Chromium on an H200: mapped staging moved 2.4 GB/s where writeBuffer of the same 32 MB blocks moved
 // 0.8 GB/s; the fetches of one thread 0.6 GB/s, of four workers 1.1-1.4 GB/s, 1.6 GB/s read as ranges.js's
 // download() reads them.) The Range requests and their bodies are ranges.js's.
-import { LoadError, download, rangeFetch, readBody, short } from "./ranges.js";
+import { LoadError, download, rangeFetch, readBody, short, where } from "./ranges.js";
 
 export { LoadError };
 
 export const BLOCK = 32 << 20;
 const IN_FLIGHT = 3;     // blocks in flight, fetched in this thread
-const WORKERS = 4;       // download workers (2 where the device says it has under 8 GB: blocks in flight cost memory)
+const WORKERS = 4;       // download workers a host (2 in all where the device says it has under 8 GB: blocks in
+const MAX_WORKERS = 8;   // flight cost memory), at most 8 with mirrors
 const PER_WORKER = 2;    // blocks in flight each
-const EARLY = 4;         // blocks a worker downloads while the load is planned (see prefetch)
+const EARLY = 16;        // blocks downloaded while the load is planned (half where there are 2 workers; see prefetch)
 const PREFIX = 4096;
 const CACHE = "webrwkv-models-v1";
 
@@ -123,14 +124,14 @@ async function dropStale(cache, url, ident) {
 }
 
 // ---- download workers -----------------------------------------------------------
-// fetchPool().get(url, start, end, onBytes, signal) -> Promise<Uint8Array>, from `n` workers in turn. A worker
+// fetchPool().get(url, start, end, onBytes, signal, size) -> Promise<Uint8Array>, from `n` workers in turn. A worker
 // that cannot start (no module workers, the script missing) fails its jobs over to this thread, so a load
 // never depends on it; a LoadError from a worker is the one this thread would have raised.
 function fetchPool(n) {
   const jobs = new Map();
   let seq = 0;
-  const local = (url, start, end, onBytes, signal) =>
-    rangeFetch(url, start, end, signal).then((r) => download(r, end - start, onBytes, signal));
+  const local = (url, start, end, onBytes, signal, size) =>
+    rangeFetch(url, start, end, signal, size).then((r) => download(r, end - start, onBytes, signal));
   const spawn = () => {
     let w;
     try { w = new Worker(new URL("./fetch-worker.js", import.meta.url), { type: "module", name: "webrwkv download" }); } catch { return null; }
@@ -156,17 +157,17 @@ function fetchPool(n) {
   const slots = Array.from({ length: n }, spawn).filter(Boolean);
   let turn = 0;
   return {
-    get(url, s, e, onBytes, signal) {
+    get(url, s, e, onBytes, signal, size) {
       if (signal?.aborted) return Promise.reject(new LoadError("aborted", "Loading was cancelled."));
       const live = slots.filter((x) => x.ok);
-      if (!live.length) return local(url, s, e, onBytes, signal);
+      if (!live.length) return local(url, s, e, onBytes, signal, size);
       const slot = live[turn++ % live.length];
       const id = ++seq;
       const onAbort = () => slot.w.postMessage({ abort: id });
       signal?.addEventListener("abort", onAbort, { once: true });
       return new Promise((resolve, reject) => {
-        jobs.set(id, { resolve, reject, onBytes, slot, args: [url, s, e, onBytes, signal] });
-        slot.w.postMessage({ id, url, start: s, end: e });
+        jobs.set(id, { resolve, reject, onBytes, slot, args: [url, s, e, onBytes, signal, size] });
+        slot.w.postMessage({ id, url, start: s, end: e, size });
       }).finally(() => signal?.removeEventListener("abort", onAbort));
     },
     get workers() { return slots.filter((x) => x.ok).length; },
@@ -178,32 +179,49 @@ function fetchPool(n) {
   };
 }
 
-const workerCount = () => ((globalThis.navigator?.deviceMemory ?? 8) < 8 ? WORKERS / 2 : WORKERS);
+const workerCount = (hosts) => ((globalThis.navigator?.deviceMemory ?? 8) < 8 ? WORKERS / 2 : Math.min(MAX_WORKERS, WORKERS * hosts));
+
+// ---- mirrors --------------------------------------------------------------------
+// More hosts serving the same file: block k comes from urls[k % urls.length]. A browser opens at most 6
+// connections to a host, and Chromium moved about 0.27 GB/s through each (an H200 host, bench/RESULTS.md), so
+// one host caps a load near 1.6 GB/s. checkMirrors() makes sure each mirror answers Range requests and starts
+// with the model's first bytes (`head`: the header, which places every tensor); every block's answer is then
+// checked against the file's size (ranges.js).
+export async function checkMirrors(url, mirrors, head, size, signal) {
+  await Promise.all(mirrors.map(async (m) => {
+    const got = await download(await rangeFetch(m, 0, head.length, signal, size), head.length, () => {}, signal);
+    if (got.some((b, i) => b !== head[i])) {
+      throw new LoadError("badfile", `The mirror ${where(m)} does not hold the same file as ${where(url)} (their first ` +
+        `${head.length} bytes differ): every mirror must serve the same file.`);
+    }
+  }));
+}
 
 // ---- the first blocks, while the load is planned -----------------------------------
 // The page's Python plans a load (the kernels' dry run, the GPU buffers) before any weight is written: about a
 // second for a 3 GB model. prefetch() starts the download workers on the stream's first blocks meanwhile, at
 // most EARLY each (held in memory until streamWrites takes them, with the pool, as `early`). Null where the
 // cache holds the whole model or there are no workers. close() ends it if the load stops before its stream.
-export async function prefetch({ url, size, ident, dataStart, signal, useCache = true, block = BLOCK }) {
+export async function prefetch({ url, mirrors = [], size, ident, dataStart, signal, useCache = true, block = BLOCK }) {
   if (typeof Worker !== "function") return null;
   const cache = useCache ? await openCache() : null;
   const meta = cache ? await (await cache.match(keyFor(url, "complete")))?.json() : null;
   if (meta && meta.ident === ident) return null;
   const r0 = dataStart - (dataStart % 4), nblocks = Math.ceil((size - r0) / block);
   if (nblocks < 2) return null;
-  const t0 = performance.now(), pool = fetchPool(workerCount());
+  const urls = [url, ...mirrors];
+  const t0 = performance.now(), pool = fetchPool(workerCount(urls.length));
   if (!pool.workers) { pool.close(); return null; }
   let sink = null, bytes = 0;
   const onBytes = (n) => { if (sink) sink(n); else bytes += n; };
   const blocks = new Map();
-  for (let k = 0; k < Math.min(nblocks, EARLY * pool.workers); k++) {
-    const p = pool.get(url, r0 + k * block, Math.min(size, r0 + (k + 1) * block), onBytes, signal);
+  for (let k = 0; k < Math.min(nblocks, EARLY * Math.min(pool.workers, WORKERS) / WORKERS); k++) {
+    const p = pool.get(urls[k % urls.length], r0 + k * block, Math.min(size, r0 + (k + 1) * block), onBytes, signal, size);
     p.catch(() => {}); // its error is raised where the stream awaits it; a block never awaited must not be unhandled
     blocks.set(k, p);
   }
   // take(onBytes): the stream's progress counter from now on; returns the bytes that arrived before
-  return { pool, blocks, block, r0, size, t0, take(f) { sink = f; return bytes; }, close() { pool.close(); } };
+  return { pool, blocks, block, r0, size, hosts: urls.length, t0, take(f) { sink = f; return bytes; }, close() { pool.close(); } };
 }
 
 // ---- streaming ----------------------------------------------------------------
@@ -211,10 +229,12 @@ export async function prefetch({ url, size, ident, dataStart, signal, useCache =
 // (fileEnd may pass the file's end by up to 3 bytes: zero padding). A null gpuBuffer asks for a
 // staging buffer of the write's size, made here when its first bytes arrive and handed to
 // onWriteDone(tag, buffer) once complete (the caller converts it on the GPU and frees it).
-export async function streamWrites({ url, device, size, ident, dataStart, writes, onProgress, onWriteDone, signal, useCache = true,
-  block = BLOCK, early = null }) { // block: smaller only in tests (many blocks from a small file); early: prefetch()'s
-  const r0 = dataStart - (dataStart % 4);
-  if (early && (early.r0 !== r0 || early.block !== block || early.size !== size)) throw new Error("prefetch: another block grid");
+export async function streamWrites({ url, mirrors = [], device, size, ident, dataStart, writes, onProgress, onWriteDone, signal,
+  useCache = true, block = BLOCK, early = null }) { // block: smaller only in tests (many blocks from a small file); early: prefetch()'s
+  const r0 = dataStart - (dataStart % 4), urls = [url, ...mirrors];
+  if (early && (early.r0 !== r0 || early.block !== block || early.size !== size || early.hosts !== urls.length)) {
+    throw new Error("prefetch: another block grid");
+  }
   const nblocks = Math.ceil((size - r0) / block);
   const pieces = Array.from({ length: nblocks }, () => []);
   const left = new Map();
@@ -264,7 +284,7 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
     }
   };
   const own = !early && !cached && needed.length > 1 && typeof Worker === "function";
-  const pool = early?.pool ?? (own ? fetchPool(workerCount()) : null);
+  const pool = early?.pool ?? (own ? fetchPool(workerCount(urls.length)) : null);
   if (early) loaded += early.take(onBytes);
   const doBlock = async (k) => {
     const bs = r0 + k * block, be = Math.min(size, bs + block);
@@ -285,12 +305,12 @@ export async function streamWrites({ url, device, size, ident, dataStart, writes
     // a download worker's block arrives whole and is copied into the staging made for it then; a block
     // fetched here is read straight into its staging
     if (first) got = await first;
-    else if (!got && pool) got = await pool.get(url, bs, be, onBytes, signal);
+    else if (!got && pool) got = await pool.get(urls[k % urls.length], bs, be, onBytes, signal, size);
     const st = stage(span + (-span & 3));
     try {
       const data = st.into.subarray(0, be - bs);
       if (got) data.set(got);
-      else await readBody(await rangeFetch(url, bs, be, signal), data, onBytes, signal);
+      else await readBody(await rangeFetch(urls[k % urls.length], bs, be, signal, size), data, onBytes, signal);
       if (!fromHit && cacheOk) {
         try { await cache.put(key, new Response(got ?? data.slice())); } catch (e) { cacheOk = false; console.warn("model cache disabled:", e.message); }
       }

@@ -9,7 +9,8 @@ export class LoadError extends Error {
 export const short = (url) => { try { return new URL(url).pathname.split("/").pop() || url; } catch { return url; } };
 
 // One Range request; the server must answer 206 (a 200 means it ignored Range). start < 0: the last -start bytes.
-export async function rangeFetch(url, start, end, signal) {
+// size > 0: the file's size as the load knows it (see rangeCheck).
+export async function rangeFetch(url, start, end, signal, size = -1) {
   let r;
   try {
     const range = start < 0 ? `bytes=${start}` : `bytes=${start}-${end - 1}`;
@@ -30,8 +31,35 @@ export async function rangeFetch(url, start, end, signal) {
     throw new LoadError("http", `The server refused ${short(url)} (${r.status}): the file may need a login or may be private.`);
   }
   if (r.status !== 206) throw new LoadError("http", `Downloading ${short(url)} failed: HTTP ${r.status} ${r.statusText}.`);
+  const bad = rangeCheck(url, r.headers.get("Content-Range"), start, size);
+  if (bad) {
+    try { await r.body?.cancel(); } catch {}
+    throw new LoadError("badfile", bad);
+  }
   return r;
 }
+
+// What is wrong with an answer's Content-Range (where CORS lets the page see it), or "": it must start where
+// the request did, and be of a file of the size the load knows. A server that answers another range, a file
+// that changed while it loaded, or a mirror that holds another file would otherwise give wrong bytes.
+function rangeCheck(url, header, start, size) {
+  const m = /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(header?.trim() ?? "");
+  if (!m) return "";
+  const total = m[2] === "*" ? NaN : Number(m[2]);
+  if (size > 0 && Number.isFinite(total) && total !== size) {
+    return `${where(url)} is ${total} bytes where the load expects ${size}: the file changed while it loaded, or a ` +
+      "mirror holds another file. Load it again; every mirror must serve the same file.";
+  }
+  const first = start >= 0 ? start : Number.isFinite(total) ? Math.max(0, total + start) : NaN;
+  if (Number.isFinite(first) && Number(m[1]) !== first) {
+    return `The server of ${short(url)} answered bytes from ${m[1]} when asked for bytes from ${first}: it does not ` +
+      "handle Range requests correctly.";
+  }
+  return "";
+}
+
+// A URL's host and file name, for messages about mirrors.
+export const where = (url) => { try { const u = new URL(url); return `${u.host}/${short(url)}`; } catch { return url; } };
 
 // Reads a Range answer's body into `into` (its exact length), chunk by chunk as the stream gives them.
 export async function readBody(r, into, onBytes, signal) {

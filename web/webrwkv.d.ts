@@ -71,6 +71,10 @@ export interface LoadOptions {
   quant?: Quant;
   /** Aborting it cancels the load (the promise rejects with an AbortError). */
   signal?: AbortSignal;
+  /** Up to 7 more URLs of the same file (other hosts): the weights' blocks are spread over all of them, since a
+   * browser opens at most 6 connections to one host. Each must answer Range requests (and CORS, on another
+   * site) and start with the model's bytes; one that does not fails the load with a clear LoadError. */
+  mirrors?: (string | URL)[];
 }
 
 export interface ChatFormat {

@@ -240,19 +240,21 @@ class Engine {
   // A load that fails before the old model's memory was given back keeps the old model loaded
   // (the error then has modelKept !== false); a cancelled load (signal) rejects with an AbortError.
   async load(url, opts = {}) {
-    unknown("load", opts, ["vocab", "onProgress", "cache", "tuning", "quant", "signal"]);
-    const { vocab, onProgress, cache = true, tuning, quant = "none" } = opts;
+    unknown("load", opts, ["vocab", "onProgress", "cache", "tuning", "quant", "signal", "mirrors"]);
+    const { vocab, onProgress, cache = true, tuning, quant = "none", mirrors = [] } = opts;
     const signal = checkSignal("load", opts.signal);
     if (url == null || url === "") throw bad("load: give the URL of a .safetensors / .st model file.");
     if (!QUANTS.includes(quant)) throw bad(`load: quant must be one of ${QUANTS.join(", ")}, got ${show(quant)}.`);
     check("load", "cache", cache, "bool");
     const href = resolveUrl(url, "load: the model URL").href;
     const vocabHref = vocab ? resolveUrl(vocab, "load: vocab").href : undefined;
+    if (!Array.isArray(mirrors) || mirrors.length > 7) throw bad(`load: mirrors must be an array of at most 7 URLs, got ${show(mirrors)}.`);
+    const mirrorHrefs = mirrors.map((m) => resolveUrl(m, "load: the mirror").href);
     if (signal?.aborted) throw abortError(signal);
     const onAbort = () => this._w.send("cancelLoad");
     signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      this.model = await this._w.call("load", { url: href, vocab: vocabHref, useCache: cache, tuning, quant }, { onProgress });
+      this.model = await this._w.call("load", { url: href, mirrors: mirrorHrefs, vocab: vocabHref, useCache: cache, tuning, quant }, { onProgress });
     } catch (e) {
       if (e.modelKept === false || e.kind === "aborted") this.model = null;
       if (signal?.aborted) throw abortError(signal);

@@ -5,7 +5,7 @@
 // Replies: {id, type: "progress" | "token" | "done" | "error", ...}. Its files (vendor/, wheels/) are found
 // next to this script, or under the `base` URL that "init" gives (the page may be on another origin).
 import * as gpuHelper from "./gpu_helper.js";
-import { fetchHeader, fetchIndex, isZip, prefetch, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
+import { checkMirrors, fetchHeader, fetchIndex, isZip, prefetch, streamWrites, identity, listCached, clearCache, LoadError } from "./loader.js";
 
 let base = new URL("./", import.meta.url);
 let py = null;        // the Pyodide instance
@@ -110,7 +110,7 @@ function readCard(text) {
   }
 }
 
-async function load(id, { url, vocab, useCache = true, tuning, quant }) {
+async function load(id, { url, mirrors = [], vocab, useCache = true, tuning, quant }) {
   loadAbort?.abort();
   const ctrl = new AbortController();
   loadAbort = ctrl;
@@ -119,7 +119,7 @@ async function load(id, { url, vocab, useCache = true, tuning, quant }) {
   entry.trace_memory(true); // Python's own allocations during the load (weights must not be among them)
   let result, pyPeak;
   try {
-    result = await loadSteps(id, new URL(url, base).href, vocab, useCache, ctrl, tuning, quant);
+    result = await loadSteps(id, new URL(url, base).href, mirrors, vocab, useCache, ctrl, tuning, quant);
   } finally {
     pyPeak = entry.trace_memory(false);
     if (loadAbort === ctrl) loadAbort = null;
@@ -131,7 +131,7 @@ async function load(id, { url, vocab, useCache = true, tuning, quant }) {
   return result;
 }
 
-async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
+async function loadSteps(id, url, mirrors, vocab, useCache, ctrl, tuning, quant) {
   let t = performance.now();
   const phases = {};
   const lap = (name) => { const now = performance.now(); phases[name] = (now - t) / 1000; t = now; };
@@ -139,8 +139,10 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
   const progress = (p) => post({ id, type: "progress", ...p });
   progress({ phase: "header", text: "Reading the model header…" });
   let { prefix, size, etag } = await fetchHeader(url, ctrl.signal);
+  const mirrored = checkMirrors(url, mirrors, prefix.subarray(0, 1 << 16), size, ctrl.signal); // each starts as the file does
+  mirrored.catch(() => {}); // awaited below
   if (isZip(prefix)) ({ prefix, size, etag } = await fetchIndex(url, { prefix, size, etag }, indexNeeds(url), ctrl.signal));
-  const [vocabText, cardText] = await Promise.all([besideModel(url, ".vocab.txt", vocab), besideModel(url, ".card.json")]);
+  const [vocabText, cardText] = await Promise.all([besideModel(url, ".vocab.txt", vocab), besideModel(url, ".card.json"), mirrored]);
   if (ctrl.signal.aborted) throw new LoadError("aborted", "Loading was cancelled.");
   lap("header");
   progress({ phase: "plan", text: "Planning GPU buffers…" });
@@ -151,7 +153,7 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
     const grid = entry.stream_grid(prefix, size, url);
     const [fileSize, dataStart] = grid.toJs();
     grid.destroy();
-    early = await prefetch({ url, size: fileSize, ident: await identity(fileSize, etag, prefix), dataStart, signal: ctrl.signal, useCache });
+    early = await prefetch({ url, mirrors, size: fileSize, ident: await identity(fileSize, etag, prefix), dataStart, signal: ctrl.signal, useCache });
   } catch {}
   try {
     // From here on the previous model is gone: plan_load frees it before making the new buffers.
@@ -165,7 +167,7 @@ async function loadSteps(id, url, vocab, useCache, ctrl, tuning, quant) {
     const ident = await identity(plan.size, etag, prefix);
     lap("plan");
     const stream = await streamWrites({
-      url, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
+      url, mirrors, device: plan.device, size: plan.size, ident, dataStart: plan.dataStart, writes: plan.writes,
       onProgress: progress, onWriteDone: (tag, buf) => entry.write_done(tag, buf), signal: ctrl.signal, useCache, early,
     });
     lap("stream");

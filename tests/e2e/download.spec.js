@@ -34,11 +34,11 @@ async function stream(page, opts) {
           let progress = 0;
           const onProgress = (p) => { progress = Math.max(progress, p.loaded); if (o.abortAt && p.loaded >= o.abortAt) ctrl.abort(); };
           // o.early: the first blocks downloaded before the stream starts, as while a load is planned
-          const early = o.early ? await prefetch({ url: o.url, size, ident: "download-test", dataStart: 0, signal: ctrl.signal,
+          const early = o.early ? await prefetch({ url: o.url, mirrors: o.mirrors, size, ident: "download-test", dataStart: 0, signal: ctrl.signal,
             useCache: o.cache, block: o.earlyBlock ?? 1 << 20 }) : null;
           if (o.early) await new Promise((res) => setTimeout(res, 300));
           if (o.abortEarly) ctrl.abort();
-          const r = await streamWrites({ url: o.url, device: dev, size, ident: "download-test", dataStart: 0,
+          const r = await streamWrites({ url: o.url, mirrors: o.mirrors, device: dev, size, ident: "download-test", dataStart: 0,
             writes: [[0, n, buf, 0, 1]], onProgress, signal: ctrl.signal, useCache: o.cache, block: 1 << 20, early });
           r.early = early ? early.blocks.size === 0 : null; // every early block was taken
           const rd = dev.createBuffer({ size: n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
@@ -88,7 +88,7 @@ test('A device that reports under 8 GB gets two download workers, not four', asy
 test('A range past the end of the file and a cancel raise the loader\'s errors through the workers', async ({ page }) => {
   const past = await stream(page, { cache: false, size: 15012192 + (3 << 20) });
   expect(past.error).toMatchObject({ name: 'LoadError' });
-  expect(past.error.message).toMatch(/HTTP 416|sent \d+ of \d+ bytes/);
+  expect(past.error.message).toMatch(/is 15012192 bytes where the load expects 18157920/);
   const cancelled = await stream(page, { cache: false, abortAt: 2 << 20 });
   expect(cancelled.error).toMatchObject({ name: 'LoadError', kind: 'aborted' });
 });
@@ -146,4 +146,62 @@ test('A body read into its own buffer: the exact bytes, and a clear error for a 
     expect(out[`less-${how}`]).toMatchObject({ error: 'LoadError', kind: 'network' });
     expect(out[`less-${how}`].message).toMatch(/sent 2992 of 3000 bytes/);
   }
+});
+
+test('Mirrors: the blocks alternate between the hosts and every byte lands; a mirror of another file fails clearly', async ({ page, baseURL }) => {
+  const port = new URL(baseURL).port;
+  const hosts = {};
+  await page.route('**/models/rwkv7-shakespeare.st', (route) => {
+    const h = new URL(route.request().url()).host;
+    hosts[h] = (hosts[h] || 0) + 1;
+    return route.fallback();
+  });
+  const mirror = `http://localhost:${port}${FILE}`;
+  for (const early of [false, true]) {
+    for (const k of Object.keys(hosts)) delete hosts[k];
+    const r = await stream(page, { cache: false, early, mirrors: [mirror] });
+    expect(r.error, `early ${early}`).toBeUndefined();
+    expect(r).toMatchObject({ same: true, workers: 8 }); // 4 a host
+    expect(r.fetched).toBe(r.total);
+    // 15 blocks of 1 MB (one of them is the test's own whole-file fetch, from the page's host)
+    expect(hosts).toEqual({ [`127.0.0.1:${port}`]: 9, [`localhost:${port}`]: 7 });
+  }
+  // a mirror whose file is 5 bytes longer: its first block's answer says so
+  await page.route('**/other/rwkv7-shakespeare.st', async (route) => {
+    const [, a, b] = /bytes=(\d+)-(\d+)/.exec(route.request().headers()['range']).map(Number);
+    route.fulfill({ status: 206, headers: { 'Access-Control-Allow-Origin': '*', 'Access-Control-Expose-Headers': 'Content-Range',
+      'Content-Range': `bytes ${a}-${b}/15012197` }, body: Buffer.alloc(b - a + 1) });
+  });
+  const longer = await stream(page, { cache: false, mirrors: [`http://localhost:${port}/other/rwkv7-shakespeare.st`] });
+  expect(longer.error).toMatchObject({ name: 'LoadError', kind: 'badfile' });
+  expect(longer.error.message).toContain('localhost:' + port + '/rwkv7-shakespeare.st is 15012197 bytes where the load expects 15012192');
+  // the check before a load: each mirror must start with the model's first bytes
+  const head = await page.evaluate(async ({ FILE, mirror, port }) => {
+    const { checkMirrors } = await import(`${location.origin}/loader.js`);
+    const head = new Uint8Array(await (await fetch(FILE, { headers: { Range: 'bytes=0-4095' } })).arrayBuffer());
+    const out = {};
+    for (const [name, m, h] of [['same', mirror, head], ['other', mirror, head.map((b, i) => (i === 4000 ? b ^ 1 : b))],
+      ['gone', `http://localhost:${port}/models/none.st`, head]]) {
+      try { await checkMirrors(location.origin + FILE, [m], h, 15012192); out[name] = 'ok'; } catch (e) { out[name] = { kind: e.kind, message: e.message }; }
+    }
+    return out;
+  }, { FILE, mirror, port });
+  expect(head.same).toBe('ok');
+  expect(head.other).toEqual({ kind: 'badfile', message: `The mirror localhost:${port}/rwkv7-shakespeare.st does not hold the same file as ` +
+    `127.0.0.1:${port}/rwkv7-shakespeare.st (their first 4096 bytes differ): every mirror must serve the same file.` });
+  expect(head.gone).toMatchObject({ kind: 'http' });
+  expect(head.gone.message).toContain('not found');
+});
+
+test('A server that answers another range than asked for fails the load, not gives wrong bytes', async ({ page }) => {
+  await page.route('**/shifted/**', (route) => {
+    const [, a, b] = /bytes=(\d+)-(\d+)/.exec(route.request().headers()['range']).map(Number);
+    route.fulfill({ status: 206, headers: { 'Content-Range': `bytes ${a + 8}-${b + 8}/100000` }, body: Buffer.alloc(b - a + 1) });
+  });
+  const out = await page.evaluate(async () => {
+    const { rangeFetch } = await import(`${location.origin}/ranges.js`);
+    try { await rangeFetch(`${location.origin}/shifted/m.st`, 100, 3100); return 'ok'; } catch (e) { return { kind: e.kind, message: e.message }; }
+  });
+  expect(out).toEqual({ kind: 'badfile', message: 'The server of m.st answered bytes from 108 when asked for bytes from 100: it does ' +
+    'not handle Range requests correctly.' });
 });

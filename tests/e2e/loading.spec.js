@@ -76,3 +76,35 @@ test('Cancel while the GPU kernels are prepared leaves no half-loaded model', as
   await loadViaUi(page, url(baseURL, 'good.st')); // and a load afterwards works
   await expect(page.locator('#model-info')).toContainText('RWKV v7');
 });
+
+test('A load with a mirror checks it first: a mirror of other bytes fails the load and the model stays', async ({ page, baseURL }) => {
+  const good = golden('v7.st');
+  const other = Buffer.from(good.data);
+  other[100] ^= 1; // in the header
+  const log = await hostModels(page, { 'good.st': good, 'good.vocab.txt': { data: byteVocab() }, 'other.st': { data: other } });
+  await page.goto('/');
+  const mirrorOf = (name) => url(baseURL, name).replace('127.0.0.1', 'localhost');
+  const r = await page.evaluate(async ({ u, m, bad }) => {
+    const { createEngine } = await import('/webrwkv.js');
+    const engine = await createEngine({});
+    const ids = async () => { await engine.reset(); const out = []; for await (const t of engine.generate([5, 6, 7], { maxTokens: 8, temperature: 0 })) out.push(t.token); return out; };
+    const err = async (f) => { try { await f(); return null; } catch (e) { return { kind: e.kind, message: e.message, modelKept: e.modelKept }; } };
+    await engine.load(u, { cache: false });
+    const plain = await ids();
+    await engine.load(u, { cache: false, mirrors: [m] });
+    const mirrored = await ids();
+    const failed = await err(() => engine.load(u, { cache: false, mirrors: [m, bad] }));
+    const after = await ids();
+    const opts = await err(() => engine.load(u, { mirrors: m }));
+    engine.dispose();
+    return { plain, mirrored, failed, after, opts };
+  }, { u: url(baseURL, 'good.st'), m: mirrorOf('good.st'), bad: mirrorOf('other.st') });
+  expect(r.plain.length).toBe(8);
+  expect(r.mirrored).toEqual(r.plain);
+  expect(r.failed).toMatchObject({ kind: 'badfile' });
+  expect(r.failed.message).toMatch(/^The mirror localhost:\d+\/other.st does not hold the same file as 127.0.0.1:\d+\/good.st/);
+  expect(r.failed.modelKept).not.toBe(false);
+  expect(r.after).toEqual(r.plain); // the model loaded before still answers
+  expect(r.opts).toMatchObject({ kind: 'options', message: expect.stringContaining('load: mirrors must be an array of at most 7 URLs') });
+  expect(log.some((e) => e.name === 'good.st' && e.host.startsWith('localhost:'))).toBe(true); // the mirror was asked
+});

@@ -8,7 +8,7 @@ const ROOT = path.join(__dirname, '..', '..');
 const GOLDEN = path.join(ROOT, 'tests', 'golden');
 const PREFIX = '/e2e-models/';
 
-// name -> {data: Buffer, etag, range (default true)}; log gets one entry per request.
+// name -> {data: Buffer, etag, range (default true)}; log gets one entry per request (host: the URL's).
 async function hostModels(page, files, log = []) {
   await page.route(`**${PREFIX}**`, async (route) => {
     const req = route.request();
@@ -17,8 +17,9 @@ async function hostModels(page, files, log = []) {
     const headers = { 'Access-Control-Allow-Origin': '*', 'Access-Control-Expose-Headers': 'Content-Range, ETag',
       'Cache-Control': 'no-cache' };
     const range = req.headers()['range'] || null;
+    const host = new URL(req.url()).host;
     if (!f) {
-      log.push({ name, range, status: 404, bytes: 0 });
+      log.push({ name, range, status: 404, bytes: 0, host });
       return route.fulfill({ status: 404, headers, body: 'not found' });
     }
     const data = f.data;
@@ -30,7 +31,7 @@ async function hostModels(page, files, log = []) {
       const start = Number(m[1]);
       const end = Math.min(m[2] ? Number(m[2]) + 1 : data.length, data.length);
       if (start >= data.length) {
-        log.push({ name, range, status: 416, bytes: 0 });
+        log.push({ name, range, status: 416, bytes: 0, host });
         return route.fulfill({ status: 416, headers: { ...headers, 'Content-Range': `bytes */${data.length}` }, body: '' });
       }
       status = 206;
@@ -39,7 +40,7 @@ async function hostModels(page, files, log = []) {
     } else {
       headers['Accept-Ranges'] = f.range === false ? 'none' : 'bytes';
     }
-    log.push({ name, range, status, bytes: body.length });
+    log.push({ name, range, status, bytes: body.length, host });
     return route.fulfill({ status, headers, body });
   });
   return log;

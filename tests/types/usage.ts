@@ -46,7 +46,7 @@ async function main(out: HTMLElement): Promise<void> {
   const tuned = await engine.loadState("/models/tuned-state.st");
   console.log(tuned.name, tuned.layers, await engine.loadState(null));
   try {
-    await engine.load("missing.st", { signal: AbortSignal.timeout(1000) });
+    await engine.load("missing.st", { signal: AbortSignal.timeout(1000), mirrors: ["https://mirror.example/missing.st", new URL("https://b.example/m.st")] });
   } catch (e) {
     if (e instanceof WebRwkvError && e.kind === "network") console.log(e.message, e.modelKept);
   }
