@@ -1,5 +1,5 @@
 // Matrix x f32 vectors for a few tokens: y[t, col] (=, +=, += gate*) act(W[row_g + n] . x[t, g]), groups and
-// epilogue as in matmul.wgsl. Workgroup (row block of R rows, MT tokens from wid.y * MT, group g); TPR threads
+// epilogue as in matmul.wgsl. Workgroup (row block of R rows, MT tokens from t0, group g); TPR threads
 // per row group of RPT rows, each reading 8 weights of each of its rows at a time, UNROLL loads in flight, and
 // using each load for all MT tokens (a decode step of MT slots reads the weights once and turns them into
 // floats once) and each activation load for all RPT rows. SUBGROUPS=1 reduces with subgroup shuffles (up to
@@ -43,15 +43,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 #else
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
 #endif
-  let t0 = wid.y * MT;
+  // TFIRST=1: the token groups of a row block are neighbours in the grid (x), so they run together and all but
+  // the first read its weights from the L2 cache; else the row blocks are (x)
+  let rb = select(wid.x, wid.y, {{TFIRST}}u == 1u);
+  let t0 = select(wid.y, wid.x, {{TFIRST}}u == 1u) * MT;
   let T = info[{{TSRC}}u];
   if (t0 >= T) { return; }
   let g = wid.z;
   let nl = lid / TPR;
   let j = lid % TPR;
-  let n = wid.x * R + nl * RPT;  // this thread's first row; rows past nr repeat the last one, unwritten
+  let n = rb * R + nl * RPT;  // this thread's first row; rows past nr repeat the last one, unwritten
   let nr = g_nr(g);
-  if (wid.x * R >= nr) { return; }
+  if (rb * R >= nr) { return; }
   prologue(lid);
 #for r in 0..RPT
 #for m in 0..MT

@@ -43,6 +43,7 @@ class Tuning:
                                 # slots: 1 gives the attention output 4 rows a thread where 4 gave it one, and
                                 # B=8 2,736 -> 2,905 tok/s)
     gemv_mt: int = MAX_MT       # tokens a GEMV workgroup serves when a matmul has several (at most MAX_MT)
+    gemv_mt_tfirst: int = 0     # 1: a row block's token groups are neighbours in the grid (share reads in L2)
     gemm_tm: int = 64           # tokens per GEMM tile
     gemm_tn: int = 128          # output rows per GEMM tile
     gemm_tk: int = 16           # K step of the GEMM tile
@@ -218,6 +219,7 @@ class MatMul:
         unroll = tu.gemv_unroll if mt == 1 else tu.gemv_mt_unroll
         for (buf, _, _), groups in zip(self.blocks, self.groups):
             pipe = k.get("gemv", **self._values("gemv", groups), R=rows, RPT=rpt, TPR=tpr, MT=mt, WG=ngroups * tpr,
+                         TFIRST=int(bool(tu.gemv_mt_tfirst and mt > 1)),
                          UNROLL=max(1, unroll), SUBGROUPS=sub,
                          PART=ngroups * (tpr // min(4, tpr)) * npow, NP=npow, LN=ln,
                          BITS=[1 << s for s in range(ln)], HALF=[npow >> (s + 1) for s in range(ln)],
@@ -307,7 +309,9 @@ class MatMul:
             key = ("gemv", mt)
             if key not in self._cache:
                 self._cache[key] = self._gemv(mt)
-            return [(p, b, (n, -(-T // mt), self.P)) for p, b, n in self._cache[key]]
+            tg = -(-T // mt)
+            grid = (lambda n: (tg, n, self.P)) if mt > 1 and self.k.tuning.gemv_mt_tfirst else (lambda n: (n, tg, self.P))
+            return [(p, b, grid(n)) for p, b, n in self._cache[key]]
         split = self._split(T)
         if split not in self._cache:
             self._cache[split] = self._gemm(split)
