@@ -195,3 +195,26 @@ test('On a phone the settings drawer gives the page back once the model is loade
   await expect(page.locator('#model-info')).toContainText('RWKV v7');
   await expect(page.locator('#side')).toBeHidden();
 });
+
+test('The accent buttons\' text has WCAG AA contrast (4.5:1) in both colour schemes, hovered or not', async ({ page }) => {
+  await fakeEngine(page, {});
+  const lum = ([r, g, b]) => [r, g, b].map((v) => v / 255).map((c) => (c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4))
+    .reduce((t, c, i) => t + c * [0.2126, 0.7152, 0.0722][i], 0);
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const rgb = (s) => s.match(/[\d.]+/g).slice(0, 3).map(Number);
+  for (const colorScheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme });
+    await page.goto('/');
+    await page.addStyleTag({ content: '* { transition: none !important; }' }); // the hover colour at once
+    const btn = page.locator('#load');
+    await expect(btn).toBeEnabled();
+    await page.mouse.move(0, 0);
+    const colours = async () => btn.evaluate((el) => { const s = getComputedStyle(el); return [s.color, s.backgroundColor]; });
+    const [fg, bg] = await colours();
+    await btn.hover();
+    await expect.poll(async () => (await colours())[1]).not.toBe(bg);
+    const [hfg, hbg] = await colours();
+    expect(ratio(rgb(fg), rgb(bg)), `${colorScheme}: ${fg} on ${bg}`).toBeGreaterThanOrEqual(4.5);
+    expect(ratio(rgb(hfg), rgb(hbg)), `${colorScheme} hovered: ${hfg} on ${hbg}`).toBeGreaterThanOrEqual(4.5);
+  }
+});
