@@ -232,6 +232,8 @@ async function reply() {
   let usage = null, finish = "", frame = 0;
   const draw = () => { frame = 0; renderMarkdown(bubble, msg.content); stickToBottom($("transcript")); };
   try {
+    // the context count goes up as the reply streams, a token a piece (the usage at its end is exact)
+    let live = await app.engine.countTokens(request).catch(() => null);
     const stream = await app.engine.chat.completions.create({ messages: request, stream: true, ...app.sampling(),
       stream_options: { include_usage: true } }, { signal: ctrl.signal });
     for await (const chunk of stream) {
@@ -240,6 +242,7 @@ async function reply() {
       if (!ch) continue;
       if (ch.finish_reason) finish = ch.finish_reason;
       if (ch.delta.content) { msg.content += ch.delta.content; frame ||= requestAnimationFrame(draw); }
+      if (live != null && ch.delta.content) showContext(++live); // (white space held back is counted at the end)
     }
   } catch (e) {
     if (e.name === "AbortError") finish = "stopped";
@@ -268,7 +271,7 @@ let draftTimer = 0, draftTokens = 0, contextTokens = null;
 function showContext(n) {
   if (n != null) contextTokens = n;
   const el = $("tokens");
-  if (!app.model) { el.textContent = "–"; el.classList.remove("over"); return; }
+  if (!app.model) { el.textContent = ""; el.classList.remove("over"); return; }
   const ctx = app.model.card?.context_length || 0;
   const total = (contextTokens ?? 0) + draftTokens;
   el.textContent = `${contextTokens ?? "…"} tokens in context` + (draftTokens ? ` + ${draftTokens} typed` : "") +

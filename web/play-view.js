@@ -81,10 +81,14 @@ async function generate() {
     const s = app.sampling();
     const opts = { maxTokens: s.max_tokens, temperature: s.temperature, topP: s.top_p,
       presencePenalty: s.presence_penalty, frequencyPenalty: s.frequency_penalty, signal: ctrl.signal };
+    // the count goes up a token at a time while the model writes (the worker is busy: no recounting then;
+    // the exact count of the whole text follows when it is done)
+    let n = await app.engine.countTokens(text).catch(() => null);
     for await (const { text: piece } of app.engine.generate(prompt, opts)) {
       ta.value += piece;
       play.fed = ta.value;
       ta.scrollTop = ta.scrollHeight;
+      if (n != null) showCount(++n);
     }
   } catch (e) {
     if (e.name !== "AbortError") { notice(e.message || String(e)); play.fed = null; }
@@ -101,11 +105,15 @@ let timer = 0;
 function count() {
   clearTimeout(timer);
   timer = setTimeout(async () => {
-    const el = $("play-tokens");
-    if (!app.model || app.busy) { el.textContent = app.model ? el.textContent : "–"; return; }
-    const n = await app.engine.countTokens($("play-text").value).catch(() => null);
-    const ctx = app.model.card?.context_length || 0;
-    el.textContent = n == null ? "–" : `${n} tokens` + (ctx ? ` · trained on ${ctx}` : "");
-    el.classList.toggle("over", !!ctx && n > ctx);
+    if (!app.model) { showCount(null); return; }
+    if (app.busy) return;
+    showCount(await app.engine.countTokens($("play-text").value).catch(() => null));
   }, 250);
+}
+
+function showCount(n) {
+  const el = $("play-tokens");
+  const ctx = app.model?.card?.context_length || 0;
+  el.textContent = n == null ? "" : `${n} tokens` + (ctx ? ` · trained on ${ctx}` : "");
+  el.classList.toggle("over", n != null && !!ctx && n > ctx);
 }

@@ -218,3 +218,36 @@ test('The accent buttons\' text has WCAG AA contrast (4.5:1) in both colour sche
     expect(ratio(rgb(hfg), rgb(hbg)), `${colorScheme} hovered: ${hfg} on ${hbg}`).toBeGreaterThanOrEqual(4.5);
   }
 });
+
+test('Before a model the token counters are empty; while the model writes they go up a token at a time', async ({ page }) => {
+  const long = Array.from({ length: 60 }, (_, i) => ` w${i}`);
+  await fakeEngine(page, { replies: [long], tokenDelay: 40 });
+  await page.goto('/');
+  await expect(page.locator('#load')).toBeEnabled();
+  await expect(page.locator('#tokens')).toHaveText('');
+  await page.click('#mode-play');
+  await expect(page.locator('#play-tokens')).toHaveText('');
+  await loadModel(page);
+  await page.click('#mode-play');
+  await page.fill('#play-text', 'ACT I.');
+  await expect(page.locator('#play-tokens')).toHaveText('6 tokens'); // the fake counts characters
+  await page.click('#play-go');
+  await expect(page.locator('#play-text')).toHaveValue(/ w10/);
+  // mid-stream: the text's tokens plus one a written token (11 or more written here, not all 60)
+  const mid = Number(/^(\d+) tokens$/.exec(await page.locator('#play-tokens').innerText())[1]);
+  expect(mid).toBeGreaterThanOrEqual(6 + 11);
+  expect(mid).toBeLessThan(6 + 60);
+  await expect(page.locator('#play-stop')).toBeHidden();
+  await expect(page.locator('#play-tokens')).toHaveText(`${('ACT I.' + long.join('')).length} tokens`); // then the exact count
+  // the chat's context count: the conversation as the model reads it, then a token a streamed piece
+  await page.click('#mode-chat');
+  await page.fill('#input', 'Hi');
+  await page.press('#input', 'Enter');
+  await expect(page.locator('.msg.bot .bubble').last()).toContainText('w10');
+  const read = 'User: Hi\n\nAssistant:'.length;
+  const ctx = Number(/^(\d+) tokens in context/.exec(await page.locator('#tokens').innerText())[1]);
+  expect(ctx).toBeGreaterThanOrEqual(read + 10);
+  expect(ctx).toBeLessThan(read + 60);
+  await expect(page.locator('#stop')).toBeHidden();
+  await expect(page.locator('#tokens')).toHaveText(`${read + 60} tokens in context`); // the reply's usage
+});
