@@ -184,7 +184,7 @@ const workerCount = (hosts) => ((globalThis.navigator?.deviceMemory ?? 8) < 8 ? 
 // ---- mirrors --------------------------------------------------------------------
 // More hosts serving the same file: block k comes from urls[k % urls.length]. A browser opens at most 6
 // connections to a host; on an H200 host Chromium's fetches from one server grew with the connections in use,
-// 0.25-0.28 GB/s each, up to 1.6 GB/s with all six (bench/RESULTS.md), so more hosts may move more (not
+// 0.20-0.28 GB/s each, up to 1.6 GB/s with all six (bench/RESULTS.md), so more hosts may move more (not
 // yet measured there: bench/browser.py --mirror-host). checkMirrors() makes sure each mirror answers Range
 // requests and starts with the model's first bytes (`head`: the header, which places every tensor); every
 // block's answer is then checked against the file's size (ranges.js).
