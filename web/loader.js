@@ -14,7 +14,7 @@ const IN_FLIGHT = 3;     // blocks in flight, fetched in this thread
 const WORKERS = 4;       // download workers a host (2 in all where the device says it has under 8 GB: blocks in
 const MAX_WORKERS = 8;   // flight cost memory), at most 8 with mirrors
 const PER_WORKER = 2;    // blocks in flight each
-const EARLY = 16;        // blocks downloaded while the load is planned (half where there are 2 workers; see prefetch)
+const EARLY = 4;         // blocks a worker downloads while the load is planned, of WORKERS at most (see prefetch)
 const PREFIX = 4096;
 const CACHE = "webrwkv-models-v1";
 
@@ -216,7 +216,7 @@ export async function prefetch({ url, mirrors = [], size, ident, dataStart, sign
   let sink = null, bytes = 0;
   const onBytes = (n) => { if (sink) sink(n); else bytes += n; };
   const blocks = new Map();
-  for (let k = 0; k < Math.min(nblocks, EARLY * Math.min(pool.workers, WORKERS) / WORKERS); k++) {
+  for (let k = 0; k < Math.min(nblocks, EARLY * Math.min(pool.workers, WORKERS)); k++) {
     const p = pool.get(urls[k % urls.length], r0 + k * block, Math.min(size, r0 + (k + 1) * block), onBytes, signal, size);
     p.catch(() => {}); // its error is raised where the stream awaits it; a block never awaited must not be unhandled
     blocks.set(k, p);
@@ -233,6 +233,7 @@ export async function prefetch({ url, mirrors = [], size, ident, dataStart, sign
 export async function streamWrites({ url, mirrors = [], device, size, ident, dataStart, writes, onProgress, onWriteDone, signal,
   useCache = true, block = BLOCK, early = null }) { // block: smaller only in tests (many blocks from a small file); early: prefetch()'s
   const r0 = dataStart - (dataStart % 4), urls = [url, ...mirrors];
+  const urlOf = (k) => urls[k % urls.length]; // block k's host
   if (early && (early.r0 !== r0 || early.block !== block || early.size !== size || early.hosts !== urls.length)) {
     throw new Error("prefetch: another block grid");
   }
@@ -306,12 +307,12 @@ export async function streamWrites({ url, mirrors = [], device, size, ident, dat
     // a download worker's block arrives whole and is copied into the staging made for it then; a block
     // fetched here is read straight into its staging
     if (first) got = await first;
-    else if (!got && pool) got = await pool.get(urls[k % urls.length], bs, be, onBytes, signal, size);
+    else if (!got && pool) got = await pool.get(urlOf(k), bs, be, onBytes, signal, size);
     const st = stage(span + (-span & 3));
     try {
       const data = st.into.subarray(0, be - bs);
       if (got) data.set(got);
-      else await readBody(await rangeFetch(urls[k % urls.length], bs, be, signal, size), data, onBytes, signal);
+      else await readBody(await rangeFetch(urlOf(k), bs, be, signal, size), data, onBytes, signal);
       if (!fromHit && cacheOk) {
         try { await cache.put(key, new Response(got ?? data.slice())); } catch (e) { cacheOk = false; console.warn("model cache disabled:", e.message); }
       }

@@ -3,8 +3,8 @@ per slot) and becomes the next step's input on the GPU, so a window of steps que
 
 The state of every slot is copied at each window's start (a copy for each window that may be in flight,
 Tuning.windows_in_flight, 2 by default, while the one before it is read), so a stream that ends inside a
-window is rolled back to exactly where step-by-step decoding would have left it: the copy is restored and the tokens it should have read are
-run again one step each, through the same kernels.
+window is rolled back to exactly where step-by-step decoding would have left it: the copy is restored and
+the tokens it should have read are run again one step each, through the same kernels.
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ class MatMul:
         unroll = tu.gemv_unroll if mt == 1 else tu.gemv_mt_unroll
         for (buf, _, _), groups in zip(self.blocks, self.groups):
             pipe = k.get("gemv", **self._values("gemv", groups), R=rows, RPT=rpt, TPR=tpr, MT=mt, WG=ngroups * tpr,
-                         TFIRST=int(bool(tu.gemv_mt_tfirst and mt > 1)),
+                         TFIRST=int(self._tfirst(mt)),
                          UNROLL=max(1, unroll), SUBGROUPS=sub,
                          PART=ngroups * (tpr // min(4, tpr)) * npow, NP=npow, LN=ln,
                          BITS=[1 << s for s in range(ln)], HALF=[npow >> (s + 1) for s in range(ln)],
@@ -227,6 +227,10 @@ class MatMul:
                          ENABLE_SUBGROUPS=int(bool(sub and k.dev.subgroups_directive)))
             out.append((pipe, self._bind(pipe, buf), -(-max(g[0] for g in groups) // rows)))
         return out
+
+    def _tfirst(self, mt: int) -> bool:
+        """The GEMV grid goes by token group first (gemv_mt_tfirst; only where a workgroup serves several)."""
+        return mt > 1 and bool(self.k.tuning.gemv_mt_tfirst)
 
     def gemv_wg(self) -> int:
         """Threads of a GEMV workgroup: gemv_rows x gemv_tpr, fewer where the device allows fewer (WebGPU's
@@ -310,8 +314,7 @@ class MatMul:
             if key not in self._cache:
                 self._cache[key] = self._gemv(mt)
             tg = -(-T // mt)
-            grid = (lambda n: (tg, n, self.P)) if mt > 1 and self.k.tuning.gemv_mt_tfirst else (lambda n: (n, tg, self.P))
-            return [(p, b, grid(n)) for p, b, n in self._cache[key]]
+            return [(p, b, (tg, n, self.P) if self._tfirst(mt) else (n, tg, self.P)) for p, b, n in self._cache[key]]
         split = self._split(T)
         if split not in self._cache:
             self._cache[split] = self._gemm(split)
