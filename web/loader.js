@@ -183,9 +183,9 @@ const workerCount = (hosts) => ((globalThis.navigator?.deviceMemory ?? 8) < 8 ? 
 
 // ---- mirrors --------------------------------------------------------------------
 // More hosts serving the same file: block k comes from urls[k % urls.length]. A browser opens at most 6
-// connections to a host; on an H200 host Chromium's fetches from one server grew with the connections in use,
-// 0.20-0.28 GB/s each, up to 1.6 GB/s with all six (bench/RESULTS.md), so more hosts may move more (not
-// yet measured there: bench/browser.py --mirror-host). checkMirrors() makes sure each mirror answers Range
+// connections to a host, so hosts far away or slow each add their own; from one fast server (an H200 host,
+// bench/browser.py --mirror-host) a second host name moved 3-10 % more, since Chromium's fetch path is the
+// limit there at about 1.4-1.5 GB/s (bench/RESULTS.md). checkMirrors() makes sure each mirror answers Range
 // requests and starts with the model's first bytes (`head`: the header, which places every tensor); every
 // block's answer is then checked against the file's size (ranges.js).
 export async function checkMirrors(url, mirrors, head, size, signal) {
